@@ -1,0 +1,145 @@
+# debate worker pool: make, make check, make install, make demo, make bench.
+# GNU make.  Objects go to $(B) so sanitizer builds do not clobber the
+# normal ones; the programs are linked to worker/worker and enqueue/enqueue.
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+BINDIR = $(PREFIX)/bin
+SBINDIR = $(PREFIX)/sbin
+MANDIR = $(PREFIX)/share/man
+DATADIR = $(PREFIX)/share/debate
+SYSCONFDIR ?= /etc
+UNITDIR ?= /lib/systemd/system
+
+CC ?= cc
+CFLAGS ?= -O2 -g
+WARNINGS = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+	-Wpointer-arith -Wformat=2 -Wno-format-nonliteral -Wno-format-truncation \
+	-Wcast-qual -Wwrite-strings -Wundef -Wvla -Wimplicit-fallthrough
+ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -Ishared $(WARNINGS) $(CFLAGS) $(SAN_CFLAGS)
+ALL_LDFLAGS = $(LDFLAGS) $(SAN_CFLAGS)
+
+B ?= build
+SHARED_LIBS = -lmsgpackc -linih -lm
+WORKER_LIBS = -lhiredis -lev -lmd -lsystemd -lmicrohttpd
+ENQUEUE_LIBS = -lhiredis
+
+SHARED_SRC = $(wildcard shared/*.c)
+WORKER_SRC = $(wildcard worker/*.c)
+ENQUEUE_SRC = $(wildcard enqueue/*.c)
+UNIT_SRC = $(wildcard tests/unit/test_*.c)
+
+SHARED_OBJ = $(SHARED_SRC:%.c=$(B)/%.o)
+WORKER_OBJ = $(WORKER_SRC:%.c=$(B)/%.o)
+ENQUEUE_OBJ = $(ENQUEUE_SRC:%.c=$(B)/%.o)
+UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+
+ifeq ($(B),build)
+WORKER_BIN = worker/worker
+ENQUEUE_BIN = enqueue/enqueue
+else
+WORKER_BIN = $(B)/worker/worker
+ENQUEUE_BIN = $(B)/enqueue/enqueue
+endif
+
+PY = /usr/bin/python3
+
+.PHONY: all deps check unit integration fuzz fuzz-check asan bench demo install \
+	uninstall clean format lint image
+
+all: $(WORKER_BIN) $(ENQUEUE_BIN) $(UNIT_BIN)
+
+$(B)/%.o: %.c shared/debate.h $(wildcard worker/*.h) $(wildcard enqueue/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(B)/libshared.a: $(SHARED_OBJ)
+	$(AR) rcs $@ $^
+
+$(WORKER_BIN): $(WORKER_OBJ) $(B)/libshared.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $(WORKER_OBJ) $(B)/libshared.a $(WORKER_LIBS) $(SHARED_LIBS)
+
+$(ENQUEUE_BIN): $(ENQUEUE_OBJ) $(B)/libshared.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_LDFLAGS) -o $@ $(ENQUEUE_OBJ) $(B)/libshared.a $(ENQUEUE_LIBS) $(SHARED_LIBS)
+
+# Unit tests link the shared library and, for worker modules, the worker's
+# objects but not its main().
+WORKER_LIB_OBJ = $(filter-out $(B)/worker/main.o,$(WORKER_OBJ))
+$(B)/tests/test_%: tests/unit/test_%.c $(WORKER_LIB_OBJ) $(B)/libshared.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Iworker $(ALL_LDFLAGS) -o $@ $< $(WORKER_LIB_OBJ) $(B)/libshared.a \
+		-lcmocka $(WORKER_LIBS) $(SHARED_LIBS)
+
+deps:
+	@bash scripts/install-deps
+
+# The whole suite: unit tests, a bounded fuzz run, the integration and
+# fault tests against real redis-server, podman and dockerd, then the same
+# again under AddressSanitizer and UBSan.
+check: deps all
+	@bash tests/run-unit $(B)
+	@$(MAKE) --no-print-directory fuzz-check
+	@bash tests/run-integration $(WORKER_BIN) $(ENQUEUE_BIN)
+	@$(MAKE) --no-print-directory asan
+
+unit: all
+	@bash tests/run-unit $(B)
+
+integration: all
+	@bash tests/run-integration $(WORKER_BIN) $(ENQUEUE_BIN)
+
+FUZZ_SECONDS ?= 60
+fuzz-check:
+	@bash tests/fuzz/run $(FUZZ_SECONDS)
+
+fuzz:
+	@bash tests/fuzz/run 0
+
+asan:
+	@$(MAKE) --no-print-directory B=build/asan CC=clang CFLAGS="-O1 -g -fno-omit-frame-pointer" \
+		SAN_CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all" all
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+		bash tests/run-unit build/asan
+	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 DEBATE_SANITIZED=1 \
+		bash tests/run-integration build/asan/worker/worker build/asan/enqueue/enqueue -m "not slow"
+
+bench: all
+	@bash scripts/bench
+
+demo: deps all
+	@bash scripts/demo
+
+image:
+	@bash scripts/make-test-image all
+
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSCONFDIR)/debate \
+		$(DESTDIR)$(DATADIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man1 \
+		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -m 755 worker/worker $(DESTDIR)$(SBINDIR)/debate-worker
+	install -m 755 enqueue/enqueue $(DESTDIR)$(BINDIR)/enqueue
+	test -e $(DESTDIR)$(SYSCONFDIR)/debate/worker.ini || \
+		install -m 640 worker.ini $(DESTDIR)$(SYSCONFDIR)/debate/worker.ini
+	install -m 644 scripts/Containerfile $(DESTDIR)$(DATADIR)/Containerfile
+	install -m 644 shared/PROTOCOL.md $(DESTDIR)$(DATADIR)/PROTOCOL.md
+	install -m 644 scripts/debate-worker@.service $(DESTDIR)$(UNITDIR)/debate-worker@.service
+	for m in docs/*.1 docs/*.5 docs/*.8; do \
+		[ -e "$$m" ] || continue; \
+		install -m 644 $$m $(DESTDIR)$(MANDIR)/man$${m##*.}/; done
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/debate-worker $(DESTDIR)$(BINDIR)/enqueue \
+		$(DESTDIR)$(UNITDIR)/debate-worker@.service $(DESTDIR)$(DATADIR)/Containerfile \
+		$(DESTDIR)$(DATADIR)/PROTOCOL.md $(DESTDIR)$(MANDIR)/man1/enqueue.1 \
+		$(DESTDIR)$(MANDIR)/man5/worker.ini.5 $(DESTDIR)$(MANDIR)/man8/worker.8
+
+format:
+	clang-format -i shared/*.[ch] worker/*.[ch] enqueue/*.[ch] tests/unit/*.c
+
+lint:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability -Ishared shared worker enqueue
+
+clean:
+	rm -rf build worker/worker enqueue/enqueue

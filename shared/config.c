@@ -1,0 +1,407 @@
+/*
+ * config.c: worker.ini, parsed by libinih into a fresh struct config.
+ *
+ * Every key is in one table below with its type and bounds, so a bad line
+ * gets "worker.ini:LINE: message" naming the key and what it expects.  The
+ * caller swaps the new struct in only when config_load() and
+ * config_check() both succeed.
+ */
+#include <errno.h>
+#include <ini.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "debate.h"
+
+enum conf_type { T_STR, T_INT, T_SIZE, T_SECS, T_BOOL, T_LIST, T_LEVEL, T_SUDO };
+
+struct conf_key {
+	const char *section;
+	const char *name;
+	enum conf_type type;
+	size_t off;
+	long long min, max;	/* T_INT */
+};
+
+#define K(s, n, t, f) { s, n, t, offsetof(struct config, f), 0, 0 }
+#define KI(s, n, f, lo, hi) { s, n, T_INT, offsetof(struct config, f), lo, hi }
+
+static const struct conf_key conf_keys[] = {
+	K("redis", "url", T_STR, redis_url),
+	K("redis", "user", T_STR, redis_user),
+	K("redis", "password", T_STR, redis_password),
+	K("redis", "password_env", T_STR, redis_password_env),
+	K("redis", "connect_timeout", T_SECS, redis_connect_timeout),
+
+	K("queue", "namespace", T_STR, namespace),
+	KI("queue", "result_ttl", result_ttl, 1, 365LL * 86400),
+	KI("queue", "log_maxlen", log_maxlen, 0, 100000000),
+	KI("queue", "dead_maxlen", dead_maxlen, 0, 100000000),
+	K("queue", "max_payload", T_SIZE, max_payload),
+	KI("queue", "max_attempts", max_attempts, 1, 1000),
+	K("queue", "retry_backoff", T_SECS, retry_backoff),
+	K("queue", "retry_backoff_max", T_SECS, retry_backoff_max),
+
+	KI("worker", "concurrency", concurrency, 1, 1024),
+	K("worker", "builds_root", T_STR, builds_root),
+	K("worker", "heartbeat_interval", T_SECS, heartbeat_interval),
+	K("worker", "heartbeat_ttl", T_SECS, heartbeat_ttl),
+	K("worker", "reaper_interval", T_SECS, reaper_interval),
+	K("worker", "drain_timeout", T_SECS, drain_timeout),
+	K("worker", "stats_interval", T_SECS, stats_interval),
+	K("worker", "log_level", T_LEVEL, log_level),
+	K("worker", "metrics_listen", T_STR, metrics_listen),
+	KI("worker", "log_batch_lines", log_batch_lines, 1, 100000),
+	K("worker", "log_batch_interval", T_SECS, log_batch_interval),
+	KI("worker", "log_max_lines", log_max_lines, 0, 1000000000),
+	KI("worker", "log_tail_lines", log_tail_lines, 0, 10000),
+	K("worker", "outbox_max", T_SIZE, outbox_max),
+
+	K("sandbox", "runtime", T_STR, runtime),
+	K("sandbox", "sudo", T_SUDO, sudo),
+	K("sandbox", "runtime_args", T_LIST, runtime_args),
+	K("sandbox", "image", T_STR, image),
+	K("sandbox", "images", T_LIST, images),
+	K("sandbox", "containerfile", T_STR, containerfile),
+	K("sandbox", "memory", T_SIZE, memory),
+	K("sandbox", "max_memory", T_SIZE, max_memory),
+	K("sandbox", "cpus", T_SECS, cpus),
+	K("sandbox", "max_cpus", T_SECS, max_cpus),
+	K("sandbox", "timeout", T_SECS, timeout),
+	K("sandbox", "max_timeout", T_SECS, max_timeout),
+	K("sandbox", "warning", T_SECS, warning),
+	KI("sandbox", "pids_limit", pids_limit, 0, 4194304),
+	K("sandbox", "stop_grace", T_SECS, stop_grace),
+	K("sandbox", "network", T_STR, network),
+	K("sandbox", "privileged", T_BOOL, privileged),
+	K("sandbox", "read_only", T_BOOL, read_only),
+	K("sandbox", "no_new_privileges", T_BOOL, no_new_privileges),
+	K("sandbox", "cap_add", T_LIST, cap_add),
+	K("sandbox", "env_allow", T_LIST, env_allow),
+	K("sandbox", "mounts", T_LIST, mounts),
+	K("sandbox", "command", T_LIST, command),
+};
+
+/* The built-in phases: mkarchiso's stage lines. */
+static const struct {
+	const char *name, *pattern;
+} conf_default_phases[] = {
+	{ "validate", "Validating options" },
+	{ "packages", "Installing packages" },
+	{ "customize", "Customizing airootfs" },
+	{ "bootloader", "Setting up " },
+	{ "squashfs", "Creating SquashFS image" },
+	{ "iso", "Creating ISO image" },
+	{ "done", "INFO: Done!" },
+};
+
+/* Fill c with the defaults every key falls back to. */
+void
+config_defaults(struct config *c)
+{
+	memset(c, 0, sizeof *c);
+	c->redis_url = xstrdup("redis://127.0.0.1:6379/0");
+	c->redis_password_env = xstrdup("DEBATE_REDIS_PASSWORD");
+	c->redis_connect_timeout = 5;
+	c->namespace = xstrdup("debate");
+	c->result_ttl = 86400;
+	c->log_maxlen = 10000;
+	c->max_payload = 1 << 20;
+	c->max_attempts = 3;
+	c->retry_backoff = 5;
+	c->retry_backoff_max = 300;
+	c->concurrency = 1;
+	c->builds_root = xstrdup("/var/lib/debate/builds");
+	c->heartbeat_interval = 5;
+	c->heartbeat_ttl = 15;
+	c->reaper_interval = 5;
+	c->drain_timeout = 60;
+	c->stats_interval = 5;
+	c->log_level = LOG_INFO;
+	c->log_batch_lines = 256;
+	c->log_batch_interval = 0.2;
+	c->log_max_lines = 1000000;
+	c->log_tail_lines = 50;
+	c->outbox_max = 64 << 20;
+	c->runtime = xstrdup("auto");
+	c->sudo = SUDO_AUTO;
+	c->image = xstrdup("localhost/debate-archiso:latest");
+	c->memory = 8ULL << 30;
+	c->max_memory = 16ULL << 30;
+	c->cpus = 4;
+	c->max_cpus = 16;
+	c->timeout = 1200;
+	c->max_timeout = 4 * 3600;
+	c->warning = 900;
+	c->pids_limit = 4096;
+	c->stop_grace = 10;
+	c->network = xstrdup("none");
+	c->read_only = true;
+	c->no_new_privileges = true;
+	strv_split(&c->cap_add, "CHOWN DAC_OVERRIDE FOWNER FSETID SETUID SETGID SYS_CHROOT", " ");
+	strv_split(&c->command, "mkarchiso -v -w /tmp/archiso-work -o /build/output /build/profile", " ");
+	c->nphases = sizeof conf_default_phases / sizeof conf_default_phases[0];
+	c->phases = xcalloc(c->nphases, sizeof *c->phases);
+	for (size_t i = 0; i < c->nphases; i++) {
+		c->phases[i].name = xstrdup(conf_default_phases[i].name);
+		c->phases[i].pattern = xstrdup(conf_default_phases[i].pattern);
+	}
+}
+
+struct conf_parse {
+	struct config *c;
+	char err[ERR_MAX];
+	bool phases_seen;	/* a [phases] section replaces the defaults */
+	struct strv seen;	/* list keys given once already (continuations append) */
+};
+
+/* Drop every phase rule. */
+static void
+config_phases_clear(struct config *c)
+{
+	for (size_t i = 0; i < c->nphases; i++) {
+		free(c->phases[i].name);
+		free(c->phases[i].pattern);
+	}
+	free(c->phases);
+	c->phases = NULL;
+	c->nphases = 0;
+}
+
+/* Store one value according to its key's type. */
+static int
+config_set(struct conf_parse *cp, const struct conf_key *k, const char *value)
+{
+	char *field = (char *)cp->c + k->off;
+	char e[ERR_MAX];
+	long long ll;
+	bool b;
+
+	switch (k->type) {
+	case T_STR:
+		free(*(char **)field);
+		*(char **)field = *value ? xstrdup(value) : NULL;
+		return 0;
+	case T_INT:
+		if (parse_int(value, k->min, k->max, &ll, e, sizeof e) != 0)
+			break;
+		*(long *)field = (long)ll;
+		return 0;
+	case T_SIZE:
+		if (parse_size(value, (uint64_t *)field, e, sizeof e) != 0)
+			break;
+		return 0;
+	case T_SECS:
+		if (parse_seconds(value, (double *)field, e, sizeof e) != 0)
+			break;
+		return 0;
+	case T_BOOL:
+		if (parse_bool(value, &b) != 0) {
+			snprintf(e, sizeof e, "\"%s\" is not yes or no", value);
+			break;
+		}
+		*(bool *)field = b;
+		return 0;
+	case T_LEVEL:
+		if (log_level_parse(value, (enum log_level *)field) != 0) {
+			snprintf(e, sizeof e, "\"%s\" is not error, warning, notice, info or debug", value);
+			break;
+		}
+		return 0;
+	case T_SUDO:
+		if (strcmp(value, "auto") == 0)
+			*(enum sudo_mode *)field = SUDO_AUTO;
+		else if (parse_bool(value, &b) == 0)
+			*(enum sudo_mode *)field = b ? SUDO_YES : SUDO_NO;
+		else {
+			snprintf(e, sizeof e, "\"%s\" is not auto, yes or no", value);
+			break;
+		}
+		return 0;
+	case T_LIST: {
+		/* A list key's first line replaces the default; continuation lines append. */
+		char tag[64];
+		struct strv add = { 0 };
+		struct strv *sv = (struct strv *)field;
+		snprintf(tag, sizeof tag, "%s.%s", k->section, k->name);
+		if (!strv_has(&cp->seen, tag)) {
+			strv_free(sv);
+			strv_push(&cp->seen, tag);
+		}
+		strv_split(&add, value, " \t");
+		for (size_t i = 0; i < add.n; i++)
+			strv_push(sv, add.v[i]);
+		strv_free(&add);
+		return 0;
+	}
+	}
+	snprintf(cp->err, sizeof cp->err, "%s: %s", k->name, e);
+	return -1;
+}
+
+/* libinih's callback: one name = value in a section. */
+static int
+config_handler(void *user, const char *section, const char *name, const char *value)
+{
+	struct conf_parse *cp = user;
+	struct config *c = cp->c;
+
+	if (cp->err[0] != '\0')
+		return 1;	/* report the first error only */
+	if (strcmp(section, "phases") == 0) {
+		if (!cp->phases_seen) {
+			config_phases_clear(c);
+			cp->phases_seen = true;
+		}
+		if (*value == '\0') {
+			snprintf(cp->err, sizeof cp->err, "phase \"%s\" needs a pattern", name);
+			return 0;
+		}
+		c->phases = xrealloc(c->phases, (c->nphases + 1) * sizeof *c->phases);
+		c->phases[c->nphases].name = xstrdup(name);
+		c->phases[c->nphases].pattern = xstrdup(value);
+		c->nphases++;
+		return 1;
+	}
+	for (size_t i = 0; i < sizeof conf_keys / sizeof conf_keys[0]; i++) {
+		const struct conf_key *k = &conf_keys[i];
+		if (strcmp(k->section, section) == 0 && strcmp(k->name, name) == 0)
+			return config_set(cp, k, value) == 0;
+	}
+	if (strcmp(section, "redis") && strcmp(section, "queue") && strcmp(section, "worker") &&
+	    strcmp(section, "sandbox"))
+		snprintf(cp->err, sizeof cp->err, "unknown section [%s]", section);
+	else
+		snprintf(cp->err, sizeof cp->err, "unknown key \"%s\" in [%s]", name, section);
+	return 0;
+}
+
+/* Parse path on top of the defaults already in c. */
+int
+config_load(const char *path, struct config *c, char *err, size_t errlen)
+{
+	struct conf_parse cp = { .c = c };
+	FILE *f;
+	int line;
+
+	free(c->path);
+	c->path = xstrdup(path);
+	if ((f = fopen(path, "r")) == NULL) {
+		snprintf(err, errlen, "%s: %s", path, strerror(errno));
+		return -1;
+	}
+	line = ini_parse_file(f, config_handler, &cp);
+	fclose(f);
+	strv_free(&cp.seen);
+	if (line == 0)
+		return 0;
+	if (line < 0)
+		snprintf(err, errlen, "%s: cannot read it", path);
+	else if (cp.err[0] != '\0')
+		snprintf(err, errlen, "%s:%d: %s", path, line, cp.err);
+	else
+		snprintf(err, errlen, "%s:%d: syntax error (expected [section] or name = value)", path, line);
+	return -1;
+}
+
+/* Checks across keys, and of values no single key can judge. */
+int
+config_check(const struct config *c, char *err, size_t errlen)
+{
+	const char *p = c->path ? c->path : "worker.ini";
+	struct redis_url u;
+	char e[ERR_MAX];
+
+	if (c->namespace == NULL || !id_valid(c->namespace, strlen(c->namespace))) {
+		snprintf(err, errlen, "%s: namespace must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}", p);
+		return -1;
+	}
+	if (c->redis_url == NULL || url_parse(c->redis_url, &u, e, sizeof e) != 0) {
+		snprintf(err, errlen, "%s: [redis] url: %s", p, c->redis_url ? e : "missing");
+		return -1;
+	}
+	url_free(&u);
+	if (c->builds_root == NULL || c->builds_root[0] != '/') {
+		snprintf(err, errlen, "%s: builds_root must be an absolute path", p);
+		return -1;
+	}
+	if (c->image == NULL) {
+		snprintf(err, errlen, "%s: [sandbox] image is required", p);
+		return -1;
+	}
+	if (c->command.n == 0) {
+		snprintf(err, errlen, "%s: [sandbox] command is empty", p);
+		return -1;
+	}
+	if (c->memory == 0 || c->memory > c->max_memory) {
+		snprintf(err, errlen, "%s: memory must be above 0 and at most max_memory", p);
+		return -1;
+	}
+	if (c->max_memory < (4 << 20)) {
+		snprintf(err, errlen, "%s: max_memory must be at least 4m (runtimes refuse less)", p);
+		return -1;
+	}
+	if (c->cpus <= 0 || c->cpus > c->max_cpus) {
+		snprintf(err, errlen, "%s: cpus must be above 0 and at most max_cpus", p);
+		return -1;
+	}
+	if (c->timeout <= 0 || c->timeout > c->max_timeout) {
+		snprintf(err, errlen, "%s: timeout must be above 0 and at most max_timeout", p);
+		return -1;
+	}
+	if (c->warning > c->timeout) {
+		snprintf(err, errlen, "%s: warning (%g) must not be after timeout (%g)", p, c->warning, c->timeout);
+		return -1;
+	}
+	if (c->heartbeat_interval <= 0 || c->heartbeat_ttl <= c->heartbeat_interval) {
+		snprintf(err, errlen, "%s: heartbeat_ttl must be longer than heartbeat_interval (> 0)", p);
+		return -1;
+	}
+	if (c->reaper_interval <= 0 || c->stats_interval <= 0 || c->log_batch_interval <= 0) {
+		snprintf(err, errlen, "%s: reaper_interval, stats_interval and log_batch_interval must be above 0", p);
+		return -1;
+	}
+	if (c->max_payload < 64 || c->max_payload > (64 << 20)) {
+		snprintf(err, errlen, "%s: max_payload must be between 64 bytes and 64m", p);
+		return -1;
+	}
+	for (size_t i = 0; i < c->mounts.n; i++) {
+		if (c->mounts.v[i][0] != '/' || strchr(c->mounts.v[i], ':') == NULL) {
+			snprintf(err, errlen, "%s: mounts: \"%s\" is not /host/path:/container/path[:ro]", p,
+			    c->mounts.v[i]);
+			return -1;
+		}
+	}
+	return 0;
+}
+
+/* Free everything c owns. */
+void
+config_free(struct config *c)
+{
+	for (size_t i = 0; i < sizeof conf_keys / sizeof conf_keys[0]; i++) {
+		char *field = (char *)c + conf_keys[i].off;
+		if (conf_keys[i].type == T_STR) {
+			free(*(char **)field);
+			*(char **)field = NULL;
+		} else if (conf_keys[i].type == T_LIST)
+			strv_free((struct strv *)field);
+	}
+	config_phases_clear(c);
+	free(c->path);
+	c->path = NULL;
+}
+
+/* The file to read: the one given, else ./worker.ini, else /etc/debate/worker.ini. */
+const char *
+config_find(const char *given)
+{
+	if (given != NULL)
+		return given;
+	if (access("worker.ini", F_OK) == 0)
+		return "worker.ini";
+	if (access("/etc/debate/worker.ini", F_OK) == 0)
+		return "/etc/debate/worker.ini";
+	return NULL;
+}

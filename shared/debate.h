@@ -1,0 +1,293 @@
+/*
+ * debate.h: what the worker and the enqueue client share.
+ *
+ * Sections: logging, strings and time, configuration (worker.ini),
+ * Redis URLs, key names, msgpack helpers, jobs, results.
+ * The wire contract these functions implement is shared/PROTOCOL.md.
+ */
+#ifndef DEBATE_H
+#define DEBATE_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include <msgpack.h>
+
+#define DEBATE_VERSION "1.0.0"
+#define PROTOCOL_VERSION 1
+
+#define ID_MAX 64		/* longest job id */
+#define ERR_MAX 256		/* room for an error message */
+
+/* --- log.c ------------------------------------------------------------ */
+
+enum log_level { LOG_ERR = 3, LOG_WARN = 4, LOG_NOTICE = 5, LOG_INFO = 6, LOG_DEBUG = 7 };
+
+void log_init(const char *name, enum log_level level);
+void log_set_level(enum log_level level);
+enum log_level log_get_level(void);
+int log_level_parse(const char *s, enum log_level *out);
+void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define log_err(...) log_msg(LOG_ERR, __VA_ARGS__)
+#define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)
+#define log_notice(...) log_msg(LOG_NOTICE, __VA_ARGS__)
+#define log_info(...) log_msg(LOG_INFO, __VA_ARGS__)
+#define log_debug(...)                                                         \
+	do {                                                                   \
+		if (log_get_level() >= LOG_DEBUG)                              \
+			log_msg(LOG_DEBUG, __VA_ARGS__);                       \
+	} while (0)
+void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+void fatalx_errno(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+/* --- util.c ----------------------------------------------------------- */
+
+struct strv {
+	char **v;
+	size_t n;
+};
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void strv_push(struct strv *sv, const char *s);
+void strv_free(struct strv *sv);
+int strv_split(struct strv *sv, const char *s, const char *seps);
+bool strv_has(const struct strv *sv, const char *s);
+
+double now_real(void);		/* unix time, seconds */
+double now_mono(void);		/* CLOCK_MONOTONIC, seconds */
+
+/* "512m", "8g", "1024" (bytes); 0 on success, -1 with err filled. */
+int parse_size(const char *s, uint64_t *out, char *err, size_t errlen);
+/* A non-negative decimal or fractional number of seconds. */
+int parse_seconds(const char *s, double *out, char *err, size_t errlen);
+int parse_int(const char *s, long long min, long long max, long long *out, char *err, size_t errlen);
+int parse_bool(const char *s, bool *out);
+bool id_valid(const char *s, size_t len);
+/* Human sizes for messages: "512.0 MiB". */
+const char *fmt_bytes(uint64_t n, char *buf, size_t len);
+
+/* --- url.c: where Redis is ------------------------------------------- */
+
+enum url_kind { URL_TCP, URL_UNIX, URL_SENTINEL };
+
+struct redis_url {
+	enum url_kind kind;
+	char *host;		/* URL_TCP */
+	int port;
+	char *path;		/* URL_UNIX */
+	int db;
+	char *user;		/* ACL user, may be NULL */
+	char *password;		/* may be NULL */
+	struct strv sentinels;	/* URL_SENTINEL: "host:port" each */
+	char *master;		/* URL_SENTINEL: the master's name */
+};
+
+int url_parse(const char *s, struct redis_url *out, char *err, size_t errlen);
+void url_free(struct redis_url *u);
+/* For logs: the URL without its password. */
+char *url_display(const struct redis_url *u);
+
+/* --- config.c: worker.ini -------------------------------------------- */
+
+enum sudo_mode { SUDO_AUTO, SUDO_YES, SUDO_NO };
+
+struct phase_rule {
+	char *name;
+	char *pattern;		/* a substring of an output line */
+};
+
+struct config {
+	char *path;		/* where it was read from, or NULL for defaults */
+
+	/* [redis] */
+	char *redis_url;
+	char *redis_user;
+	char *redis_password;
+	char *redis_password_env;	/* name of an env variable holding it */
+	double redis_connect_timeout;
+
+	/* [queue] */
+	char *namespace;
+	long result_ttl;		/* seconds {ns}:result:<id> lives */
+	long log_maxlen;		/* XADD MAXLEN ~ */
+	long dead_maxlen;		/* LTRIM of {ns}:dead, 0 = unbounded */
+	uint64_t max_payload;
+	long max_attempts;
+	double retry_backoff;		/* seconds, doubled per attempt */
+	double retry_backoff_max;
+
+	/* [worker] */
+	long concurrency;
+	char *builds_root;
+	double heartbeat_interval;
+	double heartbeat_ttl;
+	double reaper_interval;
+	double drain_timeout;
+	double stats_interval;
+	enum log_level log_level;
+	char *metrics_listen;		/* "host:port" or NULL */
+	long log_batch_lines;		/* lines per log event */
+	double log_batch_interval;	/* seconds a line may wait */
+	long log_max_lines;		/* lines published per job, then counted */
+	long log_tail_lines;		/* lines kept for the result */
+	uint64_t outbox_max;		/* bytes buffered while Redis is away */
+
+	/* [sandbox] */
+	char *runtime;			/* auto, docker, podman, exec, or a path */
+	enum sudo_mode sudo;
+	struct strv runtime_args;	/* global options before "run" */
+	char *image;			/* default image */
+	struct strv images;		/* allow list (image always allowed) */
+	char *containerfile;		/* to build image when missing */
+	uint64_t memory, max_memory;
+	double cpus, max_cpus;
+	double timeout, max_timeout, warning;
+	long pids_limit;
+	double stop_grace;		/* SIGTERM to SIGKILL on timeout */
+	char *network;			/* "none" by default */
+	bool privileged;
+	bool read_only;
+	bool no_new_privileges;
+	struct strv cap_add;
+	struct strv env_allow;		/* host env names passed through */
+	struct strv mounts;		/* extra "host:container[:ro]" */
+	struct strv command;		/* the build command inside */
+
+	/* [phases] */
+	struct phase_rule *phases;
+	size_t nphases;
+};
+
+void config_defaults(struct config *c);
+/*
+ * Parse path into c (which config_defaults filled).  On error returns -1
+ * with "worker.ini:LINE: message" in err and c left to config_free().
+ */
+int config_load(const char *path, struct config *c, char *err, size_t errlen);
+/* Cross-field checks (warning < timeout, maxima, ...). */
+int config_check(const struct config *c, char *err, size_t errlen);
+void config_free(struct config *c);
+/* The config file to use: -c, else ./worker.ini, else /etc/debate/worker.ini. */
+const char *config_find(const char *given);
+
+/* --- keys.c: every key of the contract ------------------------------- */
+
+struct keys {
+	char *ns;
+	char *queue;		/* {ns}:queue */
+	char *events;		/* {ns}:events */
+	char *results;		/* {ns}:results */
+	char *dead;		/* {ns}:dead */
+	char *workers;		/* {ns}:workers (zset: id -> last beat) */
+	char *cancel;		/* {ns}:cancel (hash: id -> ts) */
+	char *delayed;		/* {ns}:delayed (zset: payload -> due) */
+	char *reaper_lock;	/* {ns}:reaper */
+	char *control;		/* {ns}:control channel */
+};
+
+void keys_init(struct keys *k, const char *ns);
+void keys_free(struct keys *k);
+/* "{ns}:<kind>:<id>" into buf; kind is job, progress, log, result, active, worker. */
+const char *keys_id(const struct keys *k, const char *kind, const char *id, char *buf, size_t len);
+#define KEY_MAX (ID_MAX + 128 + 64)
+
+/* --- mpack.c: msgpack helpers ---------------------------------------- */
+
+void mp_str(msgpack_packer *pk, const char *s);
+void mp_strn(msgpack_packer *pk, const char *s, size_t n);
+void mp_kv_str(msgpack_packer *pk, const char *k, const char *v);
+void mp_kv_int(msgpack_packer *pk, const char *k, int64_t v);
+void mp_kv_uint(msgpack_packer *pk, const char *k, uint64_t v);
+void mp_kv_double(msgpack_packer *pk, const char *k, double v);
+void mp_kv_bool(msgpack_packer *pk, const char *k, bool v);
+void mp_kv_nil(msgpack_packer *pk, const char *k);
+/* Find a key in a map object; NULL when absent or o is no map. */
+const msgpack_object *mp_get(const msgpack_object *o, const char *key);
+/* Copy a str object into buf; false if it is no str or too long. */
+bool mp_get_str(const msgpack_object *o, const char *key, char *buf, size_t len);
+bool mp_get_num(const msgpack_object *o, const char *key, double *out);
+/*
+ * Check a msgpack buffer before msgpack-c unpacks it: exactly one object,
+ * nested at most max_depth, and no container announcing more elements
+ * than bytes remain (so the unpacker's zone stays bounded by len).
+ * Returns 0, -1 when malformed, -2 when nested too deep.
+ */
+int mp_precheck(const char *buf, size_t len, int max_depth, char *err, size_t errlen);
+/* Unpack after mp_precheck; 0, or -1 (malformed) / -2 (too deep) with err. */
+int mp_unpack(const char *buf, size_t len, int max_depth, msgpack_unpacked *out, char *err, size_t errlen);
+/* Write o as JSON (bin as base64-less lossless "\u" escaped text). */
+void mp_json(FILE *f, const msgpack_object *o);
+#define MP_MAX_DEPTH 16
+
+/* --- job.c: a build job ---------------------------------------------- */
+
+/* Why a payload was refused; the names are in PROTOCOL.md. */
+enum refusal {
+	REFUSE_NONE = 0,
+	REFUSE_TOO_LARGE,	/* payload_too_large */
+	REFUSE_MALFORMED,	/* malformed: not one msgpack object */
+	REFUSE_TOO_DEEP,	/* too_deep */
+	REFUSE_NOT_MAP,		/* not_a_map */
+	REFUSE_MISSING,		/* missing_field */
+	REFUSE_TYPE,		/* wrong_type */
+	REFUSE_VALUE,		/* bad_value */
+	REFUSE_ID,		/* bad_id */
+	REFUSE_PATH,		/* bad_path */
+	REFUSE_IMAGE,		/* image_not_allowed */
+	REFUSE_LIMIT,		/* over_limit */
+};
+const char *refusal_name(enum refusal r);
+
+struct job_spec {
+	char id[ID_MAX + 1];
+	char *profile;			/* relative to builds_root, as given */
+	char *output;
+	int64_t source_date_epoch;
+	bool has_epoch;
+	uint64_t memory;
+	double cpus;
+	double timeout;
+	double warning;
+	long retries;			/* extra tries after a failed build */
+	char *image;
+	char *meta;			/* raw msgpack of meta, or NULL */
+	size_t meta_len;
+};
+
+/*
+ * Decode and validate a payload against the worker's limits.  Returns
+ * REFUSE_NONE and fills js, or a refusal with a message naming the field
+ * in err; js->id is filled whenever the payload had a readable valid id.
+ * Paths are checked lexically here; job_resolve() checks the filesystem.
+ */
+enum refusal job_decode(const char *buf, size_t len, const struct config *c,
+    struct job_spec *js, char *err, size_t errlen);
+void job_spec_free(struct job_spec *js);
+/*
+ * Resolve a relative path under root: every component is opened with
+ * openat(O_NOFOLLOW) below root's fd, symlinks are followed only while
+ * they stay inside.  Writes the real absolute path to out.
+ */
+int path_resolve(const char *root, const char *rel, bool create, char *out, size_t outlen,
+    char *err, size_t errlen);
+/* Encode a job (for enqueue and tests). */
+void job_encode(const struct job_spec *js, msgpack_sbuffer *sb);
+
+/* --- result statuses ------------------------------------------------- */
+
+enum status {
+	ST_QUEUED, ST_RUNNING, ST_SUCCEEDED, ST_FAILED, ST_TIMED_OUT,
+	ST_OOM_KILLED, ST_CANCELLED, ST_ERROR, ST_DEAD,
+};
+const char *status_name(enum status s);
+int status_parse(const char *s, enum status *out);
+
+#endif

@@ -1,0 +1,431 @@
+/*
+ * job.c: a build job on the wire.  job_decode() is the one gate every
+ * payload passes: it refuses with a reason (PROTOCOL.md lists them) and a
+ * message naming the field, and nothing it accepts can name a path outside
+ * builds_root, an image off the allow list, or limits over the maxima.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "debate.h"
+
+#define PATH_FIELD_MAX 1024	/* longest profile/output accepted */
+#define MIN_MEMORY (6ULL << 20)	/* docker refuses less */
+#define EPOCH_MAX 253402300799LL /* 9999-12-31 */
+
+/* The wire name of a refusal. */
+const char *
+refusal_name(enum refusal r)
+{
+	switch (r) {
+	case REFUSE_NONE: return "none";
+	case REFUSE_TOO_LARGE: return "payload_too_large";
+	case REFUSE_MALFORMED: return "malformed";
+	case REFUSE_TOO_DEEP: return "too_deep";
+	case REFUSE_NOT_MAP: return "not_a_map";
+	case REFUSE_MISSING: return "missing_field";
+	case REFUSE_TYPE: return "wrong_type";
+	case REFUSE_VALUE: return "bad_value";
+	case REFUSE_ID: return "bad_id";
+	case REFUSE_PATH: return "bad_path";
+	case REFUSE_IMAGE: return "image_not_allowed";
+	case REFUSE_LIMIT: return "over_limit";
+	}
+	return "unknown";
+}
+
+static const char *status_names[] = {
+	[ST_QUEUED] = "queued", [ST_RUNNING] = "running", [ST_SUCCEEDED] = "succeeded",
+	[ST_FAILED] = "failed", [ST_TIMED_OUT] = "timed_out", [ST_OOM_KILLED] = "oom_killed",
+	[ST_CANCELLED] = "cancelled", [ST_ERROR] = "error", [ST_DEAD] = "dead",
+};
+
+/* The wire name of a status. */
+const char *
+status_name(enum status s)
+{
+	if ((size_t)s < sizeof status_names / sizeof status_names[0])
+		return status_names[s];
+	return "unknown";
+}
+
+/* Parse a status name. */
+int
+status_parse(const char *s, enum status *out)
+{
+	for (size_t i = 0; i < sizeof status_names / sizeof status_names[0]; i++) {
+		if (strcmp(s, status_names[i]) == 0) {
+			*out = (enum status)i;
+			return 0;
+		}
+	}
+	return -1;
+}
+
+/* A readable name for a msgpack type, for messages. */
+static const char *
+job_type_name(const msgpack_object *o)
+{
+	switch (o->type) {
+	case MSGPACK_OBJECT_NIL: return "nil";
+	case MSGPACK_OBJECT_BOOLEAN: return "a boolean";
+	case MSGPACK_OBJECT_POSITIVE_INTEGER:
+	case MSGPACK_OBJECT_NEGATIVE_INTEGER: return "an integer";
+	case MSGPACK_OBJECT_FLOAT32:
+	case MSGPACK_OBJECT_FLOAT64: return "a float";
+	case MSGPACK_OBJECT_STR: return "a string";
+	case MSGPACK_OBJECT_BIN: return "binary";
+	case MSGPACK_OBJECT_ARRAY: return "an array";
+	case MSGPACK_OBJECT_MAP: return "a map";
+	case MSGPACK_OBJECT_EXT: return "an extension";
+	}
+	return "unknown";
+}
+
+#define REFUSE(r, ...)                                                         \
+	do {                                                                   \
+		snprintf(err, errlen, __VA_ARGS__);                            \
+		return (r);                                                    \
+	} while (0)
+
+/* A number field: int or float, finite. */
+static enum refusal
+job_number(const msgpack_object *v, const char *name, double *out, char *err, size_t errlen)
+{
+	switch (v->type) {
+	case MSGPACK_OBJECT_POSITIVE_INTEGER: *out = (double)v->via.u64; break;
+	case MSGPACK_OBJECT_NEGATIVE_INTEGER: *out = (double)v->via.i64; break;
+	case MSGPACK_OBJECT_FLOAT32:
+	case MSGPACK_OBJECT_FLOAT64: *out = v->via.f64; break;
+	default: REFUSE(REFUSE_TYPE, "%s: must be a number, not %s", name, job_type_name(v));
+	}
+	if (!isfinite(*out))
+		REFUSE(REFUSE_VALUE, "%s: must be a finite number", name);
+	return REFUSE_NONE;
+}
+
+/*
+ * A path field, checked by its text alone: relative (or absolute inside
+ * builds_root), no "..", no NUL, not too long.  Stores the relative form.
+ */
+static enum refusal
+job_path(const msgpack_object *v, const char *name, const char *root, char **out, char *err,
+    size_t errlen)
+{
+	const char *s;
+	size_t n, rl = strlen(root);
+	char *p, *save, *tok;
+
+	if (v == NULL)
+		REFUSE(REFUSE_MISSING, "%s: missing (a directory relative to builds_root)", name);
+	if (v->type != MSGPACK_OBJECT_STR)
+		REFUSE(REFUSE_TYPE, "%s: must be a string, not %s", name, job_type_name(v));
+	s = v->via.str.ptr;
+	n = v->via.str.size;
+	if (n == 0)
+		REFUSE(REFUSE_PATH, "%s: empty path", name);
+	if (n > PATH_FIELD_MAX)
+		REFUSE(REFUSE_PATH, "%s: longer than %d bytes", name, PATH_FIELD_MAX);
+	if (memchr(s, '\0', n) != NULL)
+		REFUSE(REFUSE_PATH, "%s: contains a NUL byte", name);
+	if (s[0] == '/') {
+		while (rl > 1 && root[rl - 1] == '/')
+			rl--;
+		if (n <= rl + 1 || strncmp(s, root, rl) != 0 || s[rl] != '/')
+			REFUSE(REFUSE_PATH, "%s: absolute path \"%.*s\" is outside builds_root", name,
+			    (int)(n > 200 ? 200 : n), s);
+		s += rl + 1;
+		n -= rl + 1;
+	}
+	p = xstrndup(s, n);
+	save = xstrdup(p);
+	for (tok = strtok(save, "/"); tok != NULL; tok = strtok(NULL, "/")) {
+		if (strcmp(tok, "..") == 0) {
+			free(save);
+			free(p);
+			REFUSE(REFUSE_PATH, "%s: \"..\" is not allowed in a path", name);
+		}
+		if (strlen(tok) > NAME_MAX) {
+			free(save);
+			free(p);
+			REFUSE(REFUSE_PATH, "%s: a path component is longer than %d bytes", name, NAME_MAX);
+		}
+	}
+	free(save);
+	*out = p;
+	return REFUSE_NONE;
+}
+
+/* Decode the fields of a job map; see the contract in PROTOCOL.md. */
+static enum refusal
+job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js, char *err,
+    size_t errlen)
+{
+	const msgpack_object *v;
+	enum refusal r;
+	double d;
+
+	if (o->type != MSGPACK_OBJECT_MAP)
+		REFUSE(REFUSE_NOT_MAP, "payload must be a msgpack map, not %s", job_type_name(o));
+
+	if ((v = mp_get(o, "id")) == NULL)
+		REFUSE(REFUSE_MISSING, "id: missing");
+	if (v->type != MSGPACK_OBJECT_STR)
+		REFUSE(REFUSE_TYPE, "id: must be a string, not %s", job_type_name(v));
+	if (!id_valid(v->via.str.ptr, v->via.str.size))
+		REFUSE(REFUSE_ID, "id: must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}");
+	memcpy(js->id, v->via.str.ptr, v->via.str.size);
+	js->id[v->via.str.size] = '\0';
+
+	if ((r = job_path(mp_get(o, "profile"), "profile", c->builds_root, &js->profile, err, errlen)))
+		return r;
+	if ((r = job_path(mp_get(o, "output"), "output", c->builds_root, &js->output, err, errlen)))
+		return r;
+
+	if ((v = mp_get(o, "source_date_epoch")) != NULL) {
+		if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+			REFUSE(REFUSE_VALUE, "source_date_epoch: must not be negative");
+		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+			REFUSE(REFUSE_TYPE, "source_date_epoch: must be an integer, not %s", job_type_name(v));
+		if (v->via.u64 > (uint64_t)EPOCH_MAX)
+			REFUSE(REFUSE_VALUE, "source_date_epoch: %llu is after the year 9999",
+			    (unsigned long long)v->via.u64);
+		js->source_date_epoch = (int64_t)v->via.u64;
+		js->has_epoch = true;
+	} else if ((v = mp_get(o, "enqueued_at")) != NULL && job_number(v, "enqueued_at", &d, err, errlen) == 0 &&
+	    d >= 0 && d <= (double)EPOCH_MAX) {
+		js->source_date_epoch = (int64_t)d;
+		js->has_epoch = true;
+	}
+
+	js->memory = c->memory;
+	if ((v = mp_get(o, "memory")) != NULL) {
+		char buf[32], e[ERR_MAX];
+		if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+			js->memory = v->via.u64;
+		else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+			REFUSE(REFUSE_VALUE, "memory: must not be negative");
+		else if (v->type == MSGPACK_OBJECT_STR) {
+			if (v->via.str.size >= sizeof buf)
+				REFUSE(REFUSE_VALUE, "memory: \"%.*s...\" is not a size", 16, v->via.str.ptr);
+			memcpy(buf, v->via.str.ptr, v->via.str.size);
+			buf[v->via.str.size] = '\0';
+			if (memchr(v->via.str.ptr, '\0', v->via.str.size) || parse_size(buf, &js->memory, e, sizeof e))
+				REFUSE(REFUSE_VALUE, "memory: %s", e);
+		} else
+			REFUSE(REFUSE_TYPE, "memory: must be bytes (integer) or a size string like \"512m\", not %s",
+			    job_type_name(v));
+		if (js->memory < MIN_MEMORY)
+			REFUSE(REFUSE_VALUE, "memory: %llu bytes is below the minimum of 6m",
+			    (unsigned long long)js->memory);
+		if (js->memory > c->max_memory) {
+			char b1[32], b2[32];
+			REFUSE(REFUSE_LIMIT, "memory: %s is over this worker's max_memory of %s",
+			    fmt_bytes(js->memory, b1, sizeof b1), fmt_bytes(c->max_memory, b2, sizeof b2));
+		}
+	}
+
+	js->cpus = c->cpus;
+	if ((v = mp_get(o, "cpus")) != NULL) {
+		if ((r = job_number(v, "cpus", &js->cpus, err, errlen)))
+			return r;
+		if (js->cpus < 0.01)
+			REFUSE(REFUSE_VALUE, "cpus: must be at least 0.01");
+		if (js->cpus > c->max_cpus)
+			REFUSE(REFUSE_LIMIT, "cpus: %g is over this worker's max_cpus of %g", js->cpus, c->max_cpus);
+	}
+
+	js->timeout = c->timeout;
+	if ((v = mp_get(o, "timeout")) != NULL) {
+		if ((r = job_number(v, "timeout", &js->timeout, err, errlen)))
+			return r;
+		if (js->timeout <= 0)
+			REFUSE(REFUSE_VALUE, "timeout: must be above 0 seconds");
+		if (js->timeout > c->max_timeout)
+			REFUSE(REFUSE_LIMIT, "timeout: %g s is over this worker's max_timeout of %g s", js->timeout,
+			    c->max_timeout);
+	}
+	js->warning = c->warning < js->timeout ? c->warning : js->timeout * 0.75;
+	if ((v = mp_get(o, "warning")) != NULL) {
+		if ((r = job_number(v, "warning", &js->warning, err, errlen)))
+			return r;
+		if (js->warning < 0)
+			REFUSE(REFUSE_VALUE, "warning: must not be negative");
+		if (js->warning > js->timeout)
+			REFUSE(REFUSE_VALUE, "warning: %g s is after the timeout of %g s", js->warning, js->timeout);
+	}
+
+	if ((v = mp_get(o, "retries")) != NULL) {
+		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+			REFUSE(v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER ? REFUSE_VALUE : REFUSE_TYPE,
+			    "retries: must be an integer from 0 to 10");
+		if (v->via.u64 > 10)
+			REFUSE(REFUSE_LIMIT, "retries: %llu is over the maximum of 10", (unsigned long long)v->via.u64);
+		js->retries = (long)v->via.u64;
+	}
+
+	if ((v = mp_get(o, "image")) != NULL) {
+		if (v->type != MSGPACK_OBJECT_STR)
+			REFUSE(REFUSE_TYPE, "image: must be a string, not %s", job_type_name(v));
+		js->image = xstrndup(v->via.str.ptr, v->via.str.size);
+		if (strlen(js->image) != v->via.str.size ||
+		    (strcmp(js->image, c->image) != 0 && !strv_has(&c->images, js->image)))
+			REFUSE(REFUSE_IMAGE, "image: \"%.100s\" is not one this worker allows", js->image);
+	} else
+		js->image = xstrdup(c->image);
+
+	if ((v = mp_get(o, "meta")) != NULL) {
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+		if (v->type != MSGPACK_OBJECT_MAP)
+			REFUSE(REFUSE_TYPE, "meta: must be a map, not %s", job_type_name(v));
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		msgpack_pack_object(&pk, *v);
+		js->meta = sb.data;	/* the job owns the buffer now */
+		js->meta_len = sb.size;
+	}
+	return REFUSE_NONE;
+}
+
+/* Decode, validate and copy a payload into js. */
+enum refusal
+job_decode(const char *buf, size_t len, const struct config *c, struct job_spec *js, char *err,
+    size_t errlen)
+{
+	msgpack_unpacked u;
+	enum refusal r;
+	char e[ERR_MAX];
+	int rc;
+
+	memset(js, 0, sizeof *js);
+	if (len > c->max_payload)
+		REFUSE(REFUSE_TOO_LARGE, "payload of %zu bytes is over max_payload (%llu)", len,
+		    (unsigned long long)c->max_payload);
+	msgpack_unpacked_init(&u);
+	if ((rc = mp_unpack(buf, len, MP_MAX_DEPTH, &u, e, sizeof e)) != 0) {
+		msgpack_unpacked_destroy(&u);
+		REFUSE(rc == -2 ? REFUSE_TOO_DEEP : REFUSE_MALFORMED, "payload: %s", e);
+	}
+	r = job_fields(&u.data, c, js, err, errlen);
+	msgpack_unpacked_destroy(&u);
+	return r;
+}
+
+/* Free what job_decode() copied. */
+void
+job_spec_free(struct job_spec *js)
+{
+	free(js->profile);
+	free(js->output);
+	free(js->image);
+	free(js->meta);
+	js->profile = js->output = js->image = js->meta = NULL;
+}
+
+/* Whether real path p is strictly below real root r. */
+static bool
+path_below(const char *r, const char *p)
+{
+	size_t n = strlen(r);
+
+	if (n == 1)	/* root is "/" */
+		return p[1] != '\0';
+	return strncmp(p, r, n) == 0 && p[n] == '/' && p[n + 1] != '\0';
+}
+
+/*
+ * Resolve rel under root.  Each prefix is resolved with realpath() and
+ * must stay below root before the next component is looked at, so that a
+ * symlink leading out is refused before anything is created through it.
+ */
+int
+path_resolve(const char *root, const char *rel, bool create, char *out, size_t outlen, char *err,
+    size_t errlen)
+{
+	char rroot[PATH_MAX], cur[PATH_MAX], next[PATH_MAX * 2], *dup, *tok, *save;
+	struct stat st;
+
+	if (realpath(root, rroot) == NULL) {
+		snprintf(err, errlen, "builds_root %s: %s", root, strerror(errno));
+		return -1;
+	}
+	snprintf(cur, sizeof cur, "%s", rroot);
+	dup = xstrdup(rel);
+	for (tok = strtok_r(dup, "/", &save); tok != NULL; tok = strtok_r(NULL, "/", &save)) {
+		if (strcmp(tok, ".") == 0)
+			continue;
+		snprintf(next, sizeof next, "%s/%s", cur, tok);
+		if (realpath(next, cur) == NULL) {
+			if (errno != ENOENT || !create) {
+				snprintf(err, errlen, "\"%s\": %s", rel, strerror(errno));
+				goto fail;
+			}
+			if (mkdir(next, 0755) != 0 && errno != EEXIST) {
+				snprintf(err, errlen, "\"%s\": cannot create it: %s", rel, strerror(errno));
+				goto fail;
+			}
+			if (realpath(next, cur) == NULL) {
+				snprintf(err, errlen, "\"%s\": %s", rel, strerror(errno));
+				goto fail;
+			}
+		}
+		if (!path_below(rroot, cur)) {
+			snprintf(err, errlen, "\"%s\" leads outside builds_root", rel);
+			goto fail;
+		}
+	}
+	free(dup);
+	if (!path_below(rroot, cur)) {
+		snprintf(err, errlen, "\"%s\" is builds_root itself, not a directory below it", rel);
+		return -1;
+	}
+	if (stat(cur, &st) != 0 || !S_ISDIR(st.st_mode)) {
+		snprintf(err, errlen, "\"%s\" is not a directory", rel);
+		return -1;
+	}
+	if (strlen(cur) >= outlen) {
+		snprintf(err, errlen, "\"%s\": resolved path too long", rel);
+		return -1;
+	}
+	strcpy(out, cur);
+	return 0;
+fail:
+	free(dup);
+	return -1;
+}
+
+/* Encode js as the contract's job map. */
+void
+job_encode(const struct job_spec *js, msgpack_sbuffer *sb)
+{
+	msgpack_packer pk;
+	int n = 7 + (js->has_epoch ? 1 : 0) + (js->image ? 1 : 0) + (js->meta ? 1 : 0) +
+	    (js->retries ? 1 : 0);
+
+	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, (size_t)n);
+	mp_kv_str(&pk, "id", js->id);
+	mp_kv_str(&pk, "profile", js->profile);
+	mp_kv_str(&pk, "output", js->output);
+	mp_kv_uint(&pk, "memory", js->memory);
+	mp_kv_double(&pk, "cpus", js->cpus);
+	mp_kv_double(&pk, "timeout", js->timeout);
+	mp_kv_double(&pk, "warning", js->warning);
+	if (js->has_epoch)
+		mp_kv_int(&pk, "source_date_epoch", js->source_date_epoch);
+	if (js->image)
+		mp_kv_str(&pk, "image", js->image);
+	if (js->retries)
+		mp_kv_int(&pk, "retries", js->retries);
+	if (js->meta) {
+		mp_str(&pk, "meta");
+		msgpack_sbuffer_write(sb, js->meta, js->meta_len);
+	}
+}

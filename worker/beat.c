@@ -1,0 +1,219 @@
+/*
+ * beat.c: the heartbeat (which also reaps dead workers and promotes due
+ * retries, in one script, so an idle worker sends one command per
+ * heartbeat interval besides its blocking fetch), the release of payloads
+ * we do not hold, and the removal of orphan containers on this host.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "worker.h"
+
+static ev_timer beat_timer;
+
+/* The beat script's answer: workers reaped, and orphans of this host. */
+static void
+beat_reply(redisReply *r, void *arg)
+{
+	(void)arg;
+	if (r == NULL)
+		return;
+	if (r->type == REDIS_REPLY_ERROR) {
+		log_err("heartbeat: %s", r->str);
+		return;
+	}
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3)
+		return;
+	metrics_queue_len = r->element[2]->integer;
+	for (size_t i = 0; i + 1 < r->element[0]->elements; i += 2) {
+		log_notice("reaper: worker %s missed its heartbeat; %s of its jobs went back to the queue "
+		    "or to dead", r->element[0]->element[i]->str, r->element[0]->element[i + 1]->str);
+	}
+	for (size_t i = 0; i < r->element[1]->elements; i++)
+		beat_sweep_orphans(r->element[1]->element[i]->str);
+}
+
+/* Beat now. */
+void
+beat_now(void)
+{
+	char kwork[KEY_MAX], korph[KEY_MAX], now[32], ttlms[24], reapms[24], maxatt[24], pid[24];
+	char started[32], conc[24], running[24], maxlen[24], ttl[24], *prefix, *jobs;
+	const char *args[22];
+	size_t jl = 0, nrun = 0;
+	struct job *j;
+
+	jobs = xstrdup("");
+	TAILQ_FOREACH(j, &wk->jobs, entry) {
+		if (j->state != JOB_RUNNING && j->state != JOB_STOPPING)
+			continue;
+		jobs = xrealloc(jobs, jl + strlen(j->id) + 2);
+		jl += (size_t)sprintf(jobs + jl, "%s%s", jl ? "," : "", j->id);
+		nrun++;
+	}
+	prefix = xasprintf("{%s}:", wk->keys.ns);
+	snprintf(now, sizeof now, "%.3f", now_real());
+	snprintf(ttlms, sizeof ttlms, "%ld", (long)(wk->conf->heartbeat_ttl * 1000));
+	snprintf(reapms, sizeof reapms, "%ld", (long)(wk->conf->reaper_interval * 1000));
+	snprintf(maxatt, sizeof maxatt, "%ld", wk->conf->max_attempts);
+	snprintf(pid, sizeof pid, "%d", (int)getpid());
+	snprintf(started, sizeof started, "%.3f", wk->started_at);
+	snprintf(conc, sizeof conc, "%ld", wk->slots);
+	snprintf(running, sizeof running, "%zu", nrun);
+	snprintf(maxlen, sizeof maxlen, "%ld", wk->conf->log_maxlen);
+	snprintf(ttl, sizeof ttl, "%.3f", wk->conf->heartbeat_ttl);
+	args[0] = keys_id(&wk->keys, "worker", wk->id, kwork, sizeof kwork);
+	args[1] = wk->keys.workers;
+	args[2] = wk->keys.reaper_lock;
+	args[3] = wk->keys.delayed;
+	args[4] = wk->keys.queue;
+	args[5] = wk->keys.dead;
+	args[6] = keys_id(&wk->keys, "orphans", wk->host, korph, sizeof korph);
+	args[7] = wk->id;
+	args[8] = now;
+	args[9] = ttlms;
+	args[10] = reapms;
+	args[11] = prefix;
+	args[12] = maxatt;
+	args[13] = wk->host;
+	args[14] = pid;
+	args[15] = DEBATE_VERSION;
+	args[16] = started;
+	args[17] = conc;
+	args[18] = running;
+	args[19] = jobs;
+	args[20] = maxlen;
+	args[21] = ttl;
+	script_call(wk->cmd, SCRIPT_BEAT, RQ_ONCE, beat_reply, NULL, 7, 22, args, NULL);
+	free(prefix);
+	free(jobs);
+}
+
+/* The heartbeat timer. */
+static void
+beat_cb(EV_P_ ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)w;
+	(void)revents;
+	beat_now();
+}
+
+/* Start beating every heartbeat_interval. */
+void
+beat_init(void)
+{
+	ev_timer_init(&beat_timer, beat_cb, wk->conf->heartbeat_interval, wk->conf->heartbeat_interval);
+	ev_timer_start(EV_DEFAULT, &beat_timer);
+}
+
+/* Stop beating (at exit: the release removes our heartbeat). */
+void
+beat_stop(void)
+{
+	ev_timer_stop(EV_DEFAULT, &beat_timer);
+}
+
+static void (*release_done)(void);
+
+/* The release script's answer. */
+static void
+beat_released(redisReply *r, void *arg)
+{
+	void (*done)(void) = release_done;
+
+	(void)arg;
+	if (r == NULL)
+		return;
+	if (r->type == REDIS_REPLY_ERROR)
+		log_err("release: %s", r->str);
+	else if (r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+		log_notice("put %lld job%s back on the queue", r->integer, r->integer == 1 ? "" : "s");
+	release_done = NULL;
+	if (done != NULL)
+		done();
+}
+
+/* Put back what we do not hold (all of it when all is true, at exit). */
+void
+beat_release(bool all, void (*done)(void))
+{
+	char kact[KEY_MAX], kwork[KEY_MAX], now[32], maxlen[24], *prefix;
+	size_t n = 0, cap = 9;
+	const char **args;
+	size_t *lens;
+	struct job *j;
+
+	TAILQ_FOREACH(j, &wk->jobs, entry)
+		cap++;
+	args = xcalloc(cap, sizeof *args);
+	lens = xcalloc(cap, sizeof *lens);
+	prefix = xasprintf("{%s}:", wk->keys.ns);
+	snprintf(now, sizeof now, "%.3f", now_real());
+	snprintf(maxlen, sizeof maxlen, "%ld", wk->conf->log_maxlen);
+	args[n++] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);
+	args[n++] = wk->keys.queue;
+	args[n++] = keys_id(&wk->keys, "worker", wk->id, kwork, sizeof kwork);
+	args[n++] = wk->keys.workers;
+	args[n++] = prefix;
+	args[n++] = now;
+	args[n++] = maxlen;
+	args[n++] = all ? "drained" : "recovered";
+	args[n++] = all ? "1" : "0";
+	for (size_t i = 0; i < n; i++)
+		lens[i] = strlen(args[i]);
+	if (!all) {
+		TAILQ_FOREACH(j, &wk->jobs, entry) {
+			lens[n] = j->payload_len;
+			args[n++] = j->payload;
+		}
+	}
+	release_done = done;
+	script_call(wk->cmd, SCRIPT_RELEASE, RQ_KEEP, beat_released, NULL, 4, (int)n, args, lens);
+	free(prefix);
+	free(args);
+	free(lens);
+}
+
+/* The names ps listed: remove each container. */
+static void
+beat_orphans_listed(int wstatus, const char *out, size_t len, void *arg)
+{
+	char *w = arg, *dup, *line, *save, prefix[ID_MAX + 16];
+	struct strv argv = { 0 };
+
+	if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
+		log_warn("orphans of %s: listing containers failed", w);
+		free(w);
+		return;
+	}
+	sandbox_name(wk->conf->namespace, "", prefix, sizeof prefix);
+	dup = xstrndup(out, len);
+	for (line = strtok_r(dup, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+		if (strncmp(line, prefix, strlen(prefix)) != 0)
+			continue;	/* only our builds' names */
+		log_notice("removing container %s of dead worker %s", line, w);
+		sandbox_rm_argv(wk->conf, &wk->rt, line, &argv);
+		proc_run(argv.v, NULL, NULL);
+	}
+	strv_free(&argv);
+	free(dup);
+	free(w);
+}
+
+/* Remove the containers a dead worker left on this host. */
+void
+beat_sweep_orphans(const char *worker_id)
+{
+	struct strv argv = { 0 };
+	char label[ID_MAX + 128];
+
+	if (wk->rt.kind == RT_EXEC)
+		return;
+	snprintf(label, sizeof label, "debate.worker=%s", worker_id);
+	sandbox_ps_argv(wk->conf, &wk->rt, label, &argv);
+	proc_run(argv.v, beat_orphans_listed, xstrdup(worker_id));
+	strv_free(&argv);
+}

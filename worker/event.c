@@ -1,0 +1,132 @@
+/*
+ * event.c: building a job's events and its result, and sending them.
+ *
+ * Every event goes through the emit script, which publishes it and adds
+ * it to the job's stream only while this worker holds the job's lease,
+ * and answers whether a cancel was asked.  seq is ours to count: the
+ * claim told us the last seq in the stream, so a new attempt continues it.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "worker.h"
+
+/* Start an event map: the common fields, then nfields of the type's own. */
+void
+event_begin(struct job *j, struct ev_pack *ep, const char *type, int nfields)
+{
+	msgpack_sbuffer_init(&ep->sb);
+	msgpack_packer_init(&ep->pk, &ep->sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&ep->pk, (size_t)(5 + nfields));
+	mp_kv_str(&ep->pk, "id", j->id);
+	mp_kv_uint(&ep->pk, "seq", ++j->seq);
+	mp_kv_double(&ep->pk, "ts", now_real());
+	mp_kv_str(&ep->pk, "type", type);
+	mp_kv_int(&ep->pk, "attempt", j->attempt);
+}
+
+/* The emit script's answer: lease lost, sent, or sent with a cancel asked. */
+static void
+event_emitted(redisReply *r, void *arg)
+{
+	struct job *j = arg;
+
+	if (r == NULL)
+		return;
+	if (r->type == REDIS_REPLY_ERROR) {
+		log_warn("job %s: event refused by Redis: %s", j->id, r->str);
+		return;
+	}
+	if (r->type != REDIS_REPLY_INTEGER)
+		return;
+	if (r->integer == 0)
+		job_lease_lost(j);
+	else if (r->integer == 2)
+		job_cancel_seen(j);
+}
+
+/* Send the event in ep (and free its buffer). */
+void
+event_send(struct job *j, struct ev_pack *ep, const char *type, enum rq_kind kind, const char *phase)
+{
+	char kjob[KEY_MAX], kprog[KEY_MAX], klog[KEY_MAX], seq[24], att[24], maxlen[24];
+	const char *args[14];
+	size_t lens[14];
+
+	keys_id(&wk->keys, "job", j->id, kjob, sizeof kjob);
+	keys_id(&wk->keys, "progress", j->id, kprog, sizeof kprog);
+	keys_id(&wk->keys, "log", j->id, klog, sizeof klog);
+	snprintf(seq, sizeof seq, "%llu", (unsigned long long)j->seq);
+	snprintf(att, sizeof att, "%ld", j->attempt);
+	snprintf(maxlen, sizeof maxlen, "%ld", wk->conf->log_maxlen);
+	args[0] = kjob;
+	args[1] = kprog;
+	args[2] = wk->keys.events;
+	args[3] = klog;
+	args[4] = wk->keys.cancel;
+	args[5] = wk->id;
+	args[6] = att;
+	args[7] = ep->sb.data;
+	args[8] = seq;
+	args[9] = type;
+	args[10] = maxlen;
+	args[11] = strcmp(type, "log") == 0 ? "0" : "1";
+	args[12] = phase ? phase : "";
+	args[13] = j->id;
+	for (int i = 0; i < 14; i++)
+		lens[i] = i == 7 ? ep->sb.size : strlen(args[i]);
+	script_call(wk->cmd, SCRIPT_EMIT, kind, event_emitted, j, 5, 14, args, lens);
+	msgpack_sbuffer_destroy(&ep->sb);
+}
+
+/* The result map of j, as the contract defines it. */
+void
+event_result(struct job *j, msgpack_sbuffer *sb)
+{
+	msgpack_packer pk;
+	size_t n, start;
+
+	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, 14);
+	mp_kv_str(&pk, "id", j->id);
+	mp_kv_str(&pk, "status", status_name(j->status));
+	mp_kv_int(&pk, "exit_code", j->exit_code);
+	mp_kv_double(&pk, "duration",
+	    j->started_at > 0 && j->finished_at >= j->started_at ? j->finished_at - j->started_at : 0);
+	mp_kv_double(&pk, "started_at", j->started_at);
+	mp_kv_double(&pk, "finished_at", j->finished_at);
+	mp_kv_str(&pk, "worker", wk->id);
+	mp_kv_int(&pk, "attempt", j->attempt);
+	mp_kv_str(&pk, "image", j->spec.image ? j->spec.image : "");
+
+	mp_str(&pk, "artifacts");
+	n = j->collect ? collect_count(j->collect) : 0;
+	msgpack_pack_array(&pk, n);
+	for (size_t i = 0; i < n; i++) {
+		const struct artifact *a = collect_get(j->collect, i);
+		msgpack_pack_map(&pk, 3);
+		mp_kv_str(&pk, "name", a->name);
+		mp_kv_uint(&pk, "size", a->size);
+		mp_kv_str(&pk, "sha256", a->sha256);
+	}
+	mp_kv_str(&pk, "error", j->error);
+
+	/* The tail ring, oldest line first. */
+	mp_str(&pk, "log_tail");
+	n = 0;
+	for (size_t i = 0; i < j->tail.n; i++)
+		n += j->tail.v[i] != NULL;
+	msgpack_pack_array(&pk, n);
+	start = j->tail.n ? j->tail_next % j->tail.n : 0;
+	for (size_t i = 0; i < j->tail.n; i++) {
+		const char *line = j->tail.v[(start + i) % j->tail.n];
+		if (line != NULL)
+			mp_str(&pk, line);
+	}
+	mp_kv_uint(&pk, "dropped_lines", j->lines_dropped);
+	mp_str(&pk, "meta");
+	if (j->spec.meta != NULL)
+		msgpack_sbuffer_write(sb, j->spec.meta, j->spec.meta_len);
+	else
+		msgpack_pack_nil(&pk);
+}

@@ -1,0 +1,120 @@
+/*
+ * image.c: the build image, checked when the worker starts and built from
+ * the configured Containerfile when it is missing, one build at a time
+ * per host (an flock on a lock file).  These calls block, which is fine
+ * before the loop starts: nothing else is running yet.  During the run
+ * the build itself is the check: it runs with --pull=never, and a missing
+ * image ends the job as an error that names it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "worker.h"
+
+#define IMAGE_LOCK "/tmp/debate-image-build.lock"
+
+/* Run argv to its end; collect up to outmax bytes of stdout+stderr. */
+int
+image_run(char *const argv[], char **out, size_t outmax)
+{
+	char err[ERR_MAX], buf[4096];
+	size_t len = 0;
+	int fd, status;
+	ssize_t n;
+	pid_t pid;
+
+	if ((pid = spawn(argv, NULL, &fd, NULL, err, sizeof err)) < 0) {
+		log_err("%s", err);
+		return 127 << 8;
+	}
+	if (out != NULL)
+		*out = xcalloc(1, outmax + 1);
+	fcntl(fd, F_SETFL, 0);	/* blocking: we wait for it here */
+	while ((n = read(fd, buf, sizeof buf)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			break;
+		if (out != NULL && len < outmax) {
+			size_t k = (size_t)n < outmax - len ? (size_t)n : outmax - len;
+			memcpy(*out + len, buf, k);
+			len += k;
+		}
+	}
+	close(fd);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	return status;
+}
+
+/* Whether the runtime has image. */
+static bool
+image_exists(const struct config *c, const struct runtime *rt, const char *image)
+{
+	struct strv argv = { 0 };
+	int st;
+
+	sandbox_base_argv(c, rt, &argv);
+	strv_push(&argv, "image");
+	strv_push(&argv, "inspect");
+	strv_push(&argv, "--format={{.Id}}");
+	strv_push(&argv, image);
+	st = image_run(argv.v, NULL, 0);
+	strv_free(&argv);
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+/* Make sure image is there, building it if we know how. */
+int
+image_ensure(const struct config *c, const struct runtime *rt, const char *image, char *err, size_t errlen)
+{
+	struct strv argv = { 0 };
+	char *out = NULL, *dir, *slash;
+	int lock, st;
+
+	if (rt->kind == RT_EXEC || image_exists(c, rt, image))
+		return 0;
+	if (c->containerfile == NULL || access(c->containerfile, R_OK) != 0) {
+		snprintf(err, errlen, "image %s is missing and no readable [sandbox] containerfile builds it%s%s",
+		    image, c->containerfile ? ": " : "", c->containerfile ? c->containerfile : "");
+		return -1;
+	}
+	/* One image build per host: others wait here, then find it built. */
+	if ((lock = open(IMAGE_LOCK, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) >= 0)
+		flock(lock, LOCK_EX);
+	if (image_exists(c, rt, image)) {
+		if (lock >= 0)
+			close(lock);
+		return 0;
+	}
+	log_notice("building image %s from %s (this takes a while)", image, c->containerfile);
+	dir = xstrdup(c->containerfile);
+	slash = strrchr(dir, '/');
+	if (slash != NULL)
+		*slash = '\0';
+	sandbox_base_argv(c, rt, &argv);
+	strv_push(&argv, "build");
+	strv_push(&argv, "--tag");
+	strv_push(&argv, image);
+	strv_push(&argv, "--file");
+	strv_push(&argv, c->containerfile);
+	strv_push(&argv, slash ? dir : ".");
+	st = image_run(argv.v, &out, 4096);
+	strv_free(&argv);
+	free(dir);
+	if (lock >= 0)
+		close(lock);
+	if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+		snprintf(err, errlen, "building image %s failed: %.300s", image, out ? out : "");
+		free(out);
+		return -1;
+	}
+	free(out);
+	log_notice("image %s built", image);
+	return 0;
+}

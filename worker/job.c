@@ -1,0 +1,804 @@
+/*
+ * job.c: one build, from the payload BLMOVE gave us to its one result.
+ *
+ *   fetched -> (refused) REFUSING -> DONE
+ *           -> CLAIMING -> STARTING -> RUNNING [-> STOPPING] -> COLLECTING
+ *              -> FINISHING -> DONE
+ *
+ * The job embeds every watcher it needs (w.data = job).  Invariant: a job
+ * is finished only when its child is reaped AND both pipes are at EOF;
+ * either can come first.  A job is freed only from DONE, through
+ * defer_free(), never inside one of its own callbacks, and never while a
+ * Redis command holding it as callback argument is unanswered (the
+ * finish or refuse script is always the job's last command).
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "worker.h"
+
+extern char **environ;
+
+static void job_spawn(struct job *j);
+static void job_end(struct job *j);
+static void job_finish(struct job *j);
+
+static const char *job_state_names[] = {
+	[JOB_CLAIMING] = "claiming", [JOB_STARTING] = "starting", [JOB_RUNNING] = "running",
+	[JOB_STOPPING] = "stopping", [JOB_COLLECTING] = "collecting", [JOB_FINISHING] = "finishing",
+	[JOB_REFUSING] = "refusing", [JOB_DONE] = "done",
+};
+
+/* A state's name for logs. */
+const char *
+job_state_name(enum job_state s)
+{
+	return job_state_names[s];
+}
+
+/* The one place a job changes state. */
+void
+job_set_state(struct job *j, enum job_state s)
+{
+	log_debug("job %s: %s -> %s", j->id[0] ? j->id : "?", job_state_name(j->state), job_state_name(s));
+	j->state = s;
+}
+
+/* Give the slot back so the fetch can ask for another job. */
+static void
+job_release_slot(struct job *j)
+{
+	if (!j->has_slot)
+		return;
+	j->has_slot = false;
+	wk->held--;
+	worker_slot_freed();
+}
+
+/* Free a job (from the deferred list). */
+static void
+job_free(void *p)
+{
+	struct job *j = p;
+
+	output_close(&j->out);
+	output_close(&j->err);
+	cgroup_close(&j->cg);
+	collect_free(j->collect);
+	strv_free(&j->tail);
+	job_spec_free(&j->spec);
+	free(j->payload);
+	free(j);
+}
+
+/* The job is over for this worker: forget it. */
+static void
+job_done(struct job *j)
+{
+	job_set_state(j, JOB_DONE);
+	job_release_slot(j);
+	ev_timer_stop(EV_DEFAULT, &j->warn_timer);
+	ev_timer_stop(EV_DEFAULT, &j->timeout_timer);
+	ev_timer_stop(EV_DEFAULT, &j->stats_timer);
+	ev_timer_stop(EV_DEFAULT, &j->cid_timer);
+	ev_timer_stop(EV_DEFAULT, &j->kill_timer);
+	ev_io_stop(EV_DEFAULT, &j->oom_io);
+	ev_child_stop(EV_DEFAULT, &j->child);
+	TAILQ_REMOVE(&wk->jobs, j, entry);
+	wk->done++;
+	defer_free(job_free, j);
+	worker_check_exit();
+}
+
+/* The dead-letter script answered: the refused job is over. */
+void
+job_done_refused(struct job *j)
+{
+	job_done(j);
+}
+
+/*
+ * Exit status to outcome, in one place.  A stop we asked for wins over the
+ * exit code it caused; an OOM kill anywhere in the build wins over the
+ * exit code the build chose after it (mkarchiso exits 1).  Container
+ * runtimes exit 125 when they fail themselves, 126/127 when the command
+ * cannot be run.
+ */
+enum status
+job_outcome(enum rt_kind rt, int wstatus, bool oom, enum stop_reason stop, int *exit_code, char *err,
+    size_t errlen)
+{
+	int code = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : -1;
+
+	*exit_code = code;
+	err[0] = '\0';
+	if (stop == STOP_CANCEL) {
+		snprintf(err, errlen, "cancelled");
+		return ST_CANCELLED;
+	}
+	if (stop == STOP_TIMEOUT) {
+		snprintf(err, errlen, "stopped after its timeout");
+		return ST_TIMED_OUT;
+	}
+	if (stop == STOP_LEASE || stop == STOP_DRAIN) {
+		snprintf(err, errlen, stop == STOP_LEASE ? "lease lost" : "stopped by a worker shutdown");
+		return ST_ERROR;
+	}
+	if (oom) {
+		snprintf(err, errlen, "the kernel killed a process of the build for memory");
+		return ST_OOM_KILLED;
+	}
+	if (WIFSIGNALED(wstatus)) {
+		snprintf(err, errlen, "%s killed by signal %d", rt == RT_EXEC ? "build" : "runtime client",
+		    WTERMSIG(wstatus));
+		return rt == RT_EXEC ? ST_FAILED : ST_ERROR;
+	}
+	if (code == 0)
+		return ST_SUCCEEDED;
+	if (rt != RT_EXEC && code == 125) {
+		snprintf(err, errlen, "the container runtime failed (exit 125)");
+		return ST_ERROR;
+	}
+	if (code == 126 || code == 127) {
+		snprintf(err, errlen, "the build command could not be %s (exit %d)",
+		    code == 126 ? "executed" : "found", code);
+		return ST_ERROR;
+	}
+	snprintf(err, errlen, "build exited with code %d", code);
+	return ST_FAILED;
+}
+
+/* Keep line in the tail ring; send a phase event when a pattern matches. */
+void
+job_line(struct job *j, struct outstream *os, const char *line, size_t len)
+{
+	const struct config *c = wk->conf;
+
+	if (j->tail.n > 0) {
+		size_t i = j->tail_next++ % j->tail.n;
+		free(j->tail.v[i]);
+		j->tail.v[i] = xstrndup(line, len);
+	}
+	for (size_t i = 0; i < c->nphases; i++) {
+		struct ev_pack ep;
+		if ((int)i == j->phase || memmem(line, len, c->phases[i].pattern, strlen(c->phases[i].pattern)) == NULL)
+			continue;
+		j->phase = (int)i;
+		output_flush(os);	/* lines before the phase change go first */
+		event_begin(j, &ep, "phase", 2);
+		mp_kv_str(&ep.pk, "name", c->phases[i].name);
+		mp_str(&ep.pk, "line");
+		mp_strn(&ep.pk, line, len > 512 ? 512 : len);
+		event_send(j, &ep, "phase", RQ_KEEP, c->phases[i].name);
+		break;
+	}
+}
+
+/* Stop the build: the runtime's stop (TERM, grace, KILL), or signals. */
+void
+job_stop(struct job *j, enum stop_reason why)
+{
+	struct strv argv = { 0 };
+
+	if (j->state != JOB_RUNNING)
+		return;
+	j->stop = why;
+	job_set_state(j, JOB_STOPPING);
+	ev_timer_stop(EV_DEFAULT, &j->warn_timer);
+	ev_timer_stop(EV_DEFAULT, &j->timeout_timer);
+	if (wk->rt.kind == RT_EXEC) {
+		kill(-j->pid, SIGTERM);
+		ev_timer_set(&j->kill_timer, wk->conf->stop_grace, 0);
+	} else {
+		j->container_dirty = true;
+		sandbox_stop_argv(wk->conf, &wk->rt, j->cname, &argv);
+		proc_run(argv.v, NULL, NULL);
+		strv_free(&argv);
+		/* If the client outlives the stop by far, kill it; rm -f follows. */
+		ev_timer_set(&j->kill_timer, wk->conf->stop_grace + 15, 0);
+	}
+	ev_timer_start(EV_DEFAULT, &j->kill_timer);
+}
+
+/* The grace is over and the child is still there. */
+static void
+job_kill_cb(EV_P_ ev_timer *w, int revents)
+{
+	struct job *j = w->data;
+
+	(void)loop;
+	(void)revents;
+	if (j->reaped)
+		return;
+	log_warn("job %s: still running %g s after the stop; killing it", j->id, wk->conf->stop_grace);
+	kill(wk->rt.kind == RT_EXEC ? -j->pid : j->pid, SIGKILL);
+}
+
+/* The warning time has come. */
+static void
+job_warn_cb(EV_P_ ev_timer *w, int revents)
+{
+	struct job *j = w->data;
+	struct ev_pack ep;
+	char msg[160];
+	double el = now_mono() - j->started_mono;
+
+	(void)loop;
+	(void)revents;
+	snprintf(msg, sizeof msg, "build has run %.0f s; it will be stopped at %.0f s", el, j->spec.timeout);
+	event_begin(j, &ep, "warning", 3);
+	mp_kv_double(&ep.pk, "elapsed", el);
+	mp_kv_double(&ep.pk, "timeout", j->spec.timeout);
+	mp_kv_str(&ep.pk, "message", msg);
+	event_send(j, &ep, "warning", RQ_KEEP, NULL);
+	log_notice("job %s: %s", j->id, msg);
+}
+
+/* The timeout has come. */
+static void
+job_timeout_cb(EV_P_ ev_timer *w, int revents)
+{
+	struct job *j = w->data;
+
+	(void)loop;
+	(void)revents;
+	log_notice("job %s: timed out after %g s; stopping it", j->id, j->spec.timeout);
+	job_stop(j, STOP_TIMEOUT);
+}
+
+/* Memory and CPU of an exec-mode child from /proc (the child alone). */
+static int
+job_proc_stats(pid_t pid, uint64_t *mem, double *cpu)
+{
+	char path[64], buf[1024], *p;
+	unsigned long long ut, st, rss;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+		return -1;
+	n = read(fd, buf, sizeof buf - 1);
+	close(fd);
+	if (n <= 0 || (p = strrchr(buf, ')')) == NULL)
+		return -1;
+	buf[n] = '\0';
+	/* After "pid (comm)": state is field 3; utime 14, stime 15, rss 24. */
+	if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu %*d %*d %*d %*d %*d %*d %*u %*u %llu",
+	    &ut, &st, &rss) != 3)
+		return -1;
+	*cpu = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+	*mem = rss * (uint64_t)sysconf(_SC_PAGESIZE);
+	return 0;
+}
+
+/* Periodic stats; the emit's answer also tells us about a cancel. */
+static void
+job_stats_cb(EV_P_ ev_timer *w, int revents)
+{
+	struct job *j = w->data;
+	struct ev_pack ep;
+	uint64_t mem = 0;
+	double cpu = 0;
+
+	(void)loop;
+	(void)revents;
+	if (j->cg_found)
+		cgroup_stats(&j->cg, &mem, &cpu);
+	else if (wk->rt.kind == RT_EXEC)
+		job_proc_stats(j->pid, &mem, &cpu);
+	event_begin(j, &ep, "stats", 3);
+	mp_kv_double(&ep.pk, "elapsed", now_mono() - j->started_mono);
+	mp_kv_uint(&ep.pk, "memory", mem);
+	mp_kv_double(&ep.pk, "cpu", cpu);
+	event_send(j, &ep, "stats", RQ_DROP, NULL);
+}
+
+/* The memory cgroup says something happened: an OOM kill, or its removal. */
+static void
+job_oom_cb(EV_P_ ev_io *w, int revents)
+{
+	struct job *j = w->data;
+
+	(void)revents;
+	if (cgroup_oom_check(&j->cg) && !j->oom) {
+		j->oom = true;
+		log_notice("job %s: the kernel killed a process of the build for memory", j->id);
+	}
+	if (j->reaped)
+		ev_io_stop(loop, w);
+}
+
+/*
+ * Wait for the cidfile the runtime writes when it creates the container,
+ * then find its memory cgroup and arm the OOM watch.  The count read when
+ * arming catches a kill that came before.
+ */
+static void
+job_cid_cb(EV_P_ ev_timer *w, int revents)
+{
+	struct job *j = w->data;
+	char cid[128];
+	ssize_t n;
+	int fd, efd;
+
+	(void)revents;
+	if (j->reaped || j->cg_found) {
+		ev_timer_stop(loop, w);
+		return;
+	}
+	if ((fd = open(j->cidfile, O_RDONLY | O_CLOEXEC)) < 0)
+		goto again;
+	n = read(fd, cid, sizeof cid - 1);
+	close(fd);
+	if (n < 12)
+		goto again;
+	cid[n] = '\0';
+	cid[strcspn(cid, " \r\n")] = '\0';
+	if (cgroup_find(cid, &j->cg) != 0)
+		goto again;
+	j->cg_found = true;
+	ev_timer_stop(loop, w);
+	if ((efd = cgroup_watch_oom(&j->cg)) >= 0) {
+		ev_io_init(&j->oom_io, job_oom_cb, efd, EV_READ);
+		j->oom_io.data = j;
+		ev_io_start(loop, &j->oom_io);
+	} else
+		log_warn("job %s: cannot watch the memory cgroup %s for OOM kills", j->id, j->cg.mem_dir);
+	if (cgroup_oom_check(&j->cg))
+		j->oom = true;
+	log_debug("job %s: container %.12s, cgroup %s", j->id, cid, j->cg.mem_dir);
+	return;
+again:
+	/* Poll fast at first (the container appears within a second), then slower. */
+	w->repeat = now_mono() - j->started_mono < 2 ? 0.02 : 0.25;
+	ev_timer_again(loop, w);
+}
+
+/* The child (the runtime client, or the build in exec mode) exited. */
+static void
+job_child_cb(EV_P_ ev_child *w, int revents)
+{
+	struct job *j = w->data;
+
+	(void)revents;
+	ev_child_stop(loop, w);
+	j->reaped = true;
+	j->wstatus = w->rstatus;
+	if (j->out.eof && j->err.eof)
+		job_end(j);
+}
+
+/* One of the pipes reached EOF. */
+void
+job_pipe_closed(struct job *j)
+{
+	if (j->reaped && j->out.eof && j->err.eof)
+		job_end(j);
+}
+
+/* Another worker holds the job now: stop, record nothing. */
+void
+job_lease_lost(struct job *j)
+{
+	if (j->lease_lost)
+		return;
+	j->lease_lost = true;
+	wk->m.results_refused++;
+	log_warn("job %s: attempt %ld lost its lease (another worker took the job over); stopping it",
+	    j->id, j->attempt);
+	if (j->state == JOB_RUNNING)
+		job_stop(j, STOP_LEASE);
+}
+
+/* Someone asked to cancel the running job. */
+void
+job_cancel_seen(struct job *j)
+{
+	if (j->state != JOB_RUNNING)
+		return;
+	log_notice("job %s: cancelled; stopping it", j->id);
+	job_stop(j, STOP_CANCEL);
+}
+
+/* The name was held by an orphan container: it was removed, try once more. */
+static void
+job_conflict_removed(int wstatus, const char *out, size_t len, void *arg)
+{
+	struct job *j = arg;
+
+	(void)wstatus;
+	(void)out;
+	(void)len;
+	j->reaped = false;
+	j->oom = false;
+	output_close(&j->out);
+	output_close(&j->err);
+	job_spawn(j);
+}
+
+/* Whether the tail says the container name is taken. */
+static bool
+job_name_conflict(const struct job *j)
+{
+	for (size_t i = 0; i < j->tail.n; i++)
+		if (j->tail.v[i] != NULL && strstr(j->tail.v[i], "already in use") != NULL)
+			return true;
+	return false;
+}
+
+/* The artifacts are hashed: record the result. */
+static void
+job_collected(struct job *j)
+{
+	job_finish(j);
+}
+
+/* Child reaped and pipes at EOF: decide the outcome, clean up, collect. */
+static void
+job_end(struct job *j)
+{
+	const struct config *c = wk->conf;
+	struct strv argv = { 0 };
+
+	ev_timer_stop(EV_DEFAULT, &j->warn_timer);
+	ev_timer_stop(EV_DEFAULT, &j->timeout_timer);
+	ev_timer_stop(EV_DEFAULT, &j->stats_timer);
+	ev_timer_stop(EV_DEFAULT, &j->cid_timer);
+	ev_timer_stop(EV_DEFAULT, &j->kill_timer);
+	if (j->cg_found && cgroup_oom_check(&j->cg))
+		j->oom = true;
+	ev_io_stop(EV_DEFAULT, &j->oom_io);
+
+	if (wk->rt.kind != RT_EXEC && j->stop == STOP_NONE && !j->conflict_retried &&
+	    WIFEXITED(j->wstatus) && WEXITSTATUS(j->wstatus) == 125 && job_name_conflict(j)) {
+		/* A container of an earlier attempt still has our name: remove it and retry. */
+		log_notice("job %s: container name %s is taken by an orphan; removing it", j->id, j->cname);
+		j->conflict_retried = true;
+		sandbox_rm_argv(c, &wk->rt, j->cname, &argv);
+		proc_run(argv.v, job_conflict_removed, j);
+		strv_free(&argv);
+		return;
+	}
+
+	j->finished_at = now_real();
+	j->status = job_outcome(wk->rt.kind, j->wstatus, j->oom, j->stop, &j->exit_code, j->error,
+	    sizeof j->error);
+	if (j->status == ST_OOM_KILLED) {
+		char b[32];
+		snprintf(j->error, sizeof j->error, "the kernel killed a process of the build for memory "
+		    "(limit %s)", fmt_bytes(j->spec.memory, b, sizeof b));
+	} else if (j->status == ST_TIMED_OUT)
+		snprintf(j->error, sizeof j->error, "stopped after its timeout of %g s", j->spec.timeout);
+	if (wk->rt.kind != RT_EXEC && (j->container_dirty || j->status == ST_ERROR || !WIFEXITED(j->wstatus))) {
+		/* Not the normal path: --rm may not have run.  rm -f always does. */
+		sandbox_rm_argv(c, &wk->rt, j->cname, &argv);
+		proc_run(argv.v, NULL, NULL);
+		strv_free(&argv);
+	}
+	unlink(j->cidfile);
+	log_info("job %s: %s (exit %d) after %.1f s%s%s", j->id, status_name(j->status), j->exit_code,
+	    j->finished_at - j->started_at, j->error[0] ? ": " : "", j->error);
+
+	job_release_slot(j);
+	if (j->stop == STOP_DRAIN || j->stop == STOP_LEASE) {
+		/* Drained: the release at exit puts it back.  Lease lost: not ours. */
+		job_done(j);
+		return;
+	}
+	if ((j->status == ST_FAILED || j->status == ST_OOM_KILLED || j->status == ST_TIMED_OUT) &&
+	    j->attempt <= j->spec.retries) {
+		double d = c->retry_backoff * pow(2, (double)(j->attempt - 1));
+		j->retry_due = now_real() + (d > c->retry_backoff_max ? c->retry_backoff_max : d);
+	}
+	job_set_state(j, JOB_COLLECTING);
+	j->collect = collect_start(j->status == ST_CANCELLED ? "" : j->output_path, job_collected, j);
+}
+
+/* The finish script's verdict. */
+static void
+job_finished(redisReply *r, void *arg)
+{
+	struct job *j = arg;
+
+	if (r == NULL)
+		return;	/* only at exit */
+	if (r->type == REDIS_REPLY_ERROR)
+		log_err("job %s: recording the result failed: %s", j->id, r->str);
+	else if (r->type == REDIS_REPLY_STRING && strcmp(r->str, "stale") == 0) {
+		wk->m.results_refused++;
+		log_warn("job %s: result of attempt %ld refused: another worker holds the job now", j->id,
+		    j->attempt);
+	} else if (r->type == REDIS_REPLY_STRING && strcmp(r->str, "retry") == 0) {
+		log_notice("job %s: will be retried in %.0f s (attempt %ld of %ld)", j->id,
+		    j->retry_due - now_real(), j->attempt + 1, j->spec.retries + 1);
+	} else {
+		wk->m.jobs_by_status[j->status]++;
+		if (j->started_mono > 0)
+			metrics_duration(j->finished_at - j->started_at);
+	}
+	job_done(j);
+}
+
+/* Send the result (or the retry) in one script with the lease check. */
+static void
+job_finish(struct job *j)
+{
+	char k[9][KEY_MAX], att[24], seq[24], code[24], fin[32], ttl[24], maxlen[24], due[32];
+	const char *args[24];
+	size_t lens[24];
+	msgpack_sbuffer res;
+	struct ev_pack fe, rq;
+	int n = 0;
+
+	job_set_state(j, JOB_FINISHING);
+	msgpack_sbuffer_init(&res);
+	event_result(j, &res);
+	if (j->retry_due > 0) {
+		event_begin(j, &rq, "requeued", 3);
+		mp_kv_str(&rq.pk, "reason", "retry");
+		mp_kv_double(&rq.pk, "due", j->retry_due);
+		mp_kv_str(&rq.pk, "error", j->error);
+		msgpack_sbuffer_init(&fe.sb);
+	} else {
+		event_begin(j, &fe, "finished", 1);
+		mp_str(&fe.pk, "result");
+		msgpack_sbuffer_write(&fe.sb, res.data, res.size);
+		msgpack_sbuffer_init(&rq.sb);
+	}
+	keys_id(&wk->keys, "job", j->id, k[0], KEY_MAX);
+	keys_id(&wk->keys, "active", wk->id, k[1], KEY_MAX);
+	keys_id(&wk->keys, "result", j->id, k[3], KEY_MAX);
+	keys_id(&wk->keys, "progress", j->id, k[4], KEY_MAX);
+	keys_id(&wk->keys, "log", j->id, k[6], KEY_MAX);
+	args[n++] = k[0];
+	args[n++] = k[1];
+	args[n++] = wk->keys.results;
+	args[n++] = k[3];
+	args[n++] = k[4];
+	args[n++] = wk->keys.events;
+	args[n++] = k[6];
+	args[n++] = wk->keys.cancel;
+	args[n++] = wk->keys.delayed;
+	snprintf(att, sizeof att, "%ld", j->attempt);
+	snprintf(seq, sizeof seq, "%llu", (unsigned long long)j->seq);
+	snprintf(code, sizeof code, "%d", j->exit_code);
+	snprintf(fin, sizeof fin, "%.6f", j->finished_at);
+	snprintf(ttl, sizeof ttl, "%ld", wk->conf->result_ttl);
+	snprintf(maxlen, sizeof maxlen, "%ld", wk->conf->log_maxlen);
+	snprintf(due, sizeof due, "%.3f", j->retry_due);
+	args[n++] = wk->id;
+	args[n++] = att;
+	args[n++] = j->payload;
+	args[n++] = res.data;
+	args[n++] = fe.sb.data ? fe.sb.data : "";
+	args[n++] = seq;
+	args[n++] = status_name(j->status);
+	args[n++] = code;
+	args[n++] = fin;
+	args[n++] = j->error;
+	args[n++] = ttl;
+	args[n++] = maxlen;
+	args[n++] = j->id;
+	args[n++] = j->retry_due > 0 ? due : "0";
+	args[n++] = rq.sb.data ? rq.sb.data : "";
+	for (int i = 0; i < n; i++) {
+		if (i != 11 && i != 12 && i != 13 && i != 23)	/* binary ones below */
+			lens[i] = strlen(args[i]);
+	}
+	lens[11] = j->payload_len;
+	lens[12] = res.size;
+	lens[13] = fe.sb.size;
+	lens[23] = rq.sb.size;
+	script_call(wk->cmd, SCRIPT_FINISH, RQ_KEEP, job_finished, j, 9, n, args, lens);
+	msgpack_sbuffer_destroy(&res);
+	msgpack_sbuffer_destroy(&fe.sb);
+	msgpack_sbuffer_destroy(&rq.sb);
+}
+
+/* Start the child: container run, or the command itself in exec mode. */
+static void
+job_spawn(struct job *j)
+{
+	const struct config *c = wk->conf;
+	struct sandbox_spec s = {
+		.ns = c->namespace, .job_id = j->id, .worker_id = wk->id, .attempt = j->attempt,
+		.expires = (long long)(now_real() + j->spec.timeout + c->stop_grace + 60),
+		.profile = j->profile_path, .output = j->output_path, .cidfile = j->cidfile,
+		.epoch = j->spec.source_date_epoch, .memory = j->spec.memory, .cpus = j->spec.cpus,
+		.pids = c->pids_limit, .image = j->spec.image,
+	};
+	struct strv argv = { 0 }, env = { 0 };
+	int ofd = -1, efd = -1;
+	char err[ERR_MAX];
+
+	sandbox_argv(c, &wk->rt, &s, &argv);
+	if (wk->rt.kind == RT_EXEC)
+		sandbox_env(c, &s, environ, &env);
+	unlink(j->cidfile);
+	j->pid = spawn(argv.v, env.n ? env.v : NULL, &ofd, &efd, err, sizeof err);
+	strv_free(&argv);
+	strv_free(&env);
+	if (j->pid < 0) {
+		log_err("job %s: %s", j->id, err);
+		j->finished_at = now_real();
+		j->status = ST_ERROR;
+		j->exit_code = -1;
+		snprintf(j->error, sizeof j->error, "%s", err);
+		job_release_slot(j);
+		job_set_state(j, JOB_COLLECTING);
+		j->collect = collect_start("", job_collected, j);
+		return;
+	}
+	output_init(&j->out, j, "stdout", ofd);
+	output_init(&j->err, j, "stderr", efd);
+	output_start(&j->out);
+	output_start(&j->err);
+	ev_child_init(&j->child, job_child_cb, j->pid, 0);
+	j->child.data = j;
+	ev_child_start(EV_DEFAULT, &j->child);
+	if (wk->rt.kind != RT_EXEC) {
+		ev_timer_init(&j->cid_timer, job_cid_cb, 0.02, 0.02);
+		j->cid_timer.data = j;
+		ev_timer_start(EV_DEFAULT, &j->cid_timer);
+	}
+}
+
+/* The claim's answer: run it, record it cancelled, or let it go. */
+static void
+job_claimed(redisReply *r, void *arg)
+{
+	struct job *j = arg;
+	const char *verdict;
+
+	if (r == NULL)
+		return;	/* only at exit */
+	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING) {
+		log_err("job %s: claim failed: %s", j->id, r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+		job_done(j);	/* the payload stays in our active list; release puts it back */
+		return;
+	}
+	verdict = r->element[0]->str;
+	if (wk->stopping) {
+		/* Claimed while we stop: the release at exit puts it back. */
+		job_done(j);
+		return;
+	}
+	j->attempt = (long)r->element[1]->integer;
+	j->seq = (uint64_t)r->element[2]->integer;
+	if (strcmp(verdict, "gone") == 0) {
+		log_info("job %s: no longer in our active list; skipping it", j->id);
+		job_done(j);
+		return;
+	}
+	j->started_at = now_real();
+	if (strcmp(verdict, "cancelled") == 0) {
+		log_notice("job %s: cancelled before it started", j->id);
+		j->stop = STOP_CANCEL;
+		j->finished_at = j->started_at;
+		j->status = ST_CANCELLED;
+		j->exit_code = -1;
+		snprintf(j->error, sizeof j->error, "cancelled before it started");
+		job_release_slot(j);
+		job_set_state(j, JOB_COLLECTING);
+		j->collect = collect_start("", job_collected, j);
+		return;
+	}
+	job_set_state(j, JOB_STARTING);
+	j->started_mono = now_mono();
+	snprintf(j->cidfile, sizeof j->cidfile, "%s/%s.%ld.cid", wk->cid_dir, j->id, j->attempt);
+	job_spawn(j);
+	if (j->state != JOB_STARTING)
+		return;
+	job_set_state(j, JOB_RUNNING);
+
+	{
+		struct ev_pack ep;
+		event_begin(j, &ep, "started", j->cpus_clamped_from > 0 ? 5 : 4);
+		mp_kv_str(&ep.pk, "worker", wk->id);
+		mp_kv_str(&ep.pk, "runtime", runtime_name(&wk->rt));
+		mp_kv_str(&ep.pk, "image", j->spec.image);
+		mp_str(&ep.pk, "limits");
+		msgpack_pack_map(&ep.pk, 5);
+		mp_kv_uint(&ep.pk, "memory", j->spec.memory);
+		mp_kv_double(&ep.pk, "cpus", j->spec.cpus);
+		mp_kv_int(&ep.pk, "pids", wk->conf->pids_limit);
+		mp_kv_double(&ep.pk, "timeout", j->spec.timeout);
+		mp_kv_double(&ep.pk, "warning", j->spec.warning);
+		if (j->cpus_clamped_from > 0) {
+			char msg[128];
+			snprintf(msg, sizeof msg, "cpus lowered from %g to this host's %d", j->cpus_clamped_from,
+			    wk->host_cpus);
+			mp_kv_str(&ep.pk, "clamped", msg);
+		}
+		event_send(j, &ep, "started", RQ_KEEP, NULL);
+	}
+	log_info("job %s: started (attempt %ld, %s)", j->id, j->attempt, runtime_name(&wk->rt));
+	if (j->spec.warning > 0 && j->spec.warning < j->spec.timeout) {
+		ev_timer_set(&j->warn_timer, j->spec.warning, 0);
+		ev_timer_start(EV_DEFAULT, &j->warn_timer);
+	}
+	ev_timer_set(&j->timeout_timer, j->spec.timeout, 0);
+	ev_timer_start(EV_DEFAULT, &j->timeout_timer);
+	ev_timer_set(&j->stats_timer, wk->conf->stats_interval, wk->conf->stats_interval);
+	ev_timer_start(EV_DEFAULT, &j->stats_timer);
+}
+
+/* A payload arrived from BLMOVE: validate, resolve paths, claim. */
+void
+job_fetched(const char *payload, size_t len)
+{
+	const struct config *c = wk->conf;
+	struct job *j = xcalloc(1, sizeof *j);
+	char err[ERR_MAX], e2[ERR_MAX];
+	const char *args[8];
+	size_t lens[8];
+	char kjob[KEY_MAX], kact[KEY_MAX], klog[KEY_MAX], now[32];
+	enum refusal r;
+
+	j->payload = xmalloc(len + 1);
+	memcpy(j->payload, payload, len);
+	j->payload[len] = '\0';
+	j->payload_len = len;
+	j->phase = -1;
+	j->exit_code = -1;
+	j->has_slot = true;
+	wk->held++;
+	TAILQ_INSERT_TAIL(&wk->jobs, j, entry);
+	ev_timer_init(&j->warn_timer, job_warn_cb, 0, 0);
+	ev_timer_init(&j->timeout_timer, job_timeout_cb, 0, 0);
+	ev_timer_init(&j->stats_timer, job_stats_cb, 0, 0);
+	ev_timer_init(&j->kill_timer, job_kill_cb, 0, 0);
+	j->warn_timer.data = j->timeout_timer.data = j->stats_timer.data = j->kill_timer.data = j;
+	output_init(&j->out, j, "stdout", -1);
+	output_init(&j->err, j, "stderr", -1);
+	j->cg.event_fd = j->cg.watch_fd = -1;
+	j->state = JOB_CLAIMING;
+
+	r = job_decode(payload, len, c, &j->spec, err, sizeof err);
+	snprintf(j->id, sizeof j->id, "%s", j->spec.id);
+	if (r == REFUSE_NONE && path_resolve(c->builds_root, j->spec.profile, false, j->profile_path,
+	    sizeof j->profile_path, e2, sizeof e2) != 0) {
+		r = REFUSE_PATH;
+		snprintf(err, sizeof err, "profile: %s", e2);
+	}
+	if (r == REFUSE_NONE && path_resolve(c->builds_root, j->spec.output, true, j->output_path,
+	    sizeof j->output_path, e2, sizeof e2) != 0) {
+		r = REFUSE_PATH;
+		snprintf(err, sizeof err, "output: %s", e2);
+	}
+	if (r != REFUSE_NONE) {
+		fetch_refuse(j, r, err);
+		return;
+	}
+	if (!j->spec.has_epoch)
+		j->spec.source_date_epoch = (int64_t)now_real();
+	if (j->spec.cpus > wk->host_cpus) {
+		j->cpus_clamped_from = j->spec.cpus;
+		j->spec.cpus = wk->host_cpus;
+	}
+	j->tail.n = (size_t)c->log_tail_lines;
+	j->tail.v = xcalloc(j->tail.n + 1, sizeof *j->tail.v);
+	sandbox_name(c->namespace, j->id, j->cname, sizeof j->cname);
+
+	snprintf(now, sizeof now, "%.6f", now_real());
+	args[0] = keys_id(&wk->keys, "job", j->id, kjob, sizeof kjob);
+	args[1] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);
+	args[2] = wk->keys.cancel;
+	args[3] = keys_id(&wk->keys, "log", j->id, klog, sizeof klog);
+	args[4] = wk->id;
+	args[5] = j->payload;
+	args[6] = now;
+	args[7] = j->id;
+	for (int i = 0; i < 8; i++)
+		lens[i] = strlen(args[i]);
+	lens[5] = len;
+	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 4, 8, args, lens);
+}

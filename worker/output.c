@@ -1,0 +1,176 @@
+/*
+ * output.c: a build's stdout and stderr.
+ *
+ * Lines are split as they arrive (a line longer than LINE_MAX_BYTES is
+ * cut into pieces), kept in the job's tail ring, matched against the
+ * phase patterns, and packed straight into the batch of the next `log`
+ * event (lines_sent counts the lines accepted for publishing).  A batch goes out when it is full or its oldest line is
+ * log_batch_interval old.  Past log_max_lines, or while the outbox is
+ * over outbox_max, lines are counted as dropped instead: a flood neither
+ * stalls the build (the pipe is always read) nor grows our memory.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "worker.h"
+
+/* The batch timer: the oldest line waited long enough. */
+static void
+output_timer_cb(EV_P_ ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	output_flush(w->data);
+}
+
+/* Send the batch as one log event (or count it dropped). */
+void
+output_flush(struct outstream *os)
+{
+	struct job *j = os->job;
+	struct ev_pack ep;
+
+	ev_timer_stop(EV_DEFAULT, &os->flush_timer);
+	if (os->batch_n == 0)
+		return;
+	if (rconn_outbox_bytes(wk->cmd) > wk->conf->outbox_max) {
+		j->lines_sent -= os->batch_n;
+		j->lines_dropped += os->batch_n;
+		j->dropped_unreported += os->batch_n;
+		wk->m.lines_dropped += os->batch_n;
+	} else {
+		event_begin(j, &ep, "log", j->dropped_unreported ? 3 : 2);
+		mp_kv_str(&ep.pk, "stream", os->name);
+		mp_str(&ep.pk, "lines");
+		msgpack_pack_array(&ep.pk, os->batch_n);
+		msgpack_sbuffer_write(&ep.sb, os->batch.data, os->batch.size);
+		if (j->dropped_unreported) {
+			mp_kv_uint(&ep.pk, "dropped", j->dropped_unreported);
+			j->dropped_unreported = 0;
+		}
+		event_send(j, &ep, "log", RQ_DROP, NULL);
+		wk->m.lines_published += os->batch_n;
+	}
+	msgpack_sbuffer_clear(&os->batch);
+	os->batch_n = 0;
+}
+
+/* Add one line to the batch, or count it. */
+static void
+output_line(struct outstream *os, const char *line, size_t len)
+{
+	struct job *j = os->job;
+
+	job_line(j, os, line, len);
+	if (wk->conf->log_max_lines > 0 && j->lines_sent >= (uint64_t)wk->conf->log_max_lines) {
+		j->lines_dropped++;
+		j->dropped_unreported++;
+		wk->m.lines_dropped++;
+		return;
+	}
+	j->lines_sent++;
+	mp_strn(&os->batch_pk, line, len);
+	if (os->batch_n++ == 0) {
+		ev_timer_set(&os->flush_timer, wk->conf->log_batch_interval, 0);
+		ev_timer_start(EV_DEFAULT, &os->flush_timer);
+	}
+	if (os->batch_n >= (uint32_t)wk->conf->log_batch_lines)
+		output_flush(os);
+}
+
+/* Split what is buffered into lines; keep an unfinished one. */
+static void
+output_split(struct outstream *os, bool eof)
+{
+	size_t start = 0;
+
+	for (;;) {
+		char *nl = memchr(os->buf + start, '\n', os->len - start);
+		size_t n = nl ? (size_t)(nl - (os->buf + start)) : os->len - start;
+
+		if (nl == NULL && n < LINE_MAX_BYTES && !(eof && n > 0))
+			break;
+		if (n > LINE_MAX_BYTES)
+			n = LINE_MAX_BYTES;
+		if (n > 0 && os->buf[start + n - 1] == '\r')
+			output_line(os, os->buf + start, n - 1);
+		else
+			output_line(os, os->buf + start, n);
+		start += n + (nl != NULL && os->buf + start + n == nl);
+		if (start >= os->len)
+			break;
+	}
+	memmove(os->buf, os->buf + start, os->len - start);
+	os->len -= start;
+}
+
+/* The pipe is readable: read a bounded amount, then let others run. */
+static void
+output_read_cb(EV_P_ ev_io *w, int revents)
+{
+	struct outstream *os = w->data;
+	ssize_t n;
+
+	(void)revents;
+	for (int i = 0; i < 16; i++) {
+		n = read(os->fd, os->buf + os->len, sizeof os->buf - os->len);
+		if (n > 0) {
+			os->len += (size_t)n;
+			output_split(os, false);
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return;
+		/* EOF (or an error, which ends the stream the same way). */
+		output_split(os, true);
+		output_flush(os);
+		ev_io_stop(loop, w);
+		close(os->fd);
+		os->fd = -1;
+		os->eof = true;
+		job_pipe_closed(os->job);
+		return;
+	}
+}
+
+/* Prepare a stream on fd (which may be -1: then it is at EOF already). */
+void
+output_init(struct outstream *os, struct job *j, const char *name, int fd)
+{
+	os->job = j;
+	os->name = name;
+	os->fd = fd;
+	os->eof = fd < 0;
+	os->len = 0;
+	msgpack_sbuffer_init(&os->batch);
+	msgpack_packer_init(&os->batch_pk, &os->batch, msgpack_sbuffer_write);
+	os->batch_n = 0;
+	ev_io_init(&os->io, output_read_cb, fd, EV_READ);
+	os->io.data = os;
+	ev_timer_init(&os->flush_timer, output_timer_cb, 0, 0);
+	os->flush_timer.data = os;
+}
+
+/* Start reading. */
+void
+output_start(struct outstream *os)
+{
+	if (os->fd >= 0)
+		ev_io_start(EV_DEFAULT, &os->io);
+}
+
+/* Stop everything and free the batch. */
+void
+output_close(struct outstream *os)
+{
+	ev_io_stop(EV_DEFAULT, &os->io);
+	ev_timer_stop(EV_DEFAULT, &os->flush_timer);
+	if (os->fd >= 0)
+		close(os->fd);
+	os->fd = -1;
+	msgpack_sbuffer_destroy(&os->batch);
+}

@@ -1,0 +1,605 @@
+/*
+ * rconn.c: a Redis connection that comes back.
+ *
+ * Each connection reconnects with backoff (and says so), authenticates,
+ * selects its database and, for sentinel:// URLs, asks the sentinels for
+ * the master first, all without blocking the loop.  The command
+ * connection has an outbox: commands wait there while Redis is away, and
+ * those that were in flight when it went away are sent again, in order,
+ * once it is back.  Log batches may be dropped when the outbox is full;
+ * results never are.
+ *
+ * Invariant: every command sent is in `inflight` until hiredis calls its
+ * callback, which hiredis does in order, with a NULL reply for each one
+ * outstanding when the connection is freed.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/adapters/libev.h>
+
+#include "worker.h"
+
+struct rcmd {
+	TAILQ_ENTRY(rcmd) entry;
+	struct rconn *rc;
+	char *buf;		/* the RESP-formatted command */
+	size_t len;
+	enum rq_kind kind;
+	rq_cb *cb;
+	void *arg;
+	int script;		/* enum script_id, or -1 */
+};
+TAILQ_HEAD(rcmds, rcmd);
+
+struct rconn {
+	const char *name;
+	bool has_outbox;
+	redisAsyncContext *ac;
+	redisAsyncContext *sac;	/* sentinel query in progress */
+	bool up;
+	int handshake;		/* replies still expected before up */
+	struct rcmds pending;	/* not sent yet */
+	struct rcmds replay;	/* sent, lost with a connection: sent again first */
+	struct rcmds inflight;	/* sent, no reply yet */
+	size_t bytes;
+	double backoff;
+	ev_timer retry;
+	ev_timer connect_timer;
+	void (*on_up)(struct rconn *);
+	void (*on_down)(struct rconn *);
+	unsigned long reconnects;
+	bool ever_up;
+	bool closing;
+	size_t sentinel_next;
+	char *master_host;
+	int master_port;
+};
+
+static void rconn_connect(struct rconn *rc);
+static void rconn_schedule(struct rconn *rc, const char *why);
+
+/* Whether r is an error reply starting with prefix. */
+bool
+reply_is_error(const redisReply *r, const char *prefix)
+{
+	return r != NULL && r->type == REDIS_REPLY_ERROR &&
+	    strncmp(r->str, prefix, strlen(prefix)) == 0;
+}
+
+/* Free a command. */
+static void
+rcmd_free(struct rcmd *c)
+{
+	c->rc->bytes -= c->len;
+	free(c->buf);
+	free(c);
+}
+
+/* The address to connect to, from the URL or the sentinels' answer. */
+static struct redis_url *
+rconn_url(void)
+{
+	static struct redis_url u;
+	static bool parsed;
+	char err[ERR_MAX];
+
+	if (!parsed) {
+		if (url_parse(wk->conf->redis_url, &u, err, sizeof err) != 0)
+			fatal("redis url: %s", err);	/* config_check() ran already */
+		parsed = true;
+	}
+	return &u;
+}
+
+/* The password: URL, then worker.ini, then the environment variable. */
+static const char *
+rconn_password(const char **user)
+{
+	struct redis_url *u = rconn_url();
+
+	*user = u->user ? u->user : wk->conf->redis_user;
+	if (u->password != NULL)
+		return u->password;
+	if (wk->conf->redis_password != NULL)
+		return wk->conf->redis_password;
+	if (wk->conf->redis_password_env != NULL)
+		return getenv(wk->conf->redis_password_env);
+	return NULL;
+}
+
+/* hiredis's reply callback for every queued command. */
+static void
+rconn_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+	struct rcmd *c = priv;
+	struct rconn *rc = c->rc;
+	redisReply *r = reply;
+
+	(void)ac;
+	TAILQ_REMOVE(&rc->inflight, c, entry);
+	if (r == NULL) {
+		/* The connection went away with this command unanswered. */
+		if (c->kind == RQ_ONCE) {
+			if (c->cb != NULL)
+				c->cb(NULL, c->arg);
+			rcmd_free(c);
+		} else
+			TAILQ_INSERT_TAIL(&rc->replay, c, entry);
+		return;
+	}
+	if (c->script >= 0 && reply_is_error(r, "NOSCRIPT")) {
+		/* Scripts were flushed: load it and send the same call again. */
+		const char *argv[] = { "SCRIPT", "LOAD", script_body((enum script_id)c->script) };
+		redisAsyncCommandArgv(rc->ac, NULL, NULL, 3, argv, NULL);
+		TAILQ_INSERT_TAIL(&rc->inflight, c, entry);
+		redisAsyncFormattedCommand(rc->ac, rconn_reply, c, c->buf, c->len);
+		return;
+	}
+	if (reply_is_error(r, "READONLY") || reply_is_error(r, "LOADING") ||
+	    reply_is_error(r, "MASTERDOWN")) {
+		/* A replica after a failover, or a Redis still loading: find the master again. */
+		log_warn("redis %s: %s; reconnecting", rc->name, r->str);
+		TAILQ_INSERT_TAIL(&rc->replay, c, entry);
+		if (rc->up) {
+			rc->up = false;
+			redisAsyncDisconnect(rc->ac);
+		}
+		return;
+	}
+	if (c->cb != NULL)
+		c->cb(r, c->arg);
+	rcmd_free(c);
+}
+
+/* Hand a command to hiredis now. */
+static void
+rconn_write(struct rconn *rc, struct rcmd *c)
+{
+	TAILQ_INSERT_TAIL(&rc->inflight, c, entry);
+	if (redisAsyncFormattedCommand(rc->ac, rconn_reply, c, c->buf, c->len) != REDIS_OK) {
+		/* Only when the context is shutting down: keep it for the next one. */
+		TAILQ_REMOVE(&rc->inflight, c, entry);
+		TAILQ_INSERT_TAIL(&rc->replay, c, entry);
+	}
+}
+
+/* A command formatted from argv; NULL when it is a log batch to drop. */
+static struct rcmd *
+rcmd_new(struct rconn *rc, enum rq_kind kind, rq_cb *cb, void *arg, int argc, const char **argv,
+    const size_t *argvlen)
+{
+	struct rcmd *c;
+	char *buf;
+	int len;
+
+	if (kind == RQ_DROP && rc->bytes > wk->conf->outbox_max)
+		return NULL;
+	if ((len = redisFormatCommandArgv(&buf, argc, argv, argvlen)) < 0)
+		fatal("out of memory formatting a Redis command");
+	c = xcalloc(1, sizeof *c);
+	c->rc = rc;
+	c->buf = buf;
+	c->len = (size_t)len;
+	c->kind = kind;
+	c->cb = cb;
+	c->arg = arg;
+	c->script = -1;
+	rc->bytes += c->len;
+	return c;
+}
+
+/*
+ * Send c now, or queue it behind what waits.  Without an outbox (the
+ * fetch connection) or for RQ_ONCE, a command that cannot go now is
+ * answered NULL at once.
+ */
+static void
+rconn_enqueue(struct rconn *rc, struct rcmd *c)
+{
+	if (!rc->up && (!rc->has_outbox || c->kind == RQ_ONCE)) {
+		if (c->cb != NULL)
+			c->cb(NULL, c->arg);
+		rcmd_free(c);
+		return;
+	}
+	if (rc->up && TAILQ_EMPTY(&rc->pending) && TAILQ_EMPTY(&rc->replay))
+		rconn_write(rc, c);
+	else
+		TAILQ_INSERT_TAIL(&rc->pending, c, entry);
+}
+
+/* Queue or send a command; see worker.h.  A dropped log batch is answered NULL. */
+void
+rconn_send(struct rconn *rc, enum rq_kind kind, rq_cb *cb, void *arg, int argc, const char **argv,
+    const size_t *argvlen)
+{
+	struct rcmd *c = rcmd_new(rc, kind, cb, arg, argc, argv, argvlen);
+
+	if (c == NULL) {
+		if (cb != NULL)
+			cb(NULL, arg);
+		return;
+	}
+	rconn_enqueue(rc, c);
+}
+
+/* Call a script by its sha; a NOSCRIPT answer loads it and calls again. */
+void
+script_call(struct rconn *rc, enum script_id id, enum rq_kind kind, rq_cb *cb, void *arg,
+    int nkeys, int nargs, const char **args, const size_t *lens)
+{
+	const char **argv = xcalloc((size_t)nargs + 3, sizeof *argv);
+	size_t *argvlen = xcalloc((size_t)nargs + 3, sizeof *argvlen);
+	struct rcmd *c;
+	char nk[16];
+
+	snprintf(nk, sizeof nk, "%d", nkeys);
+	argv[0] = "EVALSHA";
+	argvlen[0] = 7;
+	argv[1] = script_sha(id);
+	argvlen[1] = 40;
+	argv[2] = nk;
+	argvlen[2] = strlen(nk);
+	for (int i = 0; i < nargs; i++) {
+		argv[3 + i] = args[i];
+		argvlen[3 + i] = lens != NULL ? lens[i] : strlen(args[i]);
+	}
+	c = rcmd_new(rc, kind, cb, arg, nargs + 3, argv, argvlen);
+	free(argv);
+	free(argvlen);
+	if (c == NULL) {
+		if (cb != NULL)
+			cb(NULL, arg);
+		return;
+	}
+	c->script = (int)id;
+	rconn_enqueue(rc, c);
+}
+
+/* A handshake reply (AUTH, SELECT, ROLE, SCRIPT LOAD). */
+static void
+rconn_handshake_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+	struct rconn *rc = priv;
+	redisReply *r = reply;
+
+	if (r == NULL || rc->ac != ac)
+		return;
+	if (r->type == REDIS_REPLY_ERROR) {
+		log_err("redis %s: %s", rc->name, r->str);
+		rc->handshake = -1;
+		redisAsyncDisconnect(ac);
+		return;
+	}
+	if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 && r->element[0]->type == REDIS_REPLY_STRING &&
+	    strcmp(r->element[0]->str, "master") != 0 && strcmp(r->element[0]->str, "slave") == 0) {
+		log_warn("redis %s: %s:%d is a replica now; asking the sentinels again", rc->name,
+		    rc->master_host, rc->master_port);
+		rc->handshake = -1;
+		redisAsyncDisconnect(ac);
+		return;
+	}
+	if (rc->handshake > 0 && --rc->handshake == 0) {
+		ev_timer_stop(EV_DEFAULT, &rc->connect_timer);
+		rc->up = true;
+		rc->backoff = 0;
+		if (rc->ever_up)
+			log_notice("redis %s: connected again", rc->name);
+		else
+			log_info("redis %s: connected", rc->name);
+		rc->ever_up = true;
+		redisEnableKeepAlive(&ac->c);
+		/* Drain replayed and pending commands before anything new. */
+		{
+			struct rcmd *c;
+			while ((c = TAILQ_FIRST(&rc->replay)) != NULL) {
+				TAILQ_REMOVE(&rc->replay, c, entry);
+				rconn_write(rc, c);
+			}
+			while ((c = TAILQ_FIRST(&rc->pending)) != NULL) {
+				TAILQ_REMOVE(&rc->pending, c, entry);
+				rconn_write(rc, c);
+			}
+		}
+		if (rc->on_up != NULL)
+			rc->on_up(rc);
+	}
+}
+
+/* hiredis: the TCP connect finished (or failed). */
+static void
+rconn_connected(const redisAsyncContext *ac, int status)
+{
+	struct rconn *rc = ac->data;
+
+	if (status != REDIS_OK) {
+		/* hiredis frees the context after this returns. */
+		rc->ac = NULL;
+		ev_timer_stop(EV_DEFAULT, &rc->connect_timer);
+		rconn_schedule(rc, ac->errstr);
+	}
+}
+
+/* hiredis: the connection is gone; every pending callback already ran. */
+static void
+rconn_disconnected(const redisAsyncContext *ac, int status)
+{
+	struct rconn *rc = ac->data;
+	bool was_up = rc->up;
+
+	(void)status;
+	rc->ac = NULL;
+	rc->up = false;
+	ev_timer_stop(EV_DEFAULT, &rc->connect_timer);
+	if (rc->closing)
+		return;
+	if (was_up && rc->on_down != NULL)
+		rc->on_down(rc);
+	rconn_schedule(rc, ac->errstr && *ac->errstr ? ac->errstr : "connection closed");
+}
+
+/* Connect to host:port (or the socket) and start the handshake. */
+static void
+rconn_open(struct rconn *rc, const char *host, int port, const char *path)
+{
+	struct redis_url *u = rconn_url();
+	const char *user, *pass = rconn_password(&user);
+
+	rc->ac = path ? redisAsyncConnectUnix(path) : redisAsyncConnect(host, port);
+	if (rc->ac == NULL || rc->ac->err) {
+		const char *why = rc->ac ? rc->ac->errstr : "out of memory";
+		if (rc->ac != NULL)
+			redisAsyncFree(rc->ac);
+		rc->ac = NULL;
+		rconn_schedule(rc, why);
+		return;
+	}
+	rc->ac->data = rc;
+	redisLibevAttach(EV_DEFAULT, rc->ac);
+	redisAsyncSetConnectCallback(rc->ac, rconn_connected);
+	redisAsyncSetDisconnectCallback(rc->ac, rconn_disconnected);
+	ev_timer_set(&rc->connect_timer, wk->conf->redis_connect_timeout, 0);
+	ev_timer_start(EV_DEFAULT, &rc->connect_timer);
+
+	/* Commands written before the connect completes are buffered by hiredis. */
+	rc->handshake = 1;
+	if (pass != NULL) {
+		const char *argv[] = { "AUTH", user ? user : pass, pass };
+		rc->handshake++;
+		redisAsyncCommandArgv(rc->ac, rconn_handshake_reply, rc, user ? 3 : 2, argv, NULL);
+	}
+	if (u->db != 0) {
+		char db[16];
+		const char *argv[] = { "SELECT", db };
+		snprintf(db, sizeof db, "%d", u->db);
+		rc->handshake++;
+		redisAsyncCommandArgv(rc->ac, rconn_handshake_reply, rc, 2, argv, NULL);
+	}
+	if (rc->has_outbox) {
+		for (int i = 0; i < SCRIPT_COUNT; i++) {
+			const char *argv[] = { "SCRIPT", "LOAD", script_body((enum script_id)i) };
+			rc->handshake++;
+			redisAsyncCommandArgv(rc->ac, rconn_handshake_reply, rc, 3, argv, NULL);
+		}
+	}
+	/* ROLE last: a sentinel may have pointed us at a master that is no more. */
+	{
+		const char *argv[] = { "ROLE" };
+		redisAsyncCommandArgv(rc->ac, rconn_handshake_reply, rc, 1, argv, NULL);
+	}
+}
+
+/* The sentinel's answer: the master's address, or nothing. */
+static void
+rconn_sentinel_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+	struct rconn *rc = priv;
+	redisReply *r = reply;
+
+	rc->sac = NULL;
+	redisAsyncDisconnect(ac);
+	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
+		log_warn("redis %s: sentinel %zu does not know the master (%s)", rc->name,
+		    rc->sentinel_next, r && r->type == REDIS_REPLY_ERROR ? r->str : "no answer");
+		if (rc->sentinel_next < rconn_url()->sentinels.n)
+			rconn_connect(rc);
+		else
+			rconn_schedule(rc, "no sentinel knows the master");
+		return;
+	}
+	free(rc->master_host);
+	rc->master_host = xstrdup(r->element[0]->str);
+	rc->master_port = atoi(r->element[1]->str);
+	log_debug("redis %s: sentinels say the master is %s:%d", rc->name, rc->master_host,
+	    rc->master_port);
+	rc->sentinel_next = 0;
+	rconn_open(rc, rc->master_host, rc->master_port, NULL);
+}
+
+/* A sentinel connection failed: try the next one. */
+static void
+rconn_sentinel_connected(const redisAsyncContext *ac, int status)
+{
+	struct rconn *rc = ac->data;
+
+	if (status == REDIS_OK)
+		return;
+	rc->sac = NULL;
+	if (rc->sentinel_next < rconn_url()->sentinels.n)
+		rconn_connect(rc);
+	else
+		rconn_schedule(rc, "no sentinel reachable");
+}
+
+/* Start connecting: straight to Redis, or through the next sentinel. */
+static void
+rconn_connect(struct rconn *rc)
+{
+	struct redis_url *u = rconn_url();
+
+	if (u->kind == URL_TCP) {
+		rconn_open(rc, u->host, u->port, NULL);
+	} else if (u->kind == URL_UNIX) {
+		rconn_open(rc, NULL, 0, u->path);
+	} else {
+		const char *hp = u->sentinels.v[rc->sentinel_next++];
+		char host[256];
+		int port = 26379;
+		const char *colon = strrchr(hp, ':');
+		const char *argv[] = { "SENTINEL", "get-master-addr-by-name", u->master };
+
+		snprintf(host, sizeof host, "%.*s", colon ? (int)(colon - hp) : (int)strlen(hp), hp);
+		if (colon != NULL)
+			port = atoi(colon + 1);
+		rc->sac = redisAsyncConnect(host, port);
+		if (rc->sac == NULL || rc->sac->err) {
+			if (rc->sac != NULL)
+				redisAsyncFree(rc->sac);
+			rc->sac = NULL;
+			rconn_schedule(rc, "cannot reach a sentinel");
+			return;
+		}
+		rc->sac->data = rc;
+		redisLibevAttach(EV_DEFAULT, rc->sac);
+		redisAsyncSetConnectCallback(rc->sac, rconn_sentinel_connected);
+		redisAsyncCommandArgv(rc->sac, rconn_sentinel_reply, rc, 3, argv, NULL);
+	}
+}
+
+/* Try again after the backoff: 0.1 s doubling to 5 s. */
+static void
+rconn_schedule(struct rconn *rc, const char *why)
+{
+	if (rc->closing)
+		return;
+	rc->backoff = rc->backoff == 0 ? 0.1 : rc->backoff * 2;
+	if (rc->backoff > 5)
+		rc->backoff = 5;
+	rc->reconnects++;
+	if (rconn_url()->kind == URL_SENTINEL && rc->sentinel_next >= rconn_url()->sentinels.n)
+		rc->sentinel_next = 0;
+	log_warn("redis %s: %s; retrying in %.1f s (%zu bytes of commands waiting)", rc->name,
+	    why ? why : "error", rc->backoff, rc->bytes);
+	ev_timer_stop(EV_DEFAULT, &rc->retry);
+	ev_timer_set(&rc->retry, rc->backoff, 0);
+	ev_timer_start(EV_DEFAULT, &rc->retry);
+}
+
+/* The backoff timer. */
+static void
+rconn_retry_cb(EV_P_ ev_timer *w, int revents)
+{
+	struct rconn *rc = w->data;
+
+	(void)loop;
+	(void)revents;
+	if (rc->ac == NULL && rc->sac == NULL)
+		rconn_connect(rc);
+}
+
+/* The connect took too long: give up on it and retry. */
+static void
+rconn_connect_timeout(EV_P_ ev_timer *w, int revents)
+{
+	struct rconn *rc = w->data;
+	redisAsyncContext *ac = rc->ac;
+
+	(void)loop;
+	(void)revents;
+	if (ac == NULL || rc->up)
+		return;
+	/*
+	 * Not inside a hiredis callback, so freeing is safe; a context that
+	 * never connected gets no disconnect callback, so we schedule here.
+	 */
+	if (ac->c.flags & REDIS_CONNECTED) {
+		redisAsyncDisconnect(ac);
+		return;
+	}
+	rc->ac = NULL;
+	redisAsyncFree(ac);
+	rconn_schedule(rc, "connect timed out");
+}
+
+/* A new connection; call rconn_start() to connect. */
+struct rconn *
+rconn_new(const char *name, bool outbox, void (*on_up)(struct rconn *), void (*on_down)(struct rconn *))
+{
+	struct rconn *rc = xcalloc(1, sizeof *rc);
+
+	rc->name = name;
+	rc->has_outbox = outbox;
+	rc->on_up = on_up;
+	rc->on_down = on_down;
+	TAILQ_INIT(&rc->pending);
+	TAILQ_INIT(&rc->replay);
+	TAILQ_INIT(&rc->inflight);
+	ev_timer_init(&rc->retry, rconn_retry_cb, 0, 0);
+	rc->retry.data = rc;
+	ev_timer_init(&rc->connect_timer, rconn_connect_timeout, 0, 0);
+	rc->connect_timer.data = rc;
+	return rc;
+}
+
+/* Connect for the first time. */
+void
+rconn_start(struct rconn *rc)
+{
+	rconn_connect(rc);
+}
+
+/* Close for good (at exit). */
+void
+rconn_close(struct rconn *rc)
+{
+	struct rcmd *c;
+
+	rc->closing = true;
+	ev_timer_stop(EV_DEFAULT, &rc->retry);
+	ev_timer_stop(EV_DEFAULT, &rc->connect_timer);
+	if (rc->sac != NULL)
+		redisAsyncFree(rc->sac);
+	if (rc->ac != NULL)
+		redisAsyncFree(rc->ac);	/* runs the callbacks with NULL */
+	rc->ac = rc->sac = NULL;
+	while ((c = TAILQ_FIRST(&rc->replay)) != NULL) {
+		TAILQ_REMOVE(&rc->replay, c, entry);
+		rcmd_free(c);
+	}
+	while ((c = TAILQ_FIRST(&rc->pending)) != NULL) {
+		TAILQ_REMOVE(&rc->pending, c, entry);
+		rcmd_free(c);
+	}
+	free(rc->master_host);
+	free(rc);
+}
+
+/* Whether the connection is usable now. */
+bool
+rconn_up(const struct rconn *rc)
+{
+	return rc->up;
+}
+
+/* The hiredis context (for the fetch's own commands). */
+redisAsyncContext *
+rconn_ctx(struct rconn *rc)
+{
+	return rc->ac;
+}
+
+/* Bytes of commands not yet answered. */
+size_t
+rconn_outbox_bytes(const struct rconn *rc)
+{
+	return rc->bytes;
+}
+
+/* Times a connection was lost or refused. */
+unsigned long
+rconn_reconnects(const struct rconn *rc)
+{
+	return rc->reconnects;
+}

@@ -1,0 +1,347 @@
+/*
+ * worker.h: the worker daemon, one section per module (tmux.h style).
+ *
+ * One libev default loop drives everything: two hiredis connections (one
+ * for the blocking fetch, one for every other command), each job's child
+ * process, pipes and timers, the heartbeat and the signals.  No threads.
+ */
+#ifndef WORKER_H
+#define WORKER_H
+
+#include <sys/queue.h>
+#include <sys/types.h>
+
+#include <ev.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "debate.h"
+
+struct job;
+
+/* --- sandbox.c: the container runtime and the argv of every call ---- */
+
+enum rt_kind { RT_DOCKER, RT_PODMAN, RT_EXEC };
+
+struct runtime {
+	enum rt_kind kind;
+	char *path;		/* the runtime binary, or NULL for exec */
+	bool sudo;		/* prefix calls with "sudo -n" */
+};
+
+/* What one build needs to be started; all strings borrowed. */
+struct sandbox_spec {
+	const char *ns;
+	const char *job_id;
+	const char *worker_id;
+	long attempt;
+	long long expires;	/* unix time the build must be gone by */
+	const char *profile;	/* resolved host path */
+	const char *output;	/* resolved host path */
+	const char *cidfile;	/* where the runtime writes the container id */
+	int64_t epoch;
+	uint64_t memory;
+	double cpus;
+	long pids;
+	const char *image;
+};
+
+int runtime_detect(const struct config *c, struct runtime *rt, char *err, size_t errlen);
+void runtime_free(struct runtime *rt);
+const char *runtime_name(const struct runtime *rt);
+/* The argv that runs one build (pure: no I/O, unit tested). */
+void sandbox_argv(const struct config *c, const struct runtime *rt, const struct sandbox_spec *s,
+    struct strv *argv);
+/* The environment of an exec-mode build (pure). */
+void sandbox_env(const struct config *c, const struct sandbox_spec *s, char **environ_in,
+    struct strv *env);
+/* "<ns>-build-<id>" */
+void sandbox_name(const char *ns, const char *job_id, char *buf, size_t len);
+/* argv of "stop -t GRACE name", "rm -f name", "ps" by label, image checks. */
+void sandbox_stop_argv(const struct config *c, const struct runtime *rt, const char *name,
+    struct strv *argv);
+void sandbox_rm_argv(const struct config *c, const struct runtime *rt, const char *name,
+    struct strv *argv);
+void sandbox_ps_argv(const struct config *c, const struct runtime *rt, const char *label,
+    struct strv *argv);
+void sandbox_base_argv(const struct config *c, const struct runtime *rt, struct strv *argv);
+
+/* --- image.c: the build image, checked and built at start ----------- */
+
+int image_ensure(const struct config *c, const struct runtime *rt, const char *image, char *err,
+    size_t errlen);
+/* Run argv to completion (start-up and rare paths only); its exit status. */
+int image_run(char *const argv[], char **out, size_t outmax);
+
+/* --- spawn.c: children ------------------------------------------------ */
+
+/* A helper process (stop, rm, ps): its stdout is collected, then done(). */
+typedef void proc_done_cb(int wstatus, const char *out, size_t outlen, void *arg);
+void proc_run(char *const argv[], proc_done_cb *done, void *arg);
+/* Free p on the next loop iteration, never inside its own callback. */
+void defer_free(void (*fn)(void *), void *p);
+void defer_init(void);
+
+/*
+ * Start argv with stdout and stderr on fresh non-blocking pipes (either
+ * fd pointer may be NULL for /dev/null) in its own process group.  envp
+ * NULL inherits ours.  Returns the pid or -1 with err.
+ */
+pid_t spawn(char *const argv[], char *const envp[], int *out_fd, int *err_fd, char *err,
+    size_t errlen);
+
+/* --- cgroup.c: memory and CPU of a running container ----------------- */
+
+struct cgroup {
+	char *mem_dir;		/* memory controller dir of the container */
+	char *cpu_dir;		/* cpuacct (v1) or the same dir (v2) */
+	bool v2;
+	int event_fd;		/* v1 eventfd on memory.oom_control, v2 inotify */
+	int watch_fd;		/* the file watched */
+	uint64_t oom_kills;	/* highest count seen */
+};
+
+/* Find the cgroup of container cid; 0 or -1 when it is not (yet) there. */
+int cgroup_find(const char *cid, struct cgroup *cg);
+/* Arm a notification for OOM kills; returns the fd to watch or -1. */
+int cgroup_watch_oom(struct cgroup *cg);
+/* Re-read the OOM kill count; true when it rose since the last call. */
+bool cgroup_oom_check(struct cgroup *cg);
+int cgroup_stats(const struct cgroup *cg, uint64_t *mem, double *cpu);
+void cgroup_close(struct cgroup *cg);
+int cgroup_host_cpus(void);
+
+/* --- rconn.c: Redis connections, reconnects and the outbox ----------- */
+
+enum rq_kind {
+	RQ_KEEP,	/* retried until Redis answers (results, claims, dead letters) */
+	RQ_DROP,	/* may be dropped when the outbox is full (log batches) */
+	RQ_ONCE,	/* never replayed (heartbeats) */
+};
+
+typedef void rq_cb(redisReply *reply, void *arg);
+
+struct rconn;
+
+struct rconn *rconn_new(const char *name, bool outbox, void (*on_up)(struct rconn *),
+    void (*on_down)(struct rconn *));
+void rconn_start(struct rconn *rc);
+void rconn_close(struct rconn *rc);
+bool rconn_up(const struct rconn *rc);
+redisAsyncContext *rconn_ctx(struct rconn *rc);
+/* Send a command (argv form) through the outbox. */
+void rconn_send(struct rconn *rc, enum rq_kind kind, rq_cb *cb, void *arg, int argc,
+    const char **argv, const size_t *argvlen);
+size_t rconn_outbox_bytes(const struct rconn *rc);
+unsigned long rconn_reconnects(const struct rconn *rc);
+/* Reply helpers. */
+bool reply_is_error(const redisReply *r, const char *prefix);
+
+/* --- scripts.c: the Lua scripts that change job state atomically ---- */
+
+enum script_id {
+	SCRIPT_CLAIM, SCRIPT_EMIT, SCRIPT_FINISH, SCRIPT_REFUSE, SCRIPT_BEAT, SCRIPT_RELEASE,
+	SCRIPT_COUNT
+};
+
+const char *script_body(enum script_id id);
+const char *script_sha(enum script_id id);
+/* Call a script through the outbox (EVALSHA; NOSCRIPT is handled). */
+void script_call(struct rconn *rc, enum script_id id, enum rq_kind kind, rq_cb *cb, void *arg,
+    int nkeys, int nargs, const char **args, const size_t *lens);
+
+/* --- event.c: building and sending events ---------------------------- */
+
+struct ev_pack {
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+};
+
+/* Start an event map with nfields type-specific fields to follow. */
+void event_begin(struct job *j, struct ev_pack *ep, const char *type, int nfields);
+/* Send it: PUBLISH progress (and events), XADD log, in one script. */
+void event_send(struct job *j, struct ev_pack *ep, const char *type, enum rq_kind kind,
+    const char *phase);
+/* The result map of a finished job (into ep, not sent). */
+void event_result(struct job *j, msgpack_sbuffer *sb);
+
+/* --- output.c: the build's stdout/stderr ----------------------------- */
+
+#define LINE_MAX_BYTES 8192
+#define OUT_BUF (64 * 1024)
+
+struct outstream {
+	struct job *job;
+	const char *name;	/* "stdout" or "stderr" */
+	ev_io io;
+	int fd;
+	bool eof;
+	char buf[OUT_BUF];
+	size_t len;
+	/* the batch being filled: lines packed as msgpack strs */
+	msgpack_sbuffer batch;
+	msgpack_packer batch_pk;
+	uint32_t batch_n;
+	ev_timer flush_timer;
+};
+
+void output_init(struct outstream *os, struct job *j, const char *name, int fd);
+void output_start(struct outstream *os);
+void output_flush(struct outstream *os);
+void output_close(struct outstream *os);
+
+/* --- collect.c: artifacts and their sha256 --------------------------- */
+
+struct artifact {
+	char *name;
+	uint64_t size;
+	char sha256[65];
+};
+
+struct collect;
+/* Start hashing dir's files on an idle watcher; done() when finished. */
+struct collect *collect_start(const char *dir, void (*done)(struct job *), struct job *j);
+void collect_free(struct collect *co);
+size_t collect_count(const struct collect *co);
+const struct artifact *collect_get(const struct collect *co, size_t i);
+
+/* --- job.c: one build from fetch to result --------------------------- */
+
+enum job_state {
+	JOB_CLAIMING,	/* claim script in flight */
+	JOB_STARTING,	/* resolving paths, spawning */
+	JOB_RUNNING,	/* child alive */
+	JOB_STOPPING,	/* timeout, cancel or drain: stop sent */
+	JOB_COLLECTING,	/* child reaped and pipes at EOF: hashing artifacts */
+	JOB_FINISHING,	/* finish script in flight */
+	JOB_REFUSING,	/* dead-letter script in flight */
+	JOB_DONE,	/* nothing left; freed from the loop */
+};
+
+enum stop_reason { STOP_NONE, STOP_TIMEOUT, STOP_CANCEL, STOP_DRAIN, STOP_LEASE };
+
+struct job {
+	TAILQ_ENTRY(job) entry;
+	enum job_state state;
+	char *payload;		/* the exact bytes in our active list */
+	size_t payload_len;
+	struct job_spec spec;
+	char id[ID_MAX + 1];	/* spec.id, or "" while unknown */
+	long attempt;
+	uint64_t seq;		/* last event seq sent */
+	double started_at, finished_at, started_mono;
+
+	/* the child */
+	pid_t pid;
+	ev_child child;
+	bool reaped;
+	int wstatus;
+	struct outstream out, err;
+	char cidfile[256];
+	char cname[ID_MAX + 128];
+	char profile_path[4096], output_path[4096];
+
+	ev_timer warn_timer, timeout_timer, stats_timer, cid_timer, kill_timer;
+	ev_io oom_io;
+	struct cgroup cg;
+	bool cg_found;
+	bool oom;
+	enum stop_reason stop;
+	double cpus_clamped_from;
+
+	/* output bookkeeping */
+	struct strv tail;	/* ring of the last lines */
+	size_t tail_next;
+	uint64_t lines_sent, lines_dropped, dropped_unreported;
+	int phase;		/* index in conf->phases, -1 before the first */
+
+	/* the outcome */
+	enum status status;
+	int exit_code;
+	char error[ERR_MAX];
+	struct collect *collect;
+	double retry_due;	/* > 0: retried at that time instead of a result */
+	bool lease_lost;
+	bool has_slot;
+	bool conflict_retried;	/* the name was taken by an orphan once */
+	bool container_dirty;	/* the container may outlive the client: rm -f */
+};
+
+TAILQ_HEAD(jobs, job);
+
+void job_fetched(const char *payload, size_t len);
+void job_set_state(struct job *j, enum job_state s);
+const char *job_state_name(enum job_state s);
+/* Exit status, flags and signals to one status (pure, unit tested). */
+enum status job_outcome(enum rt_kind rt, int wstatus, bool oom, enum stop_reason stop,
+    int *exit_code, char *err, size_t errlen);
+void job_stop(struct job *j, enum stop_reason why);
+void job_line(struct job *j, struct outstream *os, const char *line, size_t len);
+void job_pipe_closed(struct job *j);
+void job_lease_lost(struct job *j);
+void job_cancel_seen(struct job *j);
+void job_done_refused(struct job *j);
+
+/* --- fetch.c: BLMOVE, refusal and the release of held jobs ----------- */
+
+void fetch_init(void);
+void fetch_kick(void);
+void fetch_stop(void);
+void fetch_refuse(struct job *j, enum refusal r, const char *msg);
+
+/* --- beat.c: heartbeat, reaper, orphans, graceful stop --------------- */
+
+void beat_init(void);
+void beat_now(void);
+void beat_stop(void);
+/* Put back every payload in our active list that we do not hold. */
+void beat_release(bool all, void (*done)(void));
+void beat_sweep_orphans(const char *worker_id);
+
+/* --- metrics.c: the Prometheus endpoint ------------------------------ */
+
+struct metrics {
+	unsigned long jobs_by_status[ST_DEAD + 1];
+	unsigned long refused;
+	unsigned long lines_published, lines_dropped;
+	unsigned long results_refused;
+	unsigned long hist[12];	/* build durations, see metrics.c buckets */
+	double duration_sum;
+	unsigned long duration_count;
+};
+
+int metrics_start(const char *listen, char *err, size_t errlen);
+void metrics_stop(void);
+void metrics_duration(double secs);
+extern long long metrics_queue_len;
+
+/* --- main.c: the process ---------------------------------------------- */
+
+struct worker {
+	struct config *conf;
+	struct keys keys;
+	char id[ID_MAX + 64];
+	char host[256];
+	struct ev_loop *loop;
+	struct runtime rt;
+	struct rconn *cmd;	/* every command but the fetch */
+	struct rconn *fetch;	/* BLMOVE only */
+	struct jobs jobs;
+	long slots;		/* concurrency */
+	long held;		/* jobs holding a slot */
+	bool once;		/* exit after one job */
+	unsigned long done;	/* jobs finished */
+	bool draining;		/* SIGTERM: take no more jobs */
+	bool stopping;		/* jobs being stopped, then exit */
+	double started_at;
+	char *cid_dir;		/* where cidfiles go */
+	struct metrics m;
+	int host_cpus;
+};
+
+extern struct worker *wk;
+
+void worker_slot_freed(void);
+void worker_check_exit(void);
+
+#endif
