@@ -188,30 +188,42 @@ cgroup_watch_oom(struct cgroup *cg)
 }
 
 /*
- * Drain the notification and re-read the kill count.  On v1 the eventfd
- * also fires when the cgroup is removed; then the count cannot be read
- * and nothing changed.
+ * Drain the notification and re-read the kill count.
+ *
+ * On v1 the eventfd fires when the OOM begins, before oom_kill counts the
+ * kill, and once more when the cgroup is removed.  So a notification
+ * while the cgroup still exists is an OOM kill, and when it is gone every
+ * notification but the last (the removal) was one.
  */
 bool
 cgroup_oom_check(struct cgroup *cg)
 {
 	char drain[4096];
+	uint64_t fired = 0, v;
+	bool gone, oom = false;
 	long long n;
 
-	if (cg->event_fd >= 0)
+	if (cg->event_fd >= 0 && !cg->v2) {
+		while (read(cg->event_fd, &v, sizeof v) == (ssize_t)sizeof v)
+			fired += v;
+	} else if (cg->event_fd >= 0) {
 		while (read(cg->event_fd, drain, sizeof drain) > 0)
 			;
+	}
 	if (cg->mem_dir == NULL)
 		return false;
 	if (cg->v2)
 		n = cg_keyed(cg->mem_dir, "memory.events", "oom_kill");
 	else
 		n = cg_keyed(cg->mem_dir, "memory.oom_control", "oom_kill");
+	gone = n < 0 && !cg_isdir(cg->mem_dir);
 	if (n > (long long)cg->oom_kills) {
 		cg->oom_kills = (uint64_t)n;
-		return true;
+		oom = true;
 	}
-	return false;
+	if (!cg->v2 && fired > (gone ? 1u : 0u))
+		oom = true;
+	return oom;
 }
 
 /* Memory in use (bytes) and CPU time used (seconds). */

@@ -52,6 +52,40 @@ image_run(char *const argv[], char **out, size_t outmax)
 	return status;
 }
 
+/*
+ * With runtime = auto, docker comes first as in the old sandbox, but only
+ * when its daemon answers: a docker client without a daemon falls back to
+ * podman.  Start-up only.
+ */
+void
+image_pick_runtime(const struct config *c, struct runtime *rt)
+{
+	struct strv argv = { 0 };
+	struct config tmp;
+	char err[ERR_MAX];
+	int st;
+
+	if (strcmp(c->runtime, "auto") != 0 || rt->kind != RT_DOCKER)
+		return;
+	sandbox_base_argv(c, rt, &argv);
+	strv_push(&argv, "version");
+	strv_push(&argv, "--format={{.Server.Version}}");
+	st = image_run(argv.v, NULL, 0);
+	strv_free(&argv);
+	if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
+		return;
+	tmp = *c;
+	tmp.runtime = (char *)(uintptr_t)"podman";
+	runtime_free(rt);
+	if (runtime_detect(&tmp, rt, err, sizeof err) == 0) {
+		log_notice("docker's daemon does not answer; using podman");
+		return;
+	}
+	tmp.runtime = (char *)(uintptr_t)"docker";
+	runtime_detect(&tmp, rt, err, sizeof err);
+	log_warn("docker's daemon does not answer and podman is not installed; builds will fail until it does");
+}
+
 /* Whether the runtime has image. */
 static bool
 image_exists(const struct config *c, const struct runtime *rt, const char *image)

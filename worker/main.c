@@ -311,6 +311,7 @@ worker_setup(int argc, char **argv, bool *check_only)
 		fatal("--id: \"%s\" must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}", wk->id);
 	if (runtime_detect(wk->conf, &wk->rt, err, sizeof err) != 0)
 		fatal("%s", err);
+	image_pick_runtime(wk->conf, &wk->rt);
 }
 
 /* Start, run the loop, clean up. */

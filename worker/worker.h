@@ -70,6 +70,8 @@ void sandbox_base_argv(const struct config *c, const struct runtime *rt, struct 
 
 int image_ensure(const struct config *c, const struct runtime *rt, const char *image, char *err,
     size_t errlen);
+/* runtime = auto: docker only when its daemon answers, else podman. */
+void image_pick_runtime(const struct config *c, struct runtime *rt);
 /* Run argv to completion (start-up and rare paths only); its exit status. */
 int image_run(char *const argv[], char **out, size_t outmax);
 

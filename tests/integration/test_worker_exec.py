@@ -1,0 +1,104 @@
+"""The worker end to end in exec mode (no container engine): the protocol
+as the backend and dashboards see it, against a real redis-server."""
+import signal
+import time
+
+import msgpack
+
+from workers import *  # noqa: F401,F403
+
+
+def script(tmp_path, body):
+    p = tmp_path / "build.sh"
+    p.write_text("#!/bin/sh\n" + body)
+    p.chmod(0o755)
+    return str(p)
+
+
+def test_job_runs_and_result_is_recorded_once(fleet, r, ns, broot, tmp_path):
+    make_profile(broot, "p1")
+    cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
+                           'echo "epoch=$SOURCE_DATE_EPOCH tz=$TZ lc=$LC_ALL"\necho oops >&2\n'
+                           'echo iso > "$DEBATE_OUTPUT/a.iso"\n')
+    w = fleet.start(sandbox={"runtime": "exec", "command": cmd})
+    jid = submit(r, ns, profile="p1", output="out/1", meta={"user": 7, "tags": ["a"]})
+    res = wait_result(r, ns, jid, 20)
+    assert res["status"] == "succeeded" and res["exit_code"] == 0
+    assert res["id"] == jid and res["attempt"] == 1 and res["worker"] == w.wait_log(r"worker (\S+) ").group(1)
+    assert res["meta"] == {"user": 7, "tags": ["a"]}
+    assert res["artifacts"] == [{"name": "a.iso", "size": 4,
+                                 "sha256": "53f73f17e88f82c4c360b1e28b99fcb3a6a126426079932ad91870251a8540d6"}]
+    assert "epoch=1700000000 tz=UTC lc=C" in res["log_tail"] and "oops" in res["log_tail"]
+    h = r.hgetall(f"{{{ns}}}:job:{jid}")
+    assert h[b"state"] == b"succeeded" and h[b"attempt"] == b"1" and h[b"exit_code"] == b"0"
+    assert r.llen(f"{{{ns}}}:results") == 1
+    assert r.llen(f"{{{ns}}}:active:{res['worker']}") == 0
+    evs = stream_events(r, ns, jid)
+    assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1))
+    types = [e["type"] for e in evs]
+    assert types[0] == "started" and types[-1] == "finished" and "phase" in types and "log" in types
+    assert evs[-1]["result"] == res
+
+
+def test_failed_build_has_exit_code_and_tail(fleet, r, ns, broot, tmp_path):
+    make_profile(broot, "p")
+    cmd = script(tmp_path, 'echo step one\necho "[mkarchiso] ERROR: boom" >&2\nexit 3\n')
+    fleet.start(sandbox={"runtime": "exec", "command": cmd})
+    res = wait_result(r, ns, submit(r, ns, profile="p", output="o"), 20)
+    assert res["status"] == "failed" and res["exit_code"] == 3
+    assert "exited with code 3" in res["error"]
+    assert res["log_tail"][-1] == "[mkarchiso] ERROR: boom" or "[mkarchiso] ERROR: boom" in res["log_tail"]
+
+
+def test_timeout_and_warning(fleet, r, ns, broot, tmp_path):
+    make_profile(broot, "p")
+    cmd = script(tmp_path, "trap '' TERM\necho start\nwhile :; do sleep 0.1; done\n")
+    fleet.start(sandbox={"runtime": "exec", "command": cmd, "stop_grace": 1})
+    t0 = time.time()
+    jid = submit(r, ns, profile="p", output="o", warning=1, timeout=2)
+    res = wait_result(r, ns, jid, 20)
+    took = time.time() - t0
+    assert res["status"] == "timed_out" and "timeout" in res["error"]
+    assert took >= 2.0
+    evs = stream_events(r, ns, jid)
+    warn = [e for e in evs if e["type"] == "warning"]
+    assert len(warn) == 1 and 0.9 <= warn[0]["elapsed"] < 2 and warn[0]["timeout"] == 2
+
+
+def test_concurrency_each_result_once(fleet, r, ns, broot, tmp_path):
+    make_profile(broot, "p")
+    cmd = script(tmp_path, "sleep 0.2\necho done\n")
+    fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"concurrency": 2})
+    ids = [submit(r, ns, profile="p", output=f"o/{i}") for i in range(10)]
+    got = [wait_result(r, ns, i, 30) for i in ids]
+    assert all(g["status"] == "succeeded" for g in got)
+    allres = results(r, ns)
+    assert sorted(x["id"] for x in allres) == sorted(ids)
+
+
+def test_refused_payloads_go_dead_and_worker_goes_on(fleet, r, ns, broot, tmp_path):
+    make_profile(broot, "p")
+    w = fleet.start()
+    push_raw(r, ns, b"\xc1not msgpack")
+    push_raw(r, ns, msgpack.packb({"id": "x1", "profile": "../etc", "output": "o"}))
+    jid = submit(r, ns, profile="p", output="o")
+    assert wait_result(r, ns, jid, 20)["status"] == "succeeded"
+    d = dead(r, ns)
+    assert {x["reason"] for x in d} == {"malformed", "bad_path"}
+    assert any(x.get("id") == "x1" and x["payload"] == msgpack.packb({"id": "x1", "profile": "../etc", "output": "o"})
+               for x in d)
+    assert r.hget(f"{{{ns}}}:job:x1", "state") == b"dead"
+    assert w.alive()
+
+
+def test_sigterm_drains_and_exits_zero(fleet, r, ns, broot, tmp_path):
+    make_profile(broot, "p")
+    cmd = script(tmp_path, "sleep 1\necho ok\n")
+    w = fleet.start(sandbox={"runtime": "exec", "command": cmd})
+    jid = submit(r, ns, profile="p", output="o")
+    w.wait_log(r"job \S+: started")
+    w.signal(signal.SIGTERM)
+    assert w.wait(20) == 0
+    assert wait_result(r, ns, jid, 5)["status"] == "succeeded"
+    wid = w.wait_log(r"worker (\S+) ").group(1)
+    assert r.exists(f"{{{ns}}}:worker:{wid}") == 0
