@@ -64,12 +64,15 @@ $(ENQUEUE_BIN): $(ENQUEUE_OBJ) $(B)/libshared.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_LDFLAGS) -o $@ $(ENQUEUE_OBJ) $(B)/libshared.a $(ENQUEUE_LIBS) $(SHARED_LIBS)
 
-# Unit tests link the shared library and, for worker modules, the worker's
-# objects but not its main().
+# Unit tests link the shared library and, for worker modules, an archive
+# of the worker's objects without main(): only what a test uses is pulled.
 WORKER_LIB_OBJ = $(filter-out $(B)/worker/main.o,$(WORKER_OBJ))
-$(B)/tests/test_%: tests/unit/test_%.c $(WORKER_LIB_OBJ) $(B)/libshared.a
+$(B)/libworker.a: $(WORKER_LIB_OBJ)
+	$(AR) rcs $@ $^
+
+$(B)/tests/test_%: tests/unit/test_%.c $(B)/libworker.a $(B)/libshared.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Iworker $(ALL_LDFLAGS) -o $@ $< $(WORKER_LIB_OBJ) $(B)/libshared.a \
+	$(CC) $(ALL_CFLAGS) -Iworker $(ALL_LDFLAGS) -o $@ $< $(B)/libworker.a $(B)/libshared.a \
 		-lcmocka $(WORKER_LIBS) $(SHARED_LIBS)
 
 deps:

@@ -1,0 +1,261 @@
+/*
+ * test_worker_sandbox.c: the worker's pure functions: the runtime argv
+ * (no shell ever sees job data), the exec-mode environment, and the one
+ * mapping from exit status to outcome.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include <cmocka.h>
+
+#include "worker.h"
+
+/* The unit tests link the worker's modules without main.c. */
+struct worker *wk;
+void worker_slot_freed(void) {}
+void worker_check_exit(void) {}
+
+static struct sandbox_spec spec = {
+	.ns = "debate", .job_id = "job-1", .worker_id = "host-7", .attempt = 2, .expires = 1700003600,
+	.profile = "/srv/builds/p", .output = "/srv/builds/o", .cidfile = "/run/w/job-1.2.cid",
+	.epoch = 1700000000, .memory = 512ULL << 20, .cpus = 1.5, .pids = 256,
+	.image = "localhost/debate-archiso:latest",
+};
+
+/* Index of s in argv, or -1. */
+static int
+find(const struct strv *argv, const char *s)
+{
+	for (size_t i = 0; i < argv->n; i++)
+		if (strcmp(argv->v[i], s) == 0)
+			return (int)i;
+	return -1;
+}
+
+/* The default (safe) configuration's run argv, flag by flag. */
+static void
+test_run_argv_defaults(void **state)
+{
+	struct runtime rt = { .kind = RT_PODMAN, .path = (char *)(uintptr_t)"/usr/bin/podman" };
+	struct strv argv = { 0 };
+	struct config c;
+	int img;
+
+	(void)state;
+	config_defaults(&c);
+	strv_split(&c.runtime_args, "--runtime runc --cgroup-manager cgroupfs", " ");
+	sandbox_argv(&c, &rt, &spec, &argv);
+	assert_string_equal(argv.v[0], "/usr/bin/podman");
+	assert_string_equal(argv.v[1], "--runtime");
+	assert_string_equal(argv.v[2], "runc");
+	assert_string_equal(argv.v[5], "run");
+	assert_true(find(&argv, "--rm") > 5);
+	assert_true(find(&argv, "--init") > 5);
+	assert_true(find(&argv, "--name=debate-build-job-1") > 0);
+	assert_true(find(&argv, "--cidfile=/run/w/job-1.2.cid") > 0);
+	assert_true(find(&argv, "--label=debate.worker=host-7") > 0);
+	assert_true(find(&argv, "--label=debate.job=job-1") > 0);
+	assert_true(find(&argv, "--label=debate.attempt=2") > 0);
+	assert_true(find(&argv, "--label=debate.expires=1700003600") > 0);
+	assert_true(find(&argv, "--memory=536870912") > 0);
+	assert_true(find(&argv, "--memory-swap=536870912") > 0);
+	assert_true(find(&argv, "--cpus=1.500") > 0);
+	assert_true(find(&argv, "--pids-limit=256") > 0);
+	assert_true(find(&argv, "--network=none") > 0);
+	assert_true(find(&argv, "--cap-drop=ALL") > 0);
+	assert_true(find(&argv, "--cap-add=SYS_CHROOT") > 0);
+	assert_true(find(&argv, "--security-opt=no-new-privileges") > 0);
+	assert_true(find(&argv, "--read-only") > 0);
+	assert_true(find(&argv, "--privileged") < 0);
+	assert_true(find(&argv, "--volume=/srv/builds/p:/build/profile:ro") > 0);
+	assert_true(find(&argv, "--volume=/srv/builds/o:/build/output:rw") > 0);
+	assert_true(find(&argv, "--env=SOURCE_DATE_EPOCH=1700000000") > 0);
+	assert_true(find(&argv, "--env=LC_ALL=C") > 0);
+	assert_true(find(&argv, "--env=TZ=UTC") > 0);
+	img = find(&argv, "localhost/debate-archiso:latest");
+	assert_true(img > 0);
+	/* The image is followed by exactly the configured command. */
+	assert_int_equal(argv.n - (size_t)img - 1, c.command.n);
+	assert_string_equal(argv.v[img + 1], "mkarchiso");
+	assert_string_equal(argv.v[argv.n - 1], "/build/profile");
+	assert_null(argv.v[argv.n]);
+	strv_free(&argv);
+	config_free(&c);
+}
+
+/* privileged drops the capability flags; sudo and env_allow show up. */
+static void
+test_run_argv_privileged_sudo_env(void **state)
+{
+	struct runtime rt = { .kind = RT_DOCKER, .path = (char *)(uintptr_t)"/usr/bin/docker", .sudo = true };
+	struct strv argv = { 0 };
+	struct config c;
+
+	(void)state;
+	config_defaults(&c);
+	c.privileged = true;
+	c.read_only = false;
+	strv_split(&c.env_allow, "DEBATE_TEST_PROXY DEBATE_UNSET_VAR", " ");
+	strv_split(&c.mounts, "/var/cache/pkg:/var/cache/pacman/pkg:ro", " ");
+	setenv("DEBATE_TEST_PROXY", "http://proxy:3128", 1);
+	unsetenv("DEBATE_UNSET_VAR");
+	sandbox_argv(&c, &rt, &spec, &argv);
+	assert_string_equal(argv.v[0], "sudo");
+	assert_string_equal(argv.v[1], "-n");
+	assert_string_equal(argv.v[2], "/usr/bin/docker");
+	assert_true(find(&argv, "--privileged") > 0);
+	assert_true(find(&argv, "--cap-drop=ALL") < 0);
+	assert_true(find(&argv, "--read-only") < 0);
+	assert_true(find(&argv, "--env=DEBATE_TEST_PROXY=http://proxy:3128") > 0);
+	for (size_t i = 0; i < argv.n; i++)
+		assert_null(strstr(argv.v[i], "DEBATE_UNSET_VAR"));
+	assert_true(find(&argv, "--volume=/var/cache/pkg:/var/cache/pacman/pkg:ro") > 0);
+	strv_free(&argv);
+	config_free(&c);
+}
+
+/* Hostile-looking but valid values stay single argv elements. */
+static void
+test_run_argv_no_splitting(void **state)
+{
+	struct runtime rt = { .kind = RT_PODMAN, .path = (char *)(uintptr_t)"podman" };
+	struct sandbox_spec s = spec;
+	struct strv argv = { 0 };
+	struct config c;
+
+	(void)state;
+	config_defaults(&c);
+	s.profile = "/srv/builds/a dir;echo x $(id)";
+	sandbox_argv(&c, &rt, &s, &argv);
+	assert_true(find(&argv, "--volume=/srv/builds/a dir;echo x $(id):/build/profile:ro") > 0);
+	strv_free(&argv);
+	config_free(&c);
+}
+
+/* exec mode: the command itself, and a controlled environment. */
+static void
+test_exec_mode(void **state)
+{
+	struct runtime rt = { .kind = RT_EXEC };
+	char *envin[] = { (char *)(uintptr_t)"PATH=/bin", (char *)(uintptr_t)"SECRET=x",
+		(char *)(uintptr_t)"HOME=/root", NULL };
+	struct strv argv = { 0 }, env = { 0 };
+	struct config c;
+
+	(void)state;
+	config_defaults(&c);
+	strv_split(&c.command, "/bin/true -x", " ");
+	sandbox_argv(&c, &rt, &spec, &argv);
+	assert_int_equal(argv.n, 2);
+	assert_string_equal(argv.v[0], "/bin/true");
+	sandbox_env(&c, &spec, envin, &env);
+	assert_true(find(&env, "PATH=/bin") >= 0);
+	assert_true(find(&env, "SECRET=x") < 0);
+	assert_true(find(&env, "SOURCE_DATE_EPOCH=1700000000") >= 0);
+	assert_true(find(&env, "TZ=UTC") >= 0);
+	assert_true(find(&env, "DEBATE_OUTPUT=/srv/builds/o") >= 0);
+	strv_free(&argv);
+	strv_free(&env);
+	config_free(&c);
+}
+
+/* stop, rm and ps argv. */
+static void
+test_helper_argv(void **state)
+{
+	struct runtime rt = { .kind = RT_PODMAN, .path = (char *)(uintptr_t)"podman" };
+	struct strv argv = { 0 };
+	struct config c;
+
+	(void)state;
+	config_defaults(&c);
+	c.stop_grace = 7;
+	sandbox_stop_argv(&c, &rt, "debate-build-x", &argv);
+	assert_string_equal(argv.v[1], "stop");
+	assert_string_equal(argv.v[2], "--time=7");
+	assert_string_equal(argv.v[3], "debate-build-x");
+	sandbox_rm_argv(&c, &rt, "debate-build-x", &argv);
+	assert_string_equal(argv.v[1], "rm");
+	assert_string_equal(argv.v[2], "--force");
+	sandbox_ps_argv(&c, &rt, "debate.worker=w1", &argv);
+	assert_true(find(&argv, "--filter=label=debate.worker=w1") > 0);
+	strv_free(&argv);
+	config_free(&c);
+}
+
+/* A wait status for exit code n. */
+#define EXITED(n) ((n) << 8)
+
+/* Every branch of the exit status to outcome mapping. */
+static void
+test_outcome(void **state)
+{
+	char err[ERR_MAX];
+	int code;
+
+	(void)state;
+	assert_int_equal(job_outcome(RT_PODMAN, EXITED(0), false, STOP_NONE, &code, err, sizeof err), ST_SUCCEEDED);
+	assert_int_equal(code, 0);
+	assert_string_equal(err, "");
+	assert_int_equal(job_outcome(RT_PODMAN, EXITED(3), false, STOP_NONE, &code, err, sizeof err), ST_FAILED);
+	assert_int_equal(code, 3);
+	assert_non_null(strstr(err, "code 3"));
+	/* mkarchiso exits 1 after the kernel killed a step: still an OOM kill. */
+	assert_int_equal(job_outcome(RT_PODMAN, EXITED(1), true, STOP_NONE, &code, err, sizeof err), ST_OOM_KILLED);
+	assert_int_equal(job_outcome(RT_DOCKER, EXITED(137), true, STOP_NONE, &code, err, sizeof err), ST_OOM_KILLED);
+	/* A stop we asked for wins over what it caused. */
+	assert_int_equal(job_outcome(RT_PODMAN, EXITED(137), false, STOP_TIMEOUT, &code, err, sizeof err), ST_TIMED_OUT);
+	assert_int_equal(job_outcome(RT_PODMAN, EXITED(137), true, STOP_CANCEL, &code, err, sizeof err), ST_CANCELLED);
+	assert_int_equal(job_outcome(RT_PODMAN, EXITED(125), false, STOP_NONE, &code, err, sizeof err), ST_ERROR);
+	assert_non_null(strstr(err, "125"));
+	assert_int_equal(job_outcome(RT_EXEC, EXITED(125), false, STOP_NONE, &code, err, sizeof err), ST_FAILED);
+	assert_int_equal(job_outcome(RT_DOCKER, EXITED(127), false, STOP_NONE, &code, err, sizeof err), ST_ERROR);
+	assert_int_equal(job_outcome(RT_EXEC, SIGKILL, false, STOP_NONE, &code, err, sizeof err), ST_FAILED);
+	assert_int_equal(code, -1);
+	assert_int_equal(job_outcome(RT_PODMAN, SIGKILL, false, STOP_NONE, &code, err, sizeof err), ST_ERROR);
+	assert_non_null(strstr(err, "signal 9"));
+}
+
+/* runtime_detect: exec, explicit names, and a refusal that names the key. */
+static void
+test_runtime_detect(void **state)
+{
+	struct runtime rt;
+	struct config c;
+	char err[ERR_MAX];
+
+	(void)state;
+	config_defaults(&c);
+	free(c.runtime);
+	c.runtime = xstrdup("exec");
+	assert_int_equal(runtime_detect(&c, &rt, err, sizeof err), 0);
+	assert_int_equal(rt.kind, RT_EXEC);
+	free(c.runtime);
+	c.runtime = xstrdup("/bin/true");
+	assert_int_equal(runtime_detect(&c, &rt, err, sizeof err), -1);
+	assert_non_null(strstr(err, "docker or podman"));
+	free(c.runtime);
+	c.runtime = xstrdup("no-such-runtime-docker");
+	assert_int_equal(runtime_detect(&c, &rt, err, sizeof err), -1);
+	assert_non_null(strstr(err, "[sandbox] runtime"));
+	config_free(&c);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_run_argv_defaults),
+		cmocka_unit_test(test_run_argv_privileged_sudo_env),
+		cmocka_unit_test(test_run_argv_no_splitting),
+		cmocka_unit_test(test_exec_mode),
+		cmocka_unit_test(test_helper_argv),
+		cmocka_unit_test(test_outcome),
+		cmocka_unit_test(test_runtime_detect),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
