@@ -44,6 +44,15 @@ endif
 
 PY = /usr/bin/python3
 
+# make V=1 shows the full commands.
+ifeq ($(V),1)
+Q =
+say = @true
+else
+Q = @
+say = @printf '  %-6s %s\n'
+endif
+
 .PHONY: all deps check unit integration fuzz fuzz-check asan bench demo install \
 	uninstall clean format lint image
 
@@ -51,28 +60,32 @@ all: $(WORKER_BIN) $(ENQUEUE_BIN) $(UNIT_BIN)
 
 $(B)/%.o: %.c shared/debate.h $(wildcard worker/*.h) $(wildcard enqueue/*.h)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(say) CC $<
+	$(Q)$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(B)/libshared.a: $(SHARED_OBJ)
-	$(AR) rcs $@ $^
+	$(Q)$(AR) rcs $@ $^
 
 $(WORKER_BIN): $(WORKER_OBJ) $(B)/libshared.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_LDFLAGS) -o $@ $(WORKER_OBJ) $(B)/libshared.a $(WORKER_LIBS) $(SHARED_LIBS)
+	$(say) LD $@
+	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $(WORKER_OBJ) $(B)/libshared.a $(WORKER_LIBS) $(SHARED_LIBS)
 
 $(ENQUEUE_BIN): $(ENQUEUE_OBJ) $(B)/libshared.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_LDFLAGS) -o $@ $(ENQUEUE_OBJ) $(B)/libshared.a $(ENQUEUE_LIBS) $(SHARED_LIBS)
+	$(say) LD $@
+	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $(ENQUEUE_OBJ) $(B)/libshared.a $(ENQUEUE_LIBS) $(SHARED_LIBS)
 
 # Unit tests link the shared library and, for worker modules, an archive
 # of the worker's objects without main(): only what a test uses is pulled.
 WORKER_LIB_OBJ = $(filter-out $(B)/worker/main.o,$(WORKER_OBJ))
 $(B)/libworker.a: $(WORKER_LIB_OBJ)
-	$(AR) rcs $@ $^
+	$(Q)$(AR) rcs $@ $^
 
 $(B)/tests/test_%: tests/unit/test_%.c $(B)/libworker.a $(B)/libshared.a
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -Iworker $(ALL_LDFLAGS) -o $@ $< $(B)/libworker.a $(B)/libshared.a \
+	$(say) CC $<
+	$(Q)$(CC) $(ALL_CFLAGS) -Iworker $(ALL_LDFLAGS) -o $@ $< $(B)/libworker.a $(B)/libshared.a \
 		-lcmocka $(WORKER_LIBS) $(SHARED_LIBS)
 
 deps:

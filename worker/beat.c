@@ -116,22 +116,24 @@ beat_stop(void)
 	ev_timer_stop(EV_DEFAULT, &beat_timer);
 }
 
-static void (*release_done)(void);
+struct release {
+	void (*done)(void);
+};
 
 /* The release script's answer. */
 static void
 beat_released(redisReply *r, void *arg)
 {
-	void (*done)(void) = release_done;
+	struct release *rel = arg;
+	void (*done)(void) = rel->done;
 
-	(void)arg;
 	if (r == NULL)
-		return;
+		return;	/* only at exit; the process is going away */
+	free(rel);
 	if (r->type == REDIS_REPLY_ERROR)
 		log_err("release: %s", r->str);
 	else if (r->type == REDIS_REPLY_INTEGER && r->integer > 0)
 		log_notice("put %lld job%s back on the queue", r->integer, r->integer == 1 ? "" : "s");
-	release_done = NULL;
 	if (done != NULL)
 		done();
 }
@@ -142,6 +144,7 @@ beat_release(bool all, void (*done)(void))
 {
 	char kact[KEY_MAX], kwork[KEY_MAX], now[32], maxlen[24], *prefix;
 	size_t n = 0, cap = 9;
+	struct release *rel;
 	const char **args;
 	size_t *lens;
 	struct job *j;
@@ -170,8 +173,9 @@ beat_release(bool all, void (*done)(void))
 			args[n++] = j->payload;
 		}
 	}
-	release_done = done;
-	script_call(wk->cmd, SCRIPT_RELEASE, RQ_KEEP, beat_released, NULL, 4, (int)n, args, lens);
+	rel = xmalloc(sizeof *rel);
+	rel->done = done;
+	script_call(wk->cmd, SCRIPT_RELEASE, RQ_KEEP, beat_released, rel, 4, (int)n, args, lens);
 	free(prefix);
 	free(args);
 	free(lens);

@@ -48,6 +48,13 @@ fetch_recovered(void)
 	fetch_kick();
 }
 
+/* Put back, before the next fetch, what our active list holds and we do not. */
+void
+fetch_recover_later(void)
+{
+	fetch_recover_needed = true;
+}
+
 /* Ask for a job if a slot is free and nothing stands in the way. */
 void
 fetch_kick(void)

@@ -662,7 +662,8 @@ job_claimed(redisReply *r, void *arg)
 		return;	/* only at exit */
 	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING) {
 		log_err("job %s: claim failed: %s", j->id, r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
-		job_done(j);	/* the payload stays in our active list; release puts it back */
+		fetch_recover_later();	/* the payload is still in our active list: put it back */
+		job_done(j);
 		return;
 	}
 	verdict = r->element[0]->str;

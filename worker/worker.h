@@ -288,6 +288,7 @@ void job_done_refused(struct job *j);
 
 void fetch_init(void);
 void fetch_kick(void);
+void fetch_recover_later(void);
 void fetch_stop(void);
 void fetch_refuse(struct job *j, enum refusal r, const char *msg);
 
