@@ -16,6 +16,9 @@ CFLAGS ?= -O2 -g
 WARNINGS = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 	-Wpointer-arith -Wformat=2 -Wno-format-nonliteral -Wno-format-truncation \
 	-Wcast-qual -Wwrite-strings -Wundef -Wvla -Wimplicit-fallthrough
+ifneq (,$(findstring clang,$(CC)))
+WARNINGS += -Wno-unknown-warning-option
+endif
 ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -Ishared $(WARNINGS) $(CFLAGS) $(SAN_CFLAGS)
 ALL_LDFLAGS = $(LDFLAGS) $(SAN_CFLAGS)
 

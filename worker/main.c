@@ -377,6 +377,7 @@ main(int argc, char **argv)
 	log_info("exiting");
 	fetch_stop();
 	rconn_close(wk->cmd);
+	defer_flush();
 	metrics_stop();
 	rmdir(wk->cid_dir);
 	free(wk->cid_dir);

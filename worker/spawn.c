@@ -136,6 +136,13 @@ defer_run(EV_P_ ev_prepare *w, int revents)
 	}
 }
 
+/* Run what is still deferred (at exit, after the loop stopped). */
+void
+defer_flush(void)
+{
+	defer_run(EV_DEFAULT, &defer_watcher, 0);
+}
+
 /* Start the prepare watcher. */
 void
 defer_init(void)

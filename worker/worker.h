@@ -83,6 +83,7 @@ void proc_run(char *const argv[], proc_done_cb *done, void *arg);
 /* Free p on the next loop iteration, never inside its own callback. */
 void defer_free(void (*fn)(void *), void *p);
 void defer_init(void);
+void defer_flush(void);
 
 /*
  * Start argv with stdout and stderr on fresh non-blocking pipes (either

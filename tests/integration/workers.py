@@ -360,6 +360,10 @@ class Fleet:
                 pass
         for rt in self.runtimes:
             rt.cleanup(self.ns)
+        # Under ASan/UBSan a report in any worker's log fails the test.
+        reports = [w.logpath for w in self.workers
+                   if re.search(r"Sanitizer|runtime error:", w.log())]
+        assert not reports, "sanitizer reports in " + ", ".join(map(str, reports))
 
 
 @pytest.fixture
