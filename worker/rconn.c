@@ -398,6 +398,13 @@ rconn_sentinel_reply(redisAsyncContext *ac, void *reply, void *priv)
 	struct rconn *rc = priv;
 	redisReply *r = reply;
 
+	/*
+	 * A context that failed to connect is freed after its connect
+	 * callback moved on to the next sentinel; its pending query then
+	 * lands here with NULL, and must not disturb the new attempt.
+	 */
+	if (ac != rc->sac)
+		return;
 	rc->sac = NULL;
 	redisAsyncDisconnect(ac);
 	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
