@@ -151,6 +151,10 @@ config_defaults(struct config *c)
 
 struct conf_parse {
 	struct config *c;
+	FILE *f;
+	int line;		/* lines read so far: the one being parsed */
+	int err_line;		/* where err was found */
+	bool warning_set;
 	char err[ERR_MAX];
 	bool phases_seen;	/* a [phases] section replaces the defaults */
 	struct strv seen;	/* list keys given once already (continuations append) */
@@ -256,6 +260,7 @@ config_handler(void *user, const char *section, const char *name, const char *va
 		}
 		if (*value == '\0') {
 			snprintf(cp->err, sizeof cp->err, "phase \"%s\" needs a pattern", name);
+			cp->err_line = cp->line;
 			return 0;
 		}
 		c->phases = xrealloc(c->phases, (c->nphases + 1) * sizeof *c->phases);
@@ -266,9 +271,16 @@ config_handler(void *user, const char *section, const char *name, const char *va
 	}
 	for (size_t i = 0; i < sizeof conf_keys / sizeof conf_keys[0]; i++) {
 		const struct conf_key *k = &conf_keys[i];
-		if (strcmp(k->section, section) == 0 && strcmp(k->name, name) == 0)
-			return config_set(cp, k, value) == 0;
+		if (strcmp(k->section, section) == 0 && strcmp(k->name, name) == 0) {
+			if (k->off == offsetof(struct config, warning))
+				cp->warning_set = true;
+			if (config_set(cp, k, value) == 0)
+				return 1;
+			cp->err_line = cp->line;
+			return 0;
+		}
 	}
+	cp->err_line = cp->line;
 	if (strcmp(section, "redis") && strcmp(section, "queue") && strcmp(section, "worker") &&
 	    strcmp(section, "sandbox"))
 		snprintf(cp->err, sizeof cp->err, "unknown section [%s]", section);
@@ -277,28 +289,61 @@ config_handler(void *user, const char *section, const char *name, const char *va
 	return 0;
 }
 
+/*
+ * libinih's line reader, counting lines so that errors name the right one.
+ * libinih cuts lines at INI_MAX_LINE bytes and reads the rest as a new
+ * line (which could smuggle a comment's tail in as a value): a line that
+ * long is an error here.
+ */
+static char *
+config_reader(char *str, int num, void *stream)
+{
+	struct conf_parse *cp = stream;
+	size_t n;
+	int ch;
+
+	if (fgets(str, num, cp->f) == NULL)
+		return NULL;
+	cp->line++;
+	n = strlen(str);
+	if (n > 0 && str[n - 1] != '\n' && (ch = fgetc(cp->f)) != EOF) {
+		ungetc(ch, cp->f);
+		if (cp->err[0] == '\0') {
+			snprintf(cp->err, sizeof cp->err, "line longer than %d bytes", num - 2);
+			cp->err_line = cp->line;
+		}
+		return NULL;	/* stop: the rest of the file cannot be trusted */
+	}
+	return str;
+}
+
 /* Parse path on top of the defaults already in c. */
 int
 config_load(const char *path, struct config *c, char *err, size_t errlen)
 {
 	struct conf_parse cp = { .c = c };
-	FILE *f;
 	int line;
 
 	free(c->path);
 	c->path = xstrdup(path);
-	if ((f = fopen(path, "r")) == NULL) {
+	if ((cp.f = fopen(path, "r")) == NULL) {
 		snprintf(err, errlen, "%s: %s", path, strerror(errno));
 		return -1;
 	}
-	line = ini_parse_file(f, config_handler, &cp);
-	fclose(f);
+	line = ini_parse_stream(config_reader, &cp, config_handler, &cp);
+	fclose(cp.f);
 	strv_free(&cp.seen);
-	if (line == 0)
+	if (line == 0 && cp.err[0] != '\0')
+		line = cp.err_line;	/* the reader stopped on a long line */
+	if (line == 0) {
+		/* A shorter timeout without its own warning moves the warning in. */
+		if (!cp.warning_set && c->warning > c->timeout)
+			c->warning = c->timeout * 0.75;
 		return 0;
+	}
 	if (line < 0)
 		snprintf(err, errlen, "%s: cannot read it", path);
-	else if (cp.err[0] != '\0')
+	else if (cp.err[0] != '\0' && (cp.err_line == line || cp.err_line == 0))
 		snprintf(err, errlen, "%s:%d: %s", path, line, cp.err);
 	else
 		snprintf(err, errlen, "%s:%d: syntax error (expected [section] or name = value)", path, line);

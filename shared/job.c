@@ -140,8 +140,15 @@ job_path(const msgpack_object *v, const char *name, const char *root, char **out
 		if (n <= rl + 1 || strncmp(s, root, rl) != 0 || s[rl] != '/')
 			REFUSE(REFUSE_PATH, "%s: absolute path \"%.*s\" is outside builds_root", name,
 			    (int)(n > 200 ? 200 : n), s);
-		s += rl + 1;
-		n -= rl + 1;
+		/* The rest is relative to builds_root: drop every slash that leads it. */
+		while (n > rl && s[rl] == '/') {
+			s++;
+			n--;
+		}
+		s += rl;
+		n -= rl;
+		if (n == 0)
+			REFUSE(REFUSE_PATH, "%s: names builds_root itself, not a directory below it", name);
 	}
 	p = xstrndup(s, n);
 	save = xstrdup(p);
@@ -198,10 +205,16 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 			    (unsigned long long)v->via.u64);
 		js->source_date_epoch = (int64_t)v->via.u64;
 		js->has_epoch = true;
-	} else if ((v = mp_get(o, "enqueued_at")) != NULL && job_number(v, "enqueued_at", &d, err, errlen) == 0 &&
-	    d >= 0 && d <= (double)EPOCH_MAX) {
-		js->source_date_epoch = (int64_t)d;
-		js->has_epoch = true;
+	}
+	if ((v = mp_get(o, "enqueued_at")) != NULL) {
+		if ((r = job_number(v, "enqueued_at", &d, err, errlen)))
+			return r;
+		if (d < 0 || d > (double)EPOCH_MAX)
+			REFUSE(REFUSE_VALUE, "enqueued_at: %g is not a time between 1970 and 9999", d);
+		if (!js->has_epoch) {
+			js->source_date_epoch = (int64_t)d;
+			js->has_epoch = true;
+		}
 	}
 
 	js->memory = c->memory;
@@ -216,7 +229,9 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 				REFUSE(REFUSE_VALUE, "memory: \"%.*s...\" is not a size", 16, v->via.str.ptr);
 			memcpy(buf, v->via.str.ptr, v->via.str.size);
 			buf[v->via.str.size] = '\0';
-			if (memchr(v->via.str.ptr, '\0', v->via.str.size) || parse_size(buf, &js->memory, e, sizeof e))
+			if (memchr(v->via.str.ptr, '\0', v->via.str.size) != NULL)
+				REFUSE(REFUSE_VALUE, "memory: contains a NUL byte");
+			if (parse_size(buf, &js->memory, e, sizeof e) != 0)
 				REFUSE(REFUSE_VALUE, "memory: %s", e);
 		} else
 			REFUSE(REFUSE_TYPE, "memory: must be bytes (integer) or a size string like \"512m\", not %s",
@@ -315,6 +330,10 @@ job_decode(const char *buf, size_t len, const struct config *c, struct job_spec 
 	}
 	r = job_fields(&u.data, c, js, err, errlen);
 	msgpack_unpacked_destroy(&u);
+	/* Messages quote payload bytes: keep control characters out of logs. */
+	for (char *p = err; r != REFUSE_NONE && *p != '\0'; p++)
+		if ((unsigned char)*p < 0x20 || *p == 0x7f)
+			*p = '?';
 	return r;
 }
 

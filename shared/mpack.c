@@ -3,6 +3,7 @@
  * fields of a decoded map, a bounded pre-check of untrusted bytes, and a
  * JSON printer for the command line.
  */
+#include <math.h>
 #include <string.h>
 
 #include "debate.h"
@@ -174,9 +175,9 @@ mp_precheck(const char *buf, size_t len, int max_depth, char *err, size_t errlen
 			case 0xc4: case 0xd9: hdr = 2; n = 1; break;
 			case 0xc5: case 0xda: hdr = 3; n = 2; break;
 			case 0xc6: case 0xdb: hdr = 5; n = 4; break;
-			case 0xc7: hdr = 3; n = 1; skip = 1; break;
-			case 0xc8: hdr = 4; n = 2; skip = 1; break;
-			case 0xc9: hdr = 6; n = 4; skip = 1; break;
+			case 0xc7: hdr = 3; n = 1; break;	/* marker, length, type */
+			case 0xc8: hdr = 4; n = 2; break;
+			case 0xc9: hdr = 6; n = 4; break;
 			case 0xca: skip = 4; break;
 			case 0xcb: skip = 8; break;
 			case 0xcc: case 0xd0: skip = 1; break;
@@ -244,16 +245,16 @@ mp_unpack(const char *buf, size_t len, int max_depth, msgpack_unpacked *out, cha
 
 	if (rc != 0)
 		return rc;
-	if (msgpack_unpack_next(out, buf, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+	if (msgpack_unpack_next(out, buf, len, &off) != MSGPACK_UNPACK_SUCCESS || off != len) {
 		snprintf(err, errlen, "msgpack could not be unpacked");
 		return -1;
 	}
 	return 0;
 }
 
-/* Write n bytes as a JSON string body. */
+/* Write n bytes as a JSON string; bin escapes every byte above 0x7e too. */
 static void
-mp_json_str(FILE *f, const char *s, size_t n)
+mp_json_str(FILE *f, const char *s, size_t n, bool bin)
 {
 	fputc('"', f);
 	for (size_t i = 0; i < n; i++) {
@@ -265,7 +266,7 @@ mp_json_str(FILE *f, const char *s, size_t n)
 		case '\r': fputs("\\r", f); break;
 		case '\t': fputs("\\t", f); break;
 		default:
-			if (c < 0x20 || c == 0x7f)
+			if (c < 0x20 || c == 0x7f || (bin && c > 0x7f))
 				fprintf(f, "\\u%04x", c);
 			else
 				fputc(c, f);
@@ -284,9 +285,14 @@ mp_json(FILE *f, const msgpack_object *o)
 	case MSGPACK_OBJECT_POSITIVE_INTEGER: fprintf(f, "%llu", (unsigned long long)o->via.u64); break;
 	case MSGPACK_OBJECT_NEGATIVE_INTEGER: fprintf(f, "%lld", (long long)o->via.i64); break;
 	case MSGPACK_OBJECT_FLOAT32:
-	case MSGPACK_OBJECT_FLOAT64: fprintf(f, "%.17g", o->via.f64); break;
-	case MSGPACK_OBJECT_STR: mp_json_str(f, o->via.str.ptr, o->via.str.size); break;
-	case MSGPACK_OBJECT_BIN: mp_json_str(f, o->via.bin.ptr, o->via.bin.size); break;
+	case MSGPACK_OBJECT_FLOAT64:
+		if (isfinite(o->via.f64))
+			fprintf(f, "%.17g", o->via.f64);
+		else
+			fputs("null", f);	/* JSON has no NaN or infinity */
+		break;
+	case MSGPACK_OBJECT_STR: mp_json_str(f, o->via.str.ptr, o->via.str.size, false); break;
+	case MSGPACK_OBJECT_BIN: mp_json_str(f, o->via.bin.ptr, o->via.bin.size, true); break;
 	case MSGPACK_OBJECT_EXT: fputs("null", f); break;
 	case MSGPACK_OBJECT_ARRAY:
 		fputc('[', f);
@@ -304,7 +310,7 @@ mp_json(FILE *f, const msgpack_object *o)
 			if (i)
 				fputc(',', f);
 			if (k->type == MSGPACK_OBJECT_STR)
-				mp_json_str(f, k->via.str.ptr, k->via.str.size);
+				mp_json_str(f, k->via.str.ptr, k->via.str.size, false);
 			else {
 				fputc('"', f);
 				mp_json(f, k);	/* numbers print bare inside the quotes */

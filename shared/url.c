@@ -202,6 +202,11 @@ url_parse(const char *s, struct redis_url *out, char *err, size_t errlen)
 				goto fail;
 			}
 		}
+		if (*master == '\0') {
+			snprintf(err, errlen, "sentinel:// URL has an empty master name");
+			free(master);
+			goto fail;
+		}
 		u.master = master;
 		break;
 	}
