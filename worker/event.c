@@ -31,18 +31,13 @@ event_emitted(redisReply *r, void *arg)
 {
 	struct job *j = arg;
 
-	if (r == NULL)
-		return;
-	if (r->type == REDIS_REPLY_ERROR) {
+	if (r != NULL && r->type == REDIS_REPLY_ERROR)
 		log_warn("job %s: event refused by Redis: %s", j->id, r->str);
-		return;
-	}
-	if (r->type != REDIS_REPLY_INTEGER)
-		return;
-	if (r->integer == 0)
+	else if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 0)
 		job_lease_lost(j);
-	else if (r->integer == 2)
+	else if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 2)
 		job_cancel_seen(j);
+	job_emit_answered(j);
 }
 
 /* Send the event in ep (and free its buffer). */
@@ -75,6 +70,7 @@ event_send(struct job *j, struct ev_pack *ep, const char *type, enum rq_kind kin
 	args[13] = j->id;
 	for (int i = 0; i < 14; i++)
 		lens[i] = i == 7 ? ep->sb.size : strlen(args[i]);
+	j->emits++;
 	script_call(wk->cmd, SCRIPT_EMIT, kind, event_emitted, j, 5, 14, args, lens);
 	msgpack_sbuffer_destroy(&ep->sb);
 }

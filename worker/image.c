@@ -16,7 +16,10 @@
 
 #include "worker.h"
 
-#define IMAGE_LOCK "/tmp/debate-image-build.lock"
+/* /run/lock is shared by the whole host even when systemd gives each
+ * worker instance a private /tmp (PrivateTmp=yes); /tmp is the fallback. */
+#define IMAGE_LOCK "/run/lock/debate-image-build.lock"
+#define IMAGE_LOCK_FALLBACK "/tmp/debate-image-build.lock"
 
 /* Run argv to its end; collect up to outmax bytes of stdout+stderr. */
 int
@@ -119,7 +122,9 @@ image_ensure(const struct config *c, const struct runtime *rt, const char *image
 		return -1;
 	}
 	/* One image build per host: others wait here, then find it built. */
-	if ((lock = open(IMAGE_LOCK, O_RDWR | O_CREAT | O_CLOEXEC, 0644)) >= 0)
+	if ((lock = open(IMAGE_LOCK, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644)) < 0)
+		lock = open(IMAGE_LOCK_FALLBACK, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644);
+	if (lock >= 0)
 		flock(lock, LOCK_EX);
 	if (image_exists(c, rt, image)) {
 		if (lock >= 0)

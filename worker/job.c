@@ -93,8 +93,21 @@ job_done(struct job *j)
 	ev_child_stop(EV_DEFAULT, &j->child);
 	TAILQ_REMOVE(&wk->jobs, j, entry);
 	wk->done++;
-	defer_free(job_free, j);
+	if (j->emits == 0)
+		defer_free(job_free, j);
 	worker_check_exit();
+}
+
+/*
+ * An emit script answered (or was dropped).  A job that ended without a
+ * finish script (drained, lease lost) may still have events in flight
+ * whose callbacks hold it: it is freed only after the last one.
+ */
+void
+job_emit_answered(struct job *j)
+{
+	if (--j->emits == 0 && j->state == JOB_DONE)
+		defer_free(job_free, j);
 }
 
 /* The dead-letter script answered: the refused job is over. */

@@ -268,6 +268,7 @@ struct job {
 	bool has_slot;
 	bool conflict_retried;	/* the name was taken by an orphan once */
 	bool container_dirty;	/* the container may outlive the client: rm -f */
+	unsigned emits;		/* emit scripts not answered yet */
 };
 
 TAILQ_HEAD(jobs, job);
@@ -284,6 +285,7 @@ void job_pipe_closed(struct job *j);
 void job_lease_lost(struct job *j);
 void job_cancel_seen(struct job *j);
 void job_done_refused(struct job *j);
+void job_emit_answered(struct job *j);
 
 /* --- fetch.c: BLMOVE, refusal and the release of held jobs ----------- */
 
