@@ -1,0 +1,308 @@
+/*
+ * dead.c: the dead letters.  `enqueue dead` lists {ns}:dead; `enqueue
+ * retry-dead` puts chosen entries' original payloads back on the queue.
+ *
+ * A retry removes the exact entry it read (LREM by value, so an index
+ * that shifted because a worker pushed a new dead letter meanwhile does
+ * not matter) and pushes the payload in one script, so two operators
+ * retrying the same entry queue it once.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "enqueue.h"
+
+enum { O_LIMIT = 1, O_ALL, O_ID };
+
+/*
+ * KEYS dead, queue[, job]; ARGV entry, payload, now, error.  1 requeued,
+ * 0 the entry is gone, -1 a job of that id is queued or running (a
+ * duplicate id was refused while the real job ran: leave that one be).
+ */
+static const char dead_script[] =
+	"if KEYS[3] then\n"
+	"  local st = redis.call('HGET', KEYS[3], 'state')\n"
+	"  if st == 'queued' or st == 'running' then return -1 end\n"
+	"end\n"
+	"if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end\n"
+	"redis.call('LPUSH', KEYS[2], ARGV[2])\n"
+	"if KEYS[3] then\n"
+	"  redis.call('DEL', KEYS[3])\n"
+	"  redis.call('HSET', KEYS[3], 'state', 'queued', 'enqueued_at', ARGV[3], 'last_error', ARGV[4])\n"
+	"end\n"
+	"return 1\n";
+
+/* One dead letter, decoded. */
+struct dead_entry {
+	char id[ID_MAX + 1];
+	char reason[64];
+	char worker[128];
+	char error[1024];
+	double ts;
+	const char *payload;	/* into the unpacked entry */
+	size_t payload_len;
+	bool ok;		/* the entry was a readable map */
+};
+
+/* Decode entry bytes (u holds what the fields point into). */
+static void
+dead_decode(const redisReply *e, msgpack_unpacked *u, struct dead_entry *d)
+{
+	const msgpack_object *p;
+
+	memset(d, 0, sizeof *d);
+	if (e->type != REDIS_REPLY_STRING || !print_unpack(e->str, e->len, u) ||
+	    u->data.type != MSGPACK_OBJECT_MAP)
+		return;
+	d->ok = true;
+	mp_get_str(&u->data, "id", d->id, sizeof d->id);
+	mp_get_str(&u->data, "reason", d->reason, sizeof d->reason);
+	mp_get_str(&u->data, "worker", d->worker, sizeof d->worker);
+	mp_get_str(&u->data, "error", d->error, sizeof d->error);
+	mp_get_num(&u->data, "ts", &d->ts);
+	if ((p = mp_get(&u->data, "payload")) != NULL) {
+		if (p->type == MSGPACK_OBJECT_BIN) {
+			d->payload = p->via.bin.ptr;
+			d->payload_len = p->via.bin.size;
+		} else if (p->type == MSGPACK_OBJECT_STR) {
+			d->payload = p->via.str.ptr;
+			d->payload_len = p->via.str.size;
+		}
+	}
+}
+
+/* The id inside a payload, when the entry did not name one. */
+static void
+dead_payload_id(struct dead_entry *d)
+{
+	msgpack_unpacked u;
+	char id[ID_MAX + 1];
+
+	if (d->id[0] != '\0' || d->payload == NULL)
+		return;
+	msgpack_unpacked_init(&u);
+	if (print_unpack(d->payload, d->payload_len, &u) && mp_get_str(&u.data, "id", id, sizeof id) &&
+	    id_valid(id, strlen(id)))
+		snprintf(d->id, sizeof d->id, "%s", id);
+	msgpack_unpacked_destroy(&u);
+}
+
+/* enqueue dead [--limit N] */
+int
+dead_list(int argc, char **argv)
+{
+	static const struct opt opts[] = { { "limit", 0, true, O_LIMIT }, { NULL, 0, false, 0 } };
+	struct opt_state st;
+	const char *arg;
+	char err[ERR_MAX], stop[24];
+	long long limit = 50, total;
+	msgpack_unpacked u;
+	redisReply *r, *n;
+	struct jbuf jb;
+	int o;
+
+	opt_init(&st, argc, argv, "dead");
+	while ((o = opt_next(&st, opts, &arg)) != OPT_END) {
+		if (o == OPT_ARG)
+			enq_usage("dead", "unexpected argument \"%s\"", arg);
+		if (parse_int(arg, 0, 100000000, &limit, err, sizeof err) != 0)
+			enq_die(EXIT_USAGE, "--limit: %s", err);
+	}
+	enq_setup(true);
+	snprintf(stop, sizeof stop, "%lld", limit - 1);
+	r = redis_commandv(en->rc, "LRANGE", en->keys.dead, "0", stop);
+	n = redis_commandv(en->rc, "LLEN", en->keys.dead);
+	total = n->integer;
+	freeReplyObject(n);
+	msgpack_unpacked_init(&u);
+	if (en->json) {
+		print_json_begin(&jb);
+		msgpack_pack_map(&jb.pk, 2);
+		mp_kv_int(&jb.pk, "total", total);
+		mp_str(&jb.pk, "entries");
+		msgpack_pack_array(&jb.pk, r->elements);
+	} else if (r->elements > 0)
+		printf("%-5s %-19s %-24s %-18s %8s  %s\n", "INDEX", "TIME", "ID", "REASON", "BYTES", "ERROR");
+	for (size_t i = 0; i < r->elements; i++) {
+		struct dead_entry d;
+		dead_decode(r->element[i], &u, &d);
+		if (en->json) {
+			msgpack_pack_map(&jb.pk, 7);
+			mp_kv_int(&jb.pk, "index", (int64_t)i);
+			mp_kv_double(&jb.pk, "ts", d.ts);
+			print_json_kv_str(&jb, "id", d.id[0] ? d.id : NULL);
+			print_json_kv_str(&jb, "reason", d.ok ? d.reason : "unreadable");
+			print_json_kv_str(&jb, "error", d.error);
+			print_json_kv_str(&jb, "worker", d.worker[0] ? d.worker : NULL);
+			mp_kv_uint(&jb.pk, "payload_size", d.payload_len);
+		} else {
+			char date[32] = "-";
+			time_t t = (time_t)d.ts;
+			struct tm tm;
+			if (d.ts > 0) {
+				localtime_r(&t, &tm);
+				strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
+			}
+			printf("%-5zu %-19s %-24s %-18s %8zu  %s\n", i, date, d.id[0] ? d.id : "-",
+			    d.ok ? d.reason : "(unreadable)", d.payload_len, d.error);
+		}
+	}
+	if (en->json)
+		print_json_end(&jb);
+	else if (total == 0)
+		printf("no dead letters\n");
+	else if ((long long)r->elements < total)
+		printf("(%lld more; --limit 0 shows all)\n", total - (long long)r->elements);
+	msgpack_unpacked_destroy(&u);
+	freeReplyObject(r);
+	print_flush();
+	return EXIT_OK;
+}
+
+/* Put one entry's payload back: the script's answer (1, 0 or -1). */
+static long long
+dead_requeue(const redisReply *e, const struct dead_entry *d)
+{
+	char kjob[KEY_MAX], now[32];
+	const char *argv[10];
+	size_t lens[10];
+	redisReply *r;
+	int argc = 0;
+	long long done;
+
+	snprintf(now, sizeof now, "%.6f", now_real());
+	argv[argc++] = "EVAL";
+	argv[argc++] = dead_script;
+	argv[argc++] = d->id[0] ? "3" : "2";
+	argv[argc++] = en->keys.dead;
+	argv[argc++] = en->keys.queue;
+	if (d->id[0])
+		argv[argc++] = keys_id(&en->keys, "job", d->id, kjob, sizeof kjob);
+	for (int i = 0; i < argc; i++)
+		lens[i] = strlen(argv[i]);
+	lens[argc] = e->len;
+	argv[argc++] = e->str;
+	lens[argc] = d->payload_len;
+	argv[argc++] = d->payload;
+	lens[argc] = strlen(now);
+	argv[argc++] = now;
+	lens[argc] = strlen(d->error);
+	argv[argc++] = d->error;
+	r = redis_command(en->rc, argc, argv, lens);
+	done = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+	freeReplyObject(r);
+	return done;
+}
+
+/* The entries to retry: indices, all of them, or the newest of job want. */
+static size_t
+dead_choose(const redisReply *r, const struct strv *idx, bool all, const char *want, size_t **out)
+{
+	msgpack_unpacked u;
+	size_t n = 0;
+
+	*out = xcalloc(all ? r->elements : (idx->n ? idx->n : 1), sizeof **out);
+	if (all) {
+		for (; n < r->elements; n++)
+			(*out)[n] = n;
+	} else if (want == NULL) {
+		for (; n < idx->n; n++)
+			(*out)[n] = (size_t)strtoull(idx->v[n], NULL, 10);
+	} else {
+		msgpack_unpacked_init(&u);
+		for (size_t i = 0; i < r->elements && n == 0; i++) {
+			struct dead_entry d;
+			dead_decode(r->element[i], &u, &d);
+			dead_payload_id(&d);
+			if (strcmp(d.id, want) == 0)
+				(*out)[n++] = i;
+		}
+		msgpack_unpacked_destroy(&u);
+	}
+	return n;
+}
+
+/* enqueue retry-dead INDEX... | --all | --id ID */
+int
+dead_retry(int argc, char **argv)
+{
+	static const struct opt opts[] = { { "all", 0, false, O_ALL }, { "id", 0, true, O_ID },
+		{ NULL, 0, false, 0 } };
+	struct opt_state st;
+	struct strv idx = { 0 };
+	const char *arg, *want = NULL;
+	bool all = false;
+	char err[ERR_MAX];
+	size_t skipped = 0, n, *chosen;
+	msgpack_unpacked u;
+	redisReply *r;
+	struct jbuf jb;
+	int o;
+
+	opt_init(&st, argc, argv, "retry-dead");
+	while ((o = opt_next(&st, opts, &arg)) != OPT_END) {
+		long long v;
+		if (o == O_ALL)
+			all = true;
+		else if (o == O_ID)
+			want = enq_job_id("retry-dead", arg);
+		else if (parse_int(arg, 0, 100000000, &v, err, sizeof err) != 0)
+			enq_die(EXIT_USAGE, "retry-dead: INDEX \"%s\": %s", arg, err);
+		else
+			strv_push(&idx, arg);
+	}
+	if ((idx.n > 0) + all + (want != NULL) != 1)
+		enq_usage("retry-dead", "give INDEX..., --all or --id ID (one of them)");
+	enq_setup(true);
+	r = redis_commandv(en->rc, "LRANGE", en->keys.dead, "0", "-1");
+	n = dead_choose(r, &idx, all, want, &chosen);
+	strv_free(&idx);
+	if (want != NULL && n == 0)
+		enq_die(EXIT_FAILED, "no dead letter for job %s", want);
+	msgpack_unpacked_init(&u);
+	if (en->json) {
+		print_json_begin(&jb);
+		msgpack_pack_map(&jb.pk, 1);
+		mp_str(&jb.pk, "requeued");
+		msgpack_pack_array(&jb.pk, n);
+	}
+	for (size_t k = 0; k < n; k++) {
+		size_t i = chosen[k];
+		struct dead_entry d = { .ok = false };
+		bool ok = false;
+
+		if (i >= r->elements) {
+			enq_warn("no dead letter at index %zu (there are %zu)", i, r->elements);
+		} else {
+			dead_decode(r->element[i], &u, &d);
+			dead_payload_id(&d);
+			long long v = d.payload != NULL ? dead_requeue(r->element[i], &d) : 0;
+			if (d.payload == NULL)
+				enq_warn("dead letter %zu has no payload; left alone", i);
+			else if (v < 0)
+				enq_warn("dead letter %zu: job %s is queued or running; left alone", i, d.id);
+			else if (v == 0)
+				enq_warn("dead letter %zu was removed meanwhile; skipped", i);
+			else if (!en->json)
+				printf("requeued dead letter %zu%s%s\n", i, d.id[0] ? ": job " : "", d.id);
+			ok = v > 0;
+		}
+		skipped += !ok;
+		if (en->json) {
+			msgpack_pack_map(&jb.pk, 3);
+			mp_kv_int(&jb.pk, "index", (int64_t)i);
+			print_json_kv_str(&jb, "id", d.id[0] ? d.id : NULL);
+			mp_kv_bool(&jb.pk, "requeued", ok);
+		}
+	}
+	if (en->json)
+		print_json_end(&jb);
+	else if (n == 0)
+		printf("no dead letters\n");
+	msgpack_unpacked_destroy(&u);
+	freeReplyObject(r);
+	free(chosen);
+	print_flush();
+	return skipped > 0 ? EXIT_FAILED : EXIT_OK;
+}

@@ -1,0 +1,447 @@
+/*
+ * submit.c: enqueue submit.
+ *
+ * The job is built with job_encode() and then put through job_decode()
+ * against the same worker.ini, so a job the worker would refuse is
+ * refused here first, with the worker's own message, before anything
+ * reaches Redis.  Then one MULTI/EXEC resets the job's keys, marks it
+ * queued and pushes the payload.  --wait blocks for the result and
+ * exits by its status; --follow prints the events as they come.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "enqueue.h"
+
+#define EPOCH_MAX 253402300799LL	/* as job.c: 9999-12-31 */
+
+enum {
+	O_PROFILE = 1, O_OUTPUT, O_ID, O_MEMORY, O_CPUS, O_TIMEOUT, O_WARNING, O_IMAGE, O_EPOCH,
+	O_RETRIES, O_META, O_WAIT, O_WAIT_TIMEOUT, O_FOLLOW,
+};
+
+static const struct opt submit_opts[] = {
+	{ "profile", 0, true, O_PROFILE }, { "output", 0, true, O_OUTPUT }, { "id", 0, true, O_ID },
+	{ "memory", 0, true, O_MEMORY }, { "cpus", 0, true, O_CPUS }, { "timeout", 0, true, O_TIMEOUT },
+	{ "warning", 0, true, O_WARNING }, { "image", 0, true, O_IMAGE }, { "epoch", 0, true, O_EPOCH },
+	{ "retries", 0, true, O_RETRIES }, { "meta", 0, true, O_META }, { "wait", 0, false, O_WAIT },
+	{ "wait-timeout", 0, true, O_WAIT_TIMEOUT }, { "follow", 0, false, O_FOLLOW },
+	{ NULL, 0, false, 0 },
+};
+
+static int submit_wait(const char *id, double timeout);
+
+struct submit_args {
+	const char *profile, *output, *id, *memory, *cpus, *timeout, *warning, *image, *epoch,
+	    *retries;
+	struct strv meta;	/* "KEY=VALUE" each */
+	bool wait, follow;
+	double wait_timeout;
+};
+
+/* A fresh id: UTC date and time and 32 random bits. */
+static void
+submit_make_id(char *buf, size_t len)
+{
+	unsigned char rnd[4];
+	struct tm tm;
+	time_t t = time(NULL);
+	char date[32];
+
+	if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd) {
+		uint32_t v = (uint32_t)getpid() ^ (uint32_t)(now_real() * 1e6);
+		memcpy(rnd, &v, sizeof rnd);
+	}
+	gmtime_r(&t, &tm);
+	strftime(date, sizeof date, "%Y%m%d-%H%M%S", &tm);
+	snprintf(buf, len, "%s-%02x%02x%02x%02x", date, rnd[0], rnd[1], rnd[2], rnd[3]);
+}
+
+/* DIR relative to builds_root: as given, or made relative when absolute. */
+static char *
+submit_path(const char *opt, const char *dir)
+{
+	const char *root = en->conf.builds_root, *rest;
+	size_t rl = strlen(root);
+
+	if (dir == NULL)
+		enq_usage("submit", "--%s DIR is required", opt);
+	if (dir[0] != '/')
+		return xstrdup(dir);
+	while (rl > 1 && root[rl - 1] == '/')
+		rl--;
+	if (strncmp(dir, root, rl) != 0 || dir[rl] != '/')
+		enq_die(EXIT_USAGE, "--%s: %s is not below builds_root %.*s (worker.ini [worker] builds_root)",
+		    opt, dir, (int)rl, root);
+	for (rest = dir + rl; *rest == '/'; rest++)
+		;
+	if (*rest == '\0')
+		enq_die(EXIT_USAGE, "--%s: %s is builds_root itself, not a directory below it", opt, dir);
+	return xstrdup(rest);
+}
+
+/* A finite number for --cpus. */
+static double
+submit_number(const char *opt, const char *s)
+{
+	char *end;
+	double v;
+
+	errno = 0;
+	v = strtod(s, &end);
+	if (*s == '\0' || *end != '\0' || errno != 0 || !isfinite(v))
+		enq_die(EXIT_USAGE, "--%s: \"%s\" is not a number", opt, s);
+	return v;
+}
+
+/* The --meta pairs as a msgpack map of strings (a later KEY wins). */
+static void
+submit_meta(const struct strv *meta, struct job_spec *js)
+{
+	msgpack_sbuffer sb;
+	msgpack_packer pk;
+	size_t n = 0;
+
+	for (size_t i = 0; i < meta->n; i++) {
+		const char *eq = strchr(meta->v[i], '=');
+		if (eq == NULL || eq == meta->v[i])
+			enq_die(EXIT_USAGE, "--meta: \"%s\" is not KEY=VALUE", meta->v[i]);
+	}
+	msgpack_sbuffer_init(&sb);
+	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+	for (size_t pass = 0; pass < 2; pass++) {
+		if (pass == 1)
+			msgpack_pack_map(&pk, n);
+		for (size_t i = 0; i < meta->n; i++) {
+			const char *kv = meta->v[i];
+			size_t kl = (size_t)(strchr(kv, '=') - kv);
+			bool later = false;
+			for (size_t j = i + 1; j < meta->n && !later; j++)
+				later = strncmp(meta->v[j], kv, kl + 1) == 0;
+			if (later)
+				continue;
+			if (pass == 0)
+				n++;
+			else {
+				mp_strn(&pk, kv, kl);
+				mp_str(&pk, kv + kl + 1);
+			}
+		}
+	}
+	js->meta = sb.data;
+	js->meta_len = sb.size;
+}
+
+/* Fill js from the options; every bad value exits 2 naming its option. */
+static void
+submit_spec(const struct submit_args *a, struct job_spec *js)
+{
+	const struct config *c = &en->conf;
+	char err[ERR_MAX];
+	long long v;
+
+	memset(js, 0, sizeof *js);
+	if (a->id != NULL) {
+		if (!id_valid(a->id, strlen(a->id)))
+			enq_die(EXIT_USAGE, "--id: \"%.80s\" is not valid: it must match "
+			    "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", a->id);
+		snprintf(js->id, sizeof js->id, "%s", a->id);
+	} else
+		submit_make_id(js->id, sizeof js->id);
+	js->profile = submit_path("profile", a->profile);
+	js->output = submit_path("output", a->output);
+	js->memory = c->memory;
+	if (a->memory != NULL && parse_size(a->memory, &js->memory, err, sizeof err) != 0)
+		enq_die(EXIT_USAGE, "--memory: %s", err);
+	js->cpus = a->cpus ? submit_number("cpus", a->cpus) : c->cpus;
+	js->timeout = c->timeout;
+	if (a->timeout != NULL && parse_seconds(a->timeout, &js->timeout, err, sizeof err) != 0)
+		enq_die(EXIT_USAGE, "--timeout: %s", err);
+	js->warning = c->warning < js->timeout ? c->warning : js->timeout * 0.75;
+	if (a->warning != NULL && parse_seconds(a->warning, &js->warning, err, sizeof err) != 0)
+		enq_die(EXIT_USAGE, "--warning: %s", err);
+	if (a->image != NULL)
+		js->image = xstrdup(a->image);
+	js->has_epoch = true;
+	js->source_date_epoch = (int64_t)time(NULL);
+	if (a->epoch != NULL) {
+		if (parse_int(a->epoch, 0, EPOCH_MAX, &v, err, sizeof err) != 0)
+			enq_die(EXIT_USAGE, "--epoch: %s", err);
+		js->source_date_epoch = v;
+	}
+	if (a->retries != NULL) {
+		if (parse_int(a->retries, 0, 1000000, &v, err, sizeof err) != 0)
+			enq_die(EXIT_USAGE, "--retries: %s", err);
+		js->retries = (long)v;
+	}
+	if (a->meta.n > 0)
+		submit_meta(&a->meta, js);
+}
+
+/*
+ * job_encode() writes every limit; keep only those given on the command
+ * line (so the worker's own defaults apply to the rest) and add
+ * enqueued_at, which job_encode() does not know.
+ */
+static void
+submit_encode(const struct submit_args *a, const struct job_spec *js, double enqueued_at,
+    msgpack_sbuffer *out)
+{
+	msgpack_sbuffer tmp;
+	msgpack_unpacked u;
+	msgpack_packer pk;
+	size_t off = 0, n = 0;
+
+	msgpack_sbuffer_init(&tmp);
+	job_encode(js, &tmp);
+	msgpack_unpacked_init(&u);
+	if (msgpack_unpack_next(&u, tmp.data, tmp.size, &off) != MSGPACK_UNPACK_SUCCESS ||
+	    u.data.type != MSGPACK_OBJECT_MAP)
+		enq_die(EXIT_ERROR, "job_encode() wrote no map");	/* not reached */
+	for (int pass = 0; pass < 2; pass++) {
+		if (pass == 1) {
+			msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+			msgpack_pack_map(&pk, n + 1);
+		}
+		for (uint32_t i = 0; i < u.data.via.map.size; i++) {
+			const msgpack_object_kv *kv = &u.data.via.map.ptr[i];
+			const msgpack_object_str *k = &kv->key.via.str;
+#define IS(name) (k->size == strlen(name) && memcmp(k->ptr, name, k->size) == 0)
+			if ((IS("memory") && !a->memory) || (IS("cpus") && !a->cpus) ||
+			    (IS("timeout") && !a->timeout) || (IS("warning") && !a->warning))
+				continue;
+#undef IS
+			if (pass == 0)
+				n++;
+			else {
+				msgpack_pack_object(&pk, kv->key);
+				msgpack_pack_object(&pk, kv->val);
+			}
+		}
+	}
+	mp_kv_double(&pk, "enqueued_at", enqueued_at);
+	msgpack_unpacked_destroy(&u);
+	msgpack_sbuffer_destroy(&tmp);
+}
+
+/* Tell about a profile missing on this host, when builds_root is here. */
+static void
+submit_check_local(const struct job_spec *js)
+{
+	char real[4096], err[ERR_MAX];
+	struct stat st;
+
+	if (stat(en->conf.builds_root, &st) != 0 || !S_ISDIR(st.st_mode))
+		return;		/* the workers' builds_root is not on this host */
+	if (path_resolve(en->conf.builds_root, js->profile, false, real, sizeof real, err, sizeof err) != 0)
+		enq_warn("profile %s (checked on this host)", err);
+}
+
+/* Reset the job's keys, mark it queued and push the payload, atomically. */
+static void
+submit_push(const char *id, const msgpack_sbuffer *job, double enqueued_at)
+{
+	char kjob[KEY_MAX], kres[KEY_MAX], klog[KEY_MAX], ts[32];
+	const char *argv[3];
+	size_t lens[3];
+	redisReply *r;
+	const char *state;
+
+	keys_id(&en->keys, "job", id, kjob, sizeof kjob);
+	keys_id(&en->keys, "result", id, kres, sizeof kres);
+	keys_id(&en->keys, "log", id, klog, sizeof klog);
+	snprintf(ts, sizeof ts, "%.6f", enqueued_at);
+	freeReplyObject(redis_commandv(en->rc, "WATCH", kjob));
+	r = redis_commandv(en->rc, "HGET", kjob, "state");
+	state = r->type == REDIS_REPLY_STRING ? r->str : NULL;
+	if (state != NULL && (strcmp(state, "queued") == 0 || strcmp(state, "running") == 0)) {
+		char s[32];
+		snprintf(s, sizeof s, "%s", state);
+		freeReplyObject(r);
+		freeReplyObject(redis_commandv(en->rc, "UNWATCH"));
+		enq_die(EXIT_USAGE, "job %s is already %s: pick another --id (or cancel it first)", id, s);
+	}
+	freeReplyObject(r);
+	freeReplyObject(redis_commandv(en->rc, "MULTI"));
+	freeReplyObject(redis_commandv(en->rc, "DEL", kjob, kres, klog));
+	freeReplyObject(redis_commandv(en->rc, "HDEL", en->keys.cancel, id));
+	freeReplyObject(redis_commandv(en->rc, "HSET", kjob, "state", "queued", "enqueued_at", ts));
+	argv[0] = "LPUSH";
+	argv[1] = en->keys.queue;
+	argv[2] = job->data;
+	lens[0] = 5;
+	lens[1] = strlen(en->keys.queue);
+	lens[2] = job->size;
+	freeReplyObject(redis_command(en->rc, 3, argv, lens));
+	r = redis_commandv(en->rc, "EXEC");
+	if (r->type != REDIS_REPLY_ARRAY) {
+		freeReplyObject(r);
+		enq_die(EXIT_REDIS, "job %s changed while it was being submitted; try again", id);
+	}
+	for (size_t i = 0; i < r->elements; i++)
+		if (r->element[i]->type == REDIS_REPLY_ERROR)
+			enq_die(EXIT_REDIS, "redis: EXEC: %s", r->element[i]->str);
+	freeReplyObject(r);
+}
+
+/* Parse submit's options. */
+static void
+submit_parse(int argc, char **argv, struct submit_args *a)
+{
+	struct opt_state st;
+	const char *arg;
+	char err[ERR_MAX];
+	int id;
+
+	opt_init(&st, argc, argv, "submit");
+	while ((id = opt_next(&st, submit_opts, &arg)) != OPT_END) {
+		switch (id) {
+		case OPT_ARG: enq_usage("submit", "unexpected argument \"%s\"", arg);
+		case O_PROFILE: a->profile = arg; break;
+		case O_OUTPUT: a->output = arg; break;
+		case O_ID: a->id = arg; break;
+		case O_MEMORY: a->memory = arg; break;
+		case O_CPUS: a->cpus = arg; break;
+		case O_TIMEOUT: a->timeout = arg; break;
+		case O_WARNING: a->warning = arg; break;
+		case O_IMAGE: a->image = arg; break;
+		case O_EPOCH: a->epoch = arg; break;
+		case O_RETRIES: a->retries = arg; break;
+		case O_META: strv_push(&a->meta, arg); break;
+		case O_WAIT: a->wait = true; break;
+		case O_FOLLOW: a->follow = true; break;
+		case O_WAIT_TIMEOUT:
+			if (parse_seconds(arg, &a->wait_timeout, err, sizeof err) != 0)
+				enq_die(EXIT_USAGE, "--wait-timeout: %s", err);
+			break;
+		}
+	}
+	if (a->profile == NULL)
+		enq_usage("submit", "--profile DIR is required");
+	if (a->output == NULL)
+		enq_usage("submit", "--output DIR is required");
+}
+
+/* enqueue submit */
+int
+submit_main(int argc, char **argv)
+{
+	struct submit_args a = { 0 };
+	struct job_spec js, check;
+	msgpack_sbuffer job;
+	enum refusal why;
+	char err[ERR_MAX], id[ID_MAX + 1];
+	double now = now_real();
+	int rc = EXIT_OK;
+
+	submit_parse(argc, argv, &a);
+	enq_setup(false);
+	submit_spec(&a, &js);
+	strv_free(&a.meta);
+	msgpack_sbuffer_init(&job);
+	submit_encode(&a, &js, now, &job);
+	why = job_decode(job.data, job.size, &en->conf, &check, err, sizeof err);
+	job_spec_free(&check);
+	if (why != REFUSE_NONE)
+		enq_die(EXIT_USAGE, "the worker would refuse this job (%s): %s", refusal_name(why), err);
+	submit_check_local(&js);
+	snprintf(id, sizeof id, "%s", js.id);
+	job_spec_free(&js);
+
+	en->rc = redis_connect(&en->conf);
+	submit_push(id, &job, now);
+	msgpack_sbuffer_destroy(&job);
+	if (!en->json) {
+		printf("%s\n", id);
+		print_flush();
+	} else if (!a.wait && !a.follow) {
+		struct jbuf jb;
+		print_json_begin(&jb);
+		msgpack_pack_map(&jb.pk, 1);
+		print_json_kv_str(&jb, "id", id);
+		print_json_end(&jb);
+	}
+	if (a.follow)
+		rc = follow_job(id, a.wait_timeout);
+	else if (a.wait)
+		rc = submit_wait(id, a.wait_timeout);
+	return rc;
+}
+
+/* A dead job has no result: say so the way a result would. */
+static int
+submit_dead(const char *id, const char *error)
+{
+	if (en->json) {
+		struct jbuf jb;
+		print_json_begin(&jb);
+		msgpack_pack_map(&jb.pk, 3);
+		print_json_kv_str(&jb, "id", id);
+		print_json_kv_str(&jb, "status", "dead");
+		print_json_kv_str(&jb, "error", error ? error : "");
+		print_json_end(&jb);
+	} else
+		printf("job %s: %sdead%s\n  error       %s\n", id, print_sgr("1;31"), print_sgr("0"),
+		    error ? error : "");
+	print_flush();
+	return EXIT_DEAD;
+}
+
+/*
+ * Wait for the job's result.  BLMOVE from the result list to itself
+ * leaves the result in place for `enqueue status` and other waiters.
+ * The loop wakes each second for Ctrl-C, the timeout and a dead job.
+ */
+static int
+submit_wait(const char *id, double timeout)
+{
+	char kres[KEY_MAX], kjob[KEY_MAX];
+	double deadline = timeout > 0 ? now_mono() + timeout : 0;
+	msgpack_unpacked u;
+	redisReply *r;
+	int rc;
+
+	keys_id(&en->keys, "result", id, kres, sizeof kres);
+	keys_id(&en->keys, "job", id, kjob, sizeof kjob);
+	enq_catch_signals();
+	for (;;) {
+		if (enq_interrupted)
+			enq_die(EXIT_INTERRUPTED, "interrupted; job %s goes on (enqueue status %s)", id, id);
+		r = redis_commandv(en->rc, "BLMOVE", kres, kres, "RIGHT", "LEFT", "1");
+		if (r->type == REDIS_REPLY_STRING)
+			break;
+		freeReplyObject(r);
+		r = redis_commandv(en->rc, "HMGET", kjob, "state", "error");
+		if (r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
+		    strcmp(r->element[0]->str, "dead") == 0) {
+			const redisReply *e = r->element[1];
+			rc = submit_dead(id, e->type == REDIS_REPLY_STRING ? e->str : NULL);
+			freeReplyObject(r);
+			return rc;
+		}
+		freeReplyObject(r);
+		if (deadline > 0 && now_mono() >= deadline)
+			enq_die(EXIT_REDIS, "gave up waiting for job %s after %gs (it goes on)", id, timeout);
+	}
+	msgpack_unpacked_init(&u);
+	if (!print_unpack(r->str, r->len, &u)) {
+		freeReplyObject(r);
+		msgpack_unpacked_destroy(&u);
+		enq_die(EXIT_ERROR, "the result of job %s is not valid msgpack", id);
+	}
+	freeReplyObject(r);
+	{
+		char status[32] = "";
+		mp_get_str(&u.data, "status", status, sizeof status);
+		print_result(&u.data, en->json);
+		rc = print_status_exit(status);
+	}
+	msgpack_unpacked_destroy(&u);
+	return rc;
+}
