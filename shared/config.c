@@ -93,7 +93,7 @@ static const struct {
 	{ "bootloader", "Setting up " },
 	{ "squashfs", "Creating SquashFS image" },
 	{ "iso", "Creating ISO image" },
-	{ "done", "INFO: Done!" },
+	{ "done", "INFO: Done! |" },	/* the last line: every stage ends "INFO: Done!" */
 };
 
 /* Fill c with the defaults every key falls back to. */

@@ -156,6 +156,7 @@ job_outcome(enum rt_kind rt, int wstatus, bool oom, enum stop_reason stop, int *
 	if (code == 0)
 		return ST_SUCCEEDED;
 	if (rt != RT_EXEC && code == 125) {
+		*exit_code = -1;	/* the runtime's own failure: the build never ran */
 		snprintf(err, errlen, "the container runtime failed (exit 125)");
 		return ST_ERROR;
 	}
@@ -194,11 +195,35 @@ job_line(struct job *j, struct outstream *os, const char *line, size_t len)
 	}
 }
 
+/*
+ * The container to stop or remove: its id from the cidfile once the
+ * runtime wrote it, else its name.  The name is the job's, not the
+ * attempt's: after a take-over it may be the new owner's container,
+ * which a fenced-off worker must not touch.
+ */
+static const char *
+job_container(const struct job *j, char *buf, size_t len)
+{
+	ssize_t n;
+	int fd;
+
+	if ((fd = open(j->cidfile, O_RDONLY | O_CLOEXEC)) < 0)
+		return j->cname;
+	n = read(fd, buf, len - 1);
+	close(fd);
+	if (n < 0)
+		return j->cname;
+	buf[n] = '\0';
+	buf[strcspn(buf, " \r\n")] = '\0';
+	return strlen(buf) >= 12 ? buf : j->cname;
+}
+
 /* Stop the build: the runtime's stop (TERM, grace, KILL), or signals. */
 void
 job_stop(struct job *j, enum stop_reason why)
 {
 	struct strv argv = { 0 };
+	char cid[128];
 
 	if (j->state != JOB_RUNNING)
 		return;
@@ -211,7 +236,7 @@ job_stop(struct job *j, enum stop_reason why)
 		ev_timer_set(&j->kill_timer, wk->conf->stop_grace, 0);
 	} else {
 		j->container_dirty = true;
-		sandbox_stop_argv(wk->conf, &wk->rt, j->cname, &argv);
+		sandbox_stop_argv(wk->conf, &wk->rt, job_container(j, cid, sizeof cid), &argv);
 		proc_run(argv.v, NULL, NULL);
 		strv_free(&argv);
 		/* If the client outlives the stop by far, kill it; rm -f follows. */
@@ -454,12 +479,28 @@ job_collected(struct job *j)
 	job_finish(j);
 }
 
+/* Append the runtime's own complaint (its last "Error" line in the tail) to the error. */
+static void
+job_error_detail(struct job *j)
+{
+	size_t len = strlen(j->error);
+
+	for (size_t k = 1; k <= j->tail.n && k <= j->tail_next; k++) {
+		const char *line = j->tail.v[(j->tail_next - k) % j->tail.n];
+		if (line != NULL && strstr(line, "Error") != NULL) {
+			snprintf(j->error + len, sizeof j->error - len, ": %s", line);
+			return;
+		}
+	}
+}
+
 /* Child reaped and pipes at EOF: decide the outcome, clean up, collect. */
 static void
 job_end(struct job *j)
 {
 	const struct config *c = wk->conf;
 	struct strv argv = { 0 };
+	char cid[128];
 
 	ev_timer_stop(EV_DEFAULT, &j->warn_timer);
 	ev_timer_stop(EV_DEFAULT, &j->timeout_timer);
@@ -490,9 +531,11 @@ job_end(struct job *j)
 		    "(limit %s)", fmt_bytes(j->spec.memory, b, sizeof b));
 	} else if (j->status == ST_TIMED_OUT)
 		snprintf(j->error, sizeof j->error, "stopped after its timeout of %g s", j->spec.timeout);
+	else if (j->status == ST_ERROR && j->stop == STOP_NONE && wk->rt.kind != RT_EXEC)
+		job_error_detail(j);	/* e.g. which image is missing */
 	if (wk->rt.kind != RT_EXEC && (j->container_dirty || j->status == ST_ERROR || !WIFEXITED(j->wstatus))) {
 		/* Not the normal path: --rm may not have run.  rm -f always does. */
-		sandbox_rm_argv(c, &wk->rt, j->cname, &argv);
+		sandbox_rm_argv(c, &wk->rt, job_container(j, cid, sizeof cid), &argv);
 		proc_run(argv.v, NULL, NULL);
 		strv_free(&argv);
 	}

@@ -168,7 +168,7 @@ test_defaults(void **state)
 	assert_string_equal(c.phases[0].pattern, "Validating options");
 	assert_string_equal(c.phases[3].pattern, "Setting up ");
 	assert_string_equal(c.phases[6].name, "done");
-	assert_string_equal(c.phases[6].pattern, "INFO: Done!");
+	assert_string_equal(c.phases[6].pattern, "INFO: Done! |");
 
 	/* The defaults pass the checks, which name worker.ini when there is no file. */
 	assert_int_equal(config_check(&c, err, sizeof err), 0);
