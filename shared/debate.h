@@ -71,6 +71,8 @@ int parse_seconds(const char *s, double *out, char *err, size_t errlen);
 int parse_int(const char *s, long long min, long long max, long long *out, char *err, size_t errlen);
 int parse_bool(const char *s, bool *out);
 bool id_valid(const char *s, size_t len);
+/* msg as printable UTF-8 ('?' for the rest) into buf. */
+void str_printable(char *buf, size_t len, const char *msg);
 /* Human sizes for messages: "512.0 MiB". */
 const char *fmt_bytes(uint64_t n, char *buf, size_t len);
 

@@ -134,6 +134,8 @@ job_path(const msgpack_object *v, const char *name, const char *root, char **out
 		REFUSE(REFUSE_PATH, "%s: longer than %d bytes", name, PATH_FIELD_MAX);
 	if (memchr(s, '\0', n) != NULL)
 		REFUSE(REFUSE_PATH, "%s: contains a NUL byte", name);
+	if (memchr(s, ':', n) != NULL)
+		REFUSE(REFUSE_PATH, "%s: contains ':', which a container volume cannot carry", name);
 	if (s[0] == '/') {
 		while (rl > 1 && root[rl - 1] == '/')
 			rl--;
@@ -183,6 +185,13 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 
 	if ((v = mp_get(o, "id")) == NULL)
 		REFUSE(REFUSE_MISSING, "id: missing");
+	for (uint32_t i = 0, n = 0; i < o->via.map.size; i++) {
+		const msgpack_object *k = &o->via.map.ptr[i].key;
+		/* Readers disagree on which of two ids counts (the reaper takes the last). */
+		if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == 2 && memcmp(k->via.str.ptr, "id", 2) == 0 &&
+		    ++n > 1)
+			REFUSE(REFUSE_VALUE, "id: given more than once");
+	}
 	if (v->type != MSGPACK_OBJECT_STR)
 		REFUSE(REFUSE_TYPE, "id: must be a string, not %s", job_type_name(v));
 	if (!id_valid(v->via.str.ptr, v->via.str.size))
@@ -331,9 +340,10 @@ job_decode(const char *buf, size_t len, const struct config *c, struct job_spec 
 	r = job_fields(&u.data, c, js, err, errlen);
 	msgpack_unpacked_destroy(&u);
 	/* Messages quote payload bytes: keep control characters out of logs. */
-	for (char *p = err; r != REFUSE_NONE && *p != '\0'; p++)
-		if ((unsigned char)*p < 0x20 || *p == 0x7f)
-			*p = '?';
+	if (r != REFUSE_NONE) {
+		str_printable(e, sizeof e, err);
+		snprintf(err, errlen, "%s", e);
+	}
 	return r;
 }
 

@@ -250,6 +250,51 @@ id_valid(const char *s, size_t len)
 	return true;
 }
 
+/*
+ * Copy msg into buf as printable UTF-8: control characters, line breaks
+ * and broken or cut sequences become '?'.  Messages that quote payload
+ * bytes go through it before they reach a log, a dead entry or an event.
+ */
+void
+str_printable(char *buf, size_t len, const char *msg)
+{
+	const unsigned char *s = (const unsigned char *)msg;
+	size_t o = 0, n, k;
+	unsigned char lo, hi;
+
+	while (*s != '\0' && o + 1 < len) {
+		n = 0;
+		lo = 0x80;
+		hi = 0xbf;
+		if (*s >= 0xc2 && *s <= 0xdf) {
+			n = 1;
+			lo = *s == 0xc2 ? 0xa0 : 0x80;	/* not U+0080-U+009F */
+		} else if (*s >= 0xe0 && *s <= 0xef) {
+			n = 2;
+			lo = *s == 0xe0 ? 0xa0 : 0x80;
+			hi = *s == 0xed ? 0x9f : 0xbf;	/* no surrogates */
+		} else if (*s >= 0xf0 && *s <= 0xf4) {
+			n = 3;
+			lo = *s == 0xf0 ? 0x90 : 0x80;
+			hi = *s == 0xf4 ? 0x8f : 0xbf;
+		}
+		for (k = 1; n > 0 && k <= n; k++)
+			if (s[k] < (k == 1 ? lo : 0x80) || s[k] > (k == 1 ? hi : 0xbf))
+				break;
+		if (n == 2 && s[0] == 0xe2 && s[1] == 0x80 && (s[2] == 0xa8 || s[2] == 0xa9))
+			k = 0;	/* U+2028, U+2029: line breaks to some readers */
+		if (n > 0 && k > n && o + n + 1 < len) {
+			memcpy(buf + o, s, n + 1);
+			o += n + 1;
+			s += n + 1;
+			continue;
+		}
+		buf[o++] = *s >= 0x20 && *s != 0x7f && *s < 0x80 ? (char)*s : '?';
+		s++;
+	}
+	buf[o] = '\0';
+}
+
 /* Format n bytes for a human. */
 const char *
 fmt_bytes(uint64_t n, char *buf, size_t len)

@@ -142,47 +142,6 @@ fetch_refused(redisReply *r, void *arg)
 	job_done_refused(j);
 }
 
-/* Copy msg (it quotes payload bytes, cut anywhere) into buf as printable UTF-8, else '?'. */
-static void
-fetch_clean(char *buf, size_t len, const char *msg)
-{
-	const unsigned char *s = (const unsigned char *)msg;
-	size_t o = 0, n, k;
-	unsigned char lo, hi;
-
-	while (*s != '\0' && o + 1 < len) {
-		n = 0;
-		lo = 0x80;
-		hi = 0xbf;
-		if (*s >= 0xc2 && *s <= 0xdf) {
-			n = 1;
-			lo = *s == 0xc2 ? 0xa0 : 0x80;	/* not U+0080-U+009F */
-		} else if (*s >= 0xe0 && *s <= 0xef) {
-			n = 2;
-			lo = *s == 0xe0 ? 0xa0 : 0x80;
-			hi = *s == 0xed ? 0x9f : 0xbf;	/* no surrogates */
-		} else if (*s >= 0xf0 && *s <= 0xf4) {
-			n = 3;
-			lo = *s == 0xf0 ? 0x90 : 0x80;
-			hi = *s == 0xf4 ? 0x8f : 0xbf;
-		}
-		for (k = 1; n > 0 && k <= n; k++)
-			if (s[k] < (k == 1 ? lo : 0x80) || s[k] > (k == 1 ? hi : 0xbf))
-				break;
-		if (n == 2 && s[0] == 0xe2 && s[1] == 0x80 && (s[2] == 0xa8 || s[2] == 0xa9))
-			k = 0;	/* U+2028, U+2029: line breaks to some readers */
-		if (n > 0 && k > n && o + n + 1 < len) {
-			memcpy(buf + o, s, n + 1);
-			o += n + 1;
-			s += n + 1;
-			continue;
-		}
-		buf[o++] = *s >= 0x20 && *s != 0x7f && *s < 0x80 ? (char)*s : '?';
-		s++;
-	}
-	buf[o] = '\0';
-}
-
 /* Dead-letter a payload: the original bytes, the reason and the message. */
 void
 fetch_refuse(struct job *j, enum refusal r, const char *msg)
@@ -193,7 +152,7 @@ fetch_refuse(struct job *j, enum refusal r, const char *msg)
 	const char *args[12];
 	size_t lens[12];
 
-	fetch_clean(clean, sizeof clean, msg);
+	str_printable(clean, sizeof clean, msg);
 	msg = clean;
 	wk->m.refused++;
 	log_warn("refused a job%s%s: %s: %s", j->id[0] ? " " : "", j->id, refusal_name(r), msg);

@@ -112,7 +112,9 @@ def padded_job(name, size, **fields):
 # ext8 (0xc7) values: a timestamp96 and an application type; meta is "anything".
 EXT_META = {"ts96": msgpack.Timestamp(-1, 5), "e8": msgpack.ExtType(1, b"abc"), "last": 1}
 
-OUTSIDE_LINE = "2099-01-01T00:00:00.000Z worker[1] warning: refused a job h-forged: bad_path: forged"
+# No ':' in it: a path with one is refused before anything quotes the path,
+# and these cases are about what path_resolve's messages quote.
+OUTSIDE_LINE = "2099-01-01T00.00.00.000Z worker[1] warning refused a job h-forged bad_path forged"
 
 # The table.  Every payload is distinct bytes, so its dead entry is found by
 # its payload; `id` is the id the dead entry must carry (None: it must not).
@@ -159,8 +161,12 @@ CASES = [
     J("id-nul", "bad_id", "id: must match", id_ok=False, id="ab\x00cd"),
     J("id-newline", "bad_id", "id: must match", id_ok=False, id="ab\ncd"),
     J("id-brace", "bad_id", "id: must match", id_ok=False, id="x}:queue"),
+    # Two ids: C would read the first, the reaper's Lua the last; refused outright.
     R("id-dup-first-bad", mp_map([("id", "../dup"), ("profile", "p"), ("output", "o"), ("id", "h-dup-ok")]),
-      "bad_id", "id: must match"),
+      "bad_value", "id: given more than once"),
+    R("id-dup-both-ok", mp_map([("id", "h-dup-a"), ("profile", "p"), ("output", "o"), ("id", "h-dup-b")]),
+      "bad_value", "id: given more than once"),
+    J("path-colon", "bad_path", ("profile:", "':'"), profile="p:/etc"),
     # ---- traversal and absolute paths
     J("trav-dotdot", "bad_path", ("profile:", ".."), profile="p/../p"),
     J("trav-dotdot-etc", "bad_path", ("profile:", ".."), profile="../etc"),
