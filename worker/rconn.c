@@ -52,6 +52,7 @@ struct rconn {
 	unsigned long reconnects;
 	bool ever_up;
 	bool closing;
+	bool refused;		/* dropped for READONLY & co.: keep backing off */
 	size_t sentinel_next;
 	char *master_host;
 	int master_port;
@@ -138,12 +139,18 @@ rconn_reply(redisAsyncContext *ac, void *reply, void *priv)
 		return;
 	}
 	if (reply_is_error(r, "READONLY") || reply_is_error(r, "LOADING") ||
-	    reply_is_error(r, "MASTERDOWN")) {
-		/* A replica after a failover, or a Redis still loading: find the master again. */
-		log_warn("redis %s: %s; reconnecting", rc->name, r->str);
+	    reply_is_error(r, "MASTERDOWN") || reply_is_error(r, "NOREPLICAS")) {
+		/*
+		 * A replica after a failover, a Redis still loading, or a master
+		 * cut off from its replicas (min-replicas-to-write: a failover
+		 * may be under way): find the master again.
+		 */
 		TAILQ_INSERT_TAIL(&rc->replay, c, entry);
 		if (rc->up) {
+			/* Once per connection: the other commands in flight get the same answer. */
+			log_warn("redis %s: %s; reconnecting", rc->name, r->str);
 			rc->up = false;
+			rc->refused = true;
 			redisAsyncDisconnect(rc->ac);
 		}
 		return;
@@ -284,13 +291,19 @@ rconn_handshake_reply(redisAsyncContext *ac, void *reply, void *priv)
 	if (rc->handshake > 0 && --rc->handshake == 0) {
 		ev_timer_stop(EV_DEFAULT, &rc->connect_timer);
 		rc->up = true;
-		rc->backoff = 0;
+		/* A server that refused our writes may refuse again: back off more. */
+		if (!rc->refused)
+			rc->backoff = 0;
+		rc->refused = false;
 		if (rc->ever_up)
 			log_notice("redis %s: connected again", rc->name);
 		else
 			log_info("redis %s: connected", rc->name);
 		rc->ever_up = true;
-		redisEnableKeepAlive(&ac->c);
+		/* TCP only: on a unix socket the TCP options fail and poison the context. */
+		if (ac->c.connection_type == REDIS_CONN_TCP)
+			if (ac->c.connection_type == REDIS_CONN_TCP)
+			redisEnableKeepAlive(&ac->c);	/* notice a dead peer on an idle link */
 		/* Drain replayed and pending commands before anything new. */
 		{
 			struct rcmd *c;
@@ -349,7 +362,8 @@ rconn_open(struct rconn *rc, const char *host, int port, const char *path)
 
 	rc->ac = path ? redisAsyncConnectUnix(path) : redisAsyncConnect(host, port);
 	if (rc->ac == NULL || rc->ac->err) {
-		const char *why = rc->ac ? rc->ac->errstr : "out of memory";
+		char why[128];
+		snprintf(why, sizeof why, "%s", rc->ac ? rc->ac->errstr : "out of memory");
 		if (rc->ac != NULL)
 			redisAsyncFree(rc->ac);
 		rc->ac = NULL;

@@ -102,3 +102,16 @@ def test_sigterm_drains_and_exits_zero(fleet, r, ns, broot, tmp_path):
     assert wait_result(r, ns, jid, 5)["status"] == "succeeded"
     wid = w.wait_log(r"worker (\S+) ").group(1)
     assert r.exists(f"{{{ns}}}:worker:{wid}") == 0
+
+
+def test_worker_over_unix_socket(tmp_path, redis_srv, r, ns, broot):
+    """unix:// URLs: no TCP-only socket options on a unix socket."""
+    make_profile(broot, "p")
+    f = Fleet(tmp_path, f"unix://{redis_srv.sock}", ns, broot)
+    try:
+        w = f.start()
+        jid = submit(r, ns, profile="p", output="o")
+        assert wait_result(r, ns, jid, 20)["status"] == "succeeded"
+        assert "retrying" not in w.log()
+    finally:
+        f.close()
