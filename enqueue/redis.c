@@ -28,33 +28,6 @@ redis_tv(double secs)
 	return tv;
 }
 
-/* Split "host:port" or "[v6]:port" of a sentinel into host and port. */
-static int
-redis_hostport(const char *s, char *host, size_t hostlen, int *port)
-{
-	const char *colon;
-	long long v;
-	char err[ERR_MAX];
-
-	*port = 26379;
-	if (s[0] == '[') {
-		const char *close = strchr(s, ']');
-		if (close == NULL)
-			return -1;
-		snprintf(host, hostlen, "%.*s", (int)(close - s - 1), s + 1);
-		colon = close[1] == ':' ? close + 1 : NULL;
-	} else {
-		colon = strrchr(s, ':');
-		snprintf(host, hostlen, "%.*s", colon ? (int)(colon - s) : (int)strlen(s), s);
-	}
-	if (colon != NULL) {
-		if (parse_int(colon + 1, 1, 65535, &v, err, sizeof err) != 0)
-			return -1;
-		*port = (int)v;
-	}
-	return 0;
-}
-
 /* Connect to host:port (or a unix socket when path is set). */
 static redisContext *
 redis_open(const char *host, int port, const char *path, double timeout, char *err, size_t errlen)
@@ -162,7 +135,7 @@ redis_sentinel(const struct config *c, const struct redis_url *u, char *err, siz
 		long long port;
 		int sport;
 
-		if (redis_hostport(sen, host, sizeof host, &sport) != 0) {
+		if (url_sentinel(u, i, host, sizeof host, &sport) != 0) {
 			snprintf(err, errlen, "bad sentinel address \"%s\"", sen);
 			continue;
 		}

@@ -19,7 +19,6 @@
 
 #include "enqueue.h"
 
-#define EPOCH_MAX 253402300799LL	/* as job.c: 9999-12-31 */
 
 enum {
 	O_PROFILE = 1, O_OUTPUT, O_ID, O_MEMORY, O_CPUS, O_TIMEOUT, O_WARNING, O_IMAGE, O_EPOCH,
@@ -184,52 +183,6 @@ submit_spec(const struct submit_args *a, struct job_spec *js)
 		submit_meta(&a->meta, js);
 }
 
-/*
- * job_encode() writes every limit; keep only those given on the command
- * line (so the worker's own defaults apply to the rest) and add
- * enqueued_at, which job_encode() does not know.
- */
-static void
-submit_encode(const struct submit_args *a, const struct job_spec *js, double enqueued_at,
-    msgpack_sbuffer *out)
-{
-	msgpack_sbuffer tmp;
-	msgpack_unpacked u;
-	msgpack_packer pk;
-	size_t off = 0, n = 0;
-
-	msgpack_sbuffer_init(&tmp);
-	job_encode(js, &tmp);
-	msgpack_unpacked_init(&u);
-	if (msgpack_unpack_next(&u, tmp.data, tmp.size, &off) != MSGPACK_UNPACK_SUCCESS ||
-	    u.data.type != MSGPACK_OBJECT_MAP)
-		enq_die(EXIT_ERROR, "job_encode() wrote no map");	/* not reached */
-	for (int pass = 0; pass < 2; pass++) {
-		if (pass == 1) {
-			msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
-			msgpack_pack_map(&pk, n + 1);
-		}
-		for (uint32_t i = 0; i < u.data.via.map.size; i++) {
-			const msgpack_object_kv *kv = &u.data.via.map.ptr[i];
-			const msgpack_object_str *k = &kv->key.via.str;
-#define IS(name) (k->size == strlen(name) && memcmp(k->ptr, name, k->size) == 0)
-			if ((IS("memory") && !a->memory) || (IS("cpus") && !a->cpus) ||
-			    (IS("timeout") && !a->timeout) || (IS("warning") && !a->warning))
-				continue;
-#undef IS
-			if (pass == 0)
-				n++;
-			else {
-				msgpack_pack_object(&pk, kv->key);
-				msgpack_pack_object(&pk, kv->val);
-			}
-		}
-	}
-	mp_kv_double(&pk, "enqueued_at", enqueued_at);
-	msgpack_unpacked_destroy(&u);
-	msgpack_sbuffer_destroy(&tmp);
-}
-
 /* Tell about a profile missing on this host, when builds_root is here. */
 static void
 submit_check_local(const struct job_spec *js)
@@ -344,8 +297,12 @@ submit_main(int argc, char **argv)
 	enq_setup(false);
 	submit_spec(&a, &js);
 	strv_free(&a.meta);
+	/* Limits not given are left out, so the worker's own defaults apply. */
+	js.omit = (a.memory ? 0 : JOB_OMIT_MEMORY) | (a.cpus ? 0 : JOB_OMIT_CPUS) |
+	    (a.timeout ? 0 : JOB_OMIT_TIMEOUT) | (a.warning ? 0 : JOB_OMIT_WARNING);
+	js.enqueued_at = now;
 	msgpack_sbuffer_init(&job);
-	submit_encode(&a, &js, now, &job);
+	job_encode(&js, &job);
 	why = job_decode(job.data, job.size, &en->conf, &check, err, sizeof err);
 	job_spec_free(&check);
 	if (why != REFUSE_NONE)

@@ -94,6 +94,8 @@ struct redis_url {
 
 int url_parse(const char *s, struct redis_url *out, char *err, size_t errlen);
 void url_free(struct redis_url *u);
+/* The i-th sentinel's address (url_parse() checked them all). */
+int url_sentinel(const struct redis_url *u, size_t i, char *host, size_t hostlen, int *port);
 /* For logs: the URL without its password. */
 char *url_display(const struct redis_url *u);
 
@@ -262,7 +264,16 @@ struct job_spec {
 	char *image;
 	char *meta;			/* raw msgpack of meta, or NULL */
 	size_t meta_len;
+	double enqueued_at;		/* 0 when the producer gave none */
+	unsigned omit;			/* JOB_OMIT_*: limits job_encode leaves out */
 };
+
+/* Limits job_encode() leaves out, so that the worker's defaults apply. */
+#define JOB_OMIT_MEMORY 0x1
+#define JOB_OMIT_CPUS 0x2
+#define JOB_OMIT_TIMEOUT 0x4
+#define JOB_OMIT_WARNING 0x8
+#define EPOCH_MAX 253402300799LL	/* 9999-12-31: the latest epoch accepted */
 
 /*
  * Decode and validate a payload against the worker's limits.  Returns
@@ -280,7 +291,7 @@ void job_spec_free(struct job_spec *js);
  */
 int path_resolve(const char *root, const char *rel, bool create, char *out, size_t outlen,
     char *err, size_t errlen);
-/* Encode a job (for enqueue and tests). */
+/* Encode a job (for enqueue and tests): every field set, less js->omit. */
 void job_encode(const struct job_spec *js, msgpack_sbuffer *sb);
 
 /* --- result statuses ------------------------------------------------- */

@@ -17,7 +17,6 @@
 
 #define PATH_FIELD_MAX 1024	/* longest profile/output accepted */
 #define MIN_MEMORY (6ULL << 20)	/* docker refuses less */
-#define EPOCH_MAX 253402300799LL /* 9999-12-31 */
 
 /* The wire name of a refusal. */
 const char *
@@ -220,6 +219,7 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 			return r;
 		if (d < 0 || d > (double)EPOCH_MAX)
 			REFUSE(REFUSE_VALUE, "enqueued_at: %g is not a time between 1970 and 9999", d);
+		js->enqueued_at = d;
 		if (!js->has_epoch) {
 			js->source_date_epoch = (int64_t)d;
 			js->has_epoch = true;
@@ -435,20 +435,27 @@ void
 job_encode(const struct job_spec *js, msgpack_sbuffer *sb)
 {
 	msgpack_packer pk;
-	int n = 7 + (js->has_epoch ? 1 : 0) + (js->image ? 1 : 0) + (js->meta ? 1 : 0) +
-	    (js->retries ? 1 : 0);
+	int n = 3 + !(js->omit & JOB_OMIT_MEMORY) + !(js->omit & JOB_OMIT_CPUS) +
+	    !(js->omit & JOB_OMIT_TIMEOUT) + !(js->omit & JOB_OMIT_WARNING) + (js->has_epoch ? 1 : 0) +
+	    (js->image ? 1 : 0) + (js->meta ? 1 : 0) + (js->retries ? 1 : 0) + (js->enqueued_at > 0 ? 1 : 0);
 
 	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, (size_t)n);
 	mp_kv_str(&pk, "id", js->id);
 	mp_kv_str(&pk, "profile", js->profile);
 	mp_kv_str(&pk, "output", js->output);
-	mp_kv_uint(&pk, "memory", js->memory);
-	mp_kv_double(&pk, "cpus", js->cpus);
-	mp_kv_double(&pk, "timeout", js->timeout);
-	mp_kv_double(&pk, "warning", js->warning);
+	if (!(js->omit & JOB_OMIT_MEMORY))
+		mp_kv_uint(&pk, "memory", js->memory);
+	if (!(js->omit & JOB_OMIT_CPUS))
+		mp_kv_double(&pk, "cpus", js->cpus);
+	if (!(js->omit & JOB_OMIT_TIMEOUT))
+		mp_kv_double(&pk, "timeout", js->timeout);
+	if (!(js->omit & JOB_OMIT_WARNING))
+		mp_kv_double(&pk, "warning", js->warning);
 	if (js->has_epoch)
 		mp_kv_int(&pk, "source_date_epoch", js->source_date_epoch);
+	if (js->enqueued_at > 0)
+		mp_kv_double(&pk, "enqueued_at", js->enqueued_at);
 	if (js->image)
 		mp_kv_str(&pk, "image", js->image);
 	if (js->retries)

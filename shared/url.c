@@ -62,9 +62,9 @@ url_userinfo(const char **p, struct redis_url *u, char *err, size_t errlen)
 	return 0;
 }
 
-/* Parse "host[:port]" of length n. */
+/* Parse "host[:port]" or "[v6]:port" of length n. */
 static int
-url_hostport(const char *s, size_t n, char **host, int *port, char *err, size_t errlen)
+url_hostport(const char *s, size_t n, int defport, char **host, int *port, char *err, size_t errlen)
 {
 	const char *colon;
 	long long v;
@@ -86,7 +86,7 @@ url_hostport(const char *s, size_t n, char **host, int *port, char *err, size_t 
 		colon = memchr(s, ':', n);
 		*host = xstrndup(s, colon ? (size_t)(colon - s) : n);
 	}
-	*port = 6379;
+	*port = defport;
 	if (colon == NULL)
 		return 0;
 	ps = xstrndup(colon + 1, (size_t)(s + n - colon - 1));
@@ -148,7 +148,7 @@ url_parse(const char *s, struct redis_url *out, char *err, size_t errlen)
 	switch (u.kind) {
 	case URL_TCP:
 		slash = strchr(p, '/');
-		if (url_hostport(p, slash ? (size_t)(slash - p) : strlen(p), &u.host, &u.port, err, errlen))
+		if (url_hostport(p, slash ? (size_t)(slash - p) : strlen(p), 6379, &u.host, &u.port, err, errlen))
 			goto fail;
 		if (slash != NULL && url_db(slash + 1, &u.db, err, errlen) != 0)
 			goto fail;
@@ -187,7 +187,7 @@ url_parse(const char *s, struct redis_url *out, char *err, size_t errlen)
 		for (size_t i = 0; i < u.sentinels.n; i++) {
 			char *h = NULL;
 			int port;
-			if (url_hostport(u.sentinels.v[i], strlen(u.sentinels.v[i]), &h, &port, err, errlen)) {
+			if (url_hostport(u.sentinels.v[i], strlen(u.sentinels.v[i]), 26379, &h, &port, err, errlen)) {
 				free(h);
 				goto fail;
 			}
@@ -216,6 +216,22 @@ url_parse(const char *s, struct redis_url *out, char *err, size_t errlen)
 fail:
 	url_free(&u);
 	return -1;
+}
+
+/* The i-th sentinel's host and port (26379 when the URL gives none). */
+int
+url_sentinel(const struct redis_url *u, size_t i, char *host, size_t hostlen, int *port)
+{
+	char *h = NULL, err[ERR_MAX];
+
+	if (i >= u->sentinels.n ||
+	    url_hostport(u->sentinels.v[i], strlen(u->sentinels.v[i]), 26379, &h, port, err, sizeof err) != 0) {
+		free(h);
+		return -1;
+	}
+	snprintf(host, hostlen, "%s", h);
+	free(h);
+	return 0;
 }
 
 /* Free what url_parse allocated. */

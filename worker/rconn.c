@@ -465,15 +465,14 @@ rconn_connect(struct rconn *rc)
 	} else if (u->kind == URL_UNIX) {
 		rconn_open(rc, NULL, 0, u->path);
 	} else {
-		const char *hp = u->sentinels.v[rc->sentinel_next++];
-		char host[256];
-		int port = 26379;
-		const char *colon = strrchr(hp, ':');
 		const char *argv[] = { "SENTINEL", "get-master-addr-by-name", u->master };
+		char host[256];
+		int port;
 
-		snprintf(host, sizeof host, "%.*s", colon ? (int)(colon - hp) : (int)strlen(hp), hp);
-		if (colon != NULL)
-			port = atoi(colon + 1);
+		if (url_sentinel(u, rc->sentinel_next++, host, sizeof host, &port) != 0) {
+			rconn_schedule(rc, "bad sentinel address");
+			return;
+		}
 		rc->sac = redisAsyncConnect(host, port);
 		if (rc->sac == NULL || rc->sac->err) {
 			if (rc->sac != NULL)
