@@ -24,7 +24,8 @@ ALL_LDFLAGS = $(LDFLAGS) $(SAN_CFLAGS)
 
 B ?= build
 SHARED_LIBS = -lmsgpackc -linih -lm
-WORKER_LIBS = -lhiredis -lev -lmd -lsystemd -lmicrohttpd
+# libsystemd and libmicrohttpd are loaded with dlopen() when used (notify.c, metrics.c).
+WORKER_LIBS = -lhiredis -lev -lmd -ldl
 ENQUEUE_LIBS = -lhiredis
 
 SHARED_SRC = $(wildcard shared/*.c)
@@ -57,7 +58,7 @@ say = @printf '  %-6s %s\n'
 endif
 
 .PHONY: all deps check unit integration fuzz fuzz-check asan bench demo install \
-	uninstall clean format lint image
+	uninstall clean format lint image docs
 
 all: $(WORKER_BIN) $(ENQUEUE_BIN) $(UNIT_BIN)
 
@@ -133,7 +134,14 @@ demo: deps all
 image:
 	@bash scripts/make-test-image all
 
-install: all
+# Man pages from their scdoc sources.
+MANPAGES = docs/worker.8 docs/enqueue.1 docs/worker.ini.5
+docs: $(MANPAGES)
+
+docs/%: docs/%.scd
+	scdoc < $< > $@.tmp && mv $@.tmp $@
+
+install: all docs
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSCONFDIR)/debate \
 		$(DESTDIR)$(DATADIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man1 \
 		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
@@ -143,7 +151,9 @@ install: all
 		install -m 640 worker.ini $(DESTDIR)$(SYSCONFDIR)/debate/worker.ini
 	install -m 644 scripts/Containerfile $(DESTDIR)$(DATADIR)/Containerfile
 	install -m 644 shared/PROTOCOL.md $(DESTDIR)$(DATADIR)/PROTOCOL.md
-	install -m 644 scripts/debate-worker@.service $(DESTDIR)$(UNITDIR)/debate-worker@.service
+	sed -e 's|/usr/local/sbin/|$(SBINDIR)/|' -e 's|/etc/debate/|$(SYSCONFDIR)/debate/|g' \
+		scripts/debate-worker@.service > $(DESTDIR)$(UNITDIR)/debate-worker@.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/debate-worker@.service
 	for m in docs/*.1 docs/*.5 docs/*.8; do \
 		[ -e "$$m" ] || continue; \
 		install -m 644 $$m $(DESTDIR)$(MANDIR)/man$${m##*.}/; done
@@ -161,4 +171,4 @@ lint:
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability -Ishared shared worker enqueue
 
 clean:
-	rm -rf build worker/worker enqueue/enqueue
+	rm -rf build worker/worker enqueue/enqueue $(MANPAGES)

@@ -378,12 +378,19 @@ int
 path_resolve(const char *root, const char *rel, bool create, char *out, size_t outlen, char *err,
     size_t errlen)
 {
+	static char last_root[PATH_MAX], last_real[PATH_MAX];
 	char rroot[PATH_MAX], cur[PATH_MAX], next[PATH_MAX * 2], *dup, *tok, *save;
 	struct stat st;
 
-	if (realpath(root, rroot) == NULL) {
+	/* builds_root itself is resolved once per value, not per job. */
+	if (strcmp(root, last_root) == 0 && last_real[0] != '\0')
+		snprintf(rroot, sizeof rroot, "%s", last_real);
+	else if (realpath(root, rroot) == NULL) {
 		snprintf(err, errlen, "builds_root %s: %s", root, strerror(errno));
 		return -1;
+	} else if (strlen(root) < sizeof last_root) {
+		snprintf(last_root, sizeof last_root, "%s", root);
+		snprintf(last_real, sizeof last_real, "%s", rroot);
 	}
 	snprintf(cur, sizeof cur, "%s", rroot);
 	dup = xstrdup(rel);

@@ -25,6 +25,53 @@ event_begin(struct job *j, struct ev_pack *ep, const char *type, int nfields)
 	mp_kv_int(&ep->pk, "attempt", j->attempt);
 }
 
+/* A uint32 of fixed width, for the claim script to overwrite. */
+static size_t
+event_placeholder(msgpack_sbuffer *sb)
+{
+	size_t off = sb->size;
+
+	msgpack_sbuffer_write(sb, "\xce\0\0\0\0", 5);
+	return off;
+}
+
+/*
+ * The `started` event, sent by the claim script in the same step that
+ * takes the lease.  seq and attempt are known only there: they are packed
+ * as fixed-width uint32 placeholders whose offsets the script patches.
+ */
+void
+event_started(struct job *j, msgpack_sbuffer *sb, size_t *seq_off, size_t *att_off)
+{
+	msgpack_packer pk;
+
+	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
+	msgpack_pack_map(&pk, (size_t)(9 + (j->cpus_clamped_from > 0)));
+	mp_kv_str(&pk, "id", j->id);
+	mp_str(&pk, "seq");
+	*seq_off = event_placeholder(sb);
+	mp_kv_double(&pk, "ts", now_real());
+	mp_kv_str(&pk, "type", "started");
+	mp_str(&pk, "attempt");
+	*att_off = event_placeholder(sb);
+	mp_kv_str(&pk, "worker", wk->id);
+	mp_kv_str(&pk, "runtime", runtime_name(&wk->rt));
+	mp_kv_str(&pk, "image", j->spec.image);
+	mp_str(&pk, "limits");
+	msgpack_pack_map(&pk, 5);
+	mp_kv_uint(&pk, "memory", j->spec.memory);
+	mp_kv_double(&pk, "cpus", j->spec.cpus);
+	mp_kv_int(&pk, "pids", wk->conf->pids_limit);
+	mp_kv_double(&pk, "timeout", j->spec.timeout);
+	mp_kv_double(&pk, "warning", j->spec.warning);
+	if (j->cpus_clamped_from > 0) {
+		char msg[128];
+		snprintf(msg, sizeof msg, "cpus lowered from %g to this host's %d", j->cpus_clamped_from,
+		    wk->host_cpus);
+		mp_kv_str(&pk, "clamped", msg);
+	}
+}
+
 /* The emit script's answer: lease lost, sent, or sent with a cancel asked. */
 static void
 event_emitted(redisReply *r, void *arg)

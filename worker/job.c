@@ -539,7 +539,8 @@ job_end(struct job *j)
 		proc_run(argv.v, NULL, NULL);
 		strv_free(&argv);
 	}
-	unlink(j->cidfile);
+	if (wk->rt.kind != RT_EXEC)
+		unlink(j->cidfile);
 	log_info("job %s: %s (exit %d) after %.1f s%s%s", j->id, status_name(j->status), j->exit_code,
 	    j->finished_at - j->started_at, j->error[0] ? ": " : "", j->error);
 
@@ -678,7 +679,8 @@ job_spawn(struct job *j)
 	sandbox_argv(c, &wk->rt, &s, &argv);
 	if (wk->rt.kind == RT_EXEC)
 		sandbox_env(c, &s, environ, &env);
-	unlink(j->cidfile);
+	else
+		unlink(j->cidfile);	/* the runtime refuses to overwrite one */
 	j->pid = spawn(argv.v, env.n ? env.v : NULL, &ofd, &efd, err, sizeof err);
 	strv_free(&argv);
 	strv_free(&env);
@@ -756,27 +758,6 @@ job_claimed(redisReply *r, void *arg)
 		return;
 	job_set_state(j, JOB_RUNNING);
 
-	{
-		struct ev_pack ep;
-		event_begin(j, &ep, "started", j->cpus_clamped_from > 0 ? 5 : 4);
-		mp_kv_str(&ep.pk, "worker", wk->id);
-		mp_kv_str(&ep.pk, "runtime", runtime_name(&wk->rt));
-		mp_kv_str(&ep.pk, "image", j->spec.image);
-		mp_str(&ep.pk, "limits");
-		msgpack_pack_map(&ep.pk, 5);
-		mp_kv_uint(&ep.pk, "memory", j->spec.memory);
-		mp_kv_double(&ep.pk, "cpus", j->spec.cpus);
-		mp_kv_int(&ep.pk, "pids", wk->conf->pids_limit);
-		mp_kv_double(&ep.pk, "timeout", j->spec.timeout);
-		mp_kv_double(&ep.pk, "warning", j->spec.warning);
-		if (j->cpus_clamped_from > 0) {
-			char msg[128];
-			snprintf(msg, sizeof msg, "cpus lowered from %g to this host's %d", j->cpus_clamped_from,
-			    wk->host_cpus);
-			mp_kv_str(&ep.pk, "clamped", msg);
-		}
-		event_send(j, &ep, "started", RQ_KEEP, NULL);
-	}
 	log_info("job %s: started (attempt %ld, %s)", j->id, j->attempt, runtime_name(&wk->rt));
 	if (j->spec.warning > 0 && j->spec.warning < j->spec.timeout) {
 		ev_timer_set(&j->warn_timer, j->spec.warning, 0);
@@ -794,10 +775,11 @@ job_fetched(const char *payload, size_t len)
 {
 	const struct config *c = wk->conf;
 	struct job *j = xcalloc(1, sizeof *j);
-	char err[ERR_MAX], e2[ERR_MAX];
-	const char *args[8];
-	size_t lens[8];
-	char kjob[KEY_MAX], kact[KEY_MAX], klog[KEY_MAX], now[32];
+	char err[ERR_MAX], e2[ERR_MAX], seqoff[24], attoff[24], maxlen[24];
+	char kjob[KEY_MAX], kact[KEY_MAX], klog[KEY_MAX], kprog[KEY_MAX], now[32];
+	const char *args[14];
+	size_t lens[14], so, ao;
+	msgpack_sbuffer started;
 	enum refusal r;
 
 	j->payload = xmalloc(len + 1);
@@ -845,17 +827,29 @@ job_fetched(const char *payload, size_t len)
 	j->tail.v = xcalloc(j->tail.n + 1, sizeof *j->tail.v);
 	sandbox_name(c->namespace, j->id, j->cname, sizeof j->cname);
 
+	/* The claim script sends `started` itself, with the seq and attempt it decides. */
+	msgpack_sbuffer_init(&started);
+	event_started(j, &started, &so, &ao);
 	snprintf(now, sizeof now, "%.6f", now_real());
+	snprintf(seqoff, sizeof seqoff, "%zu", so);
+	snprintf(attoff, sizeof attoff, "%zu", ao);
+	snprintf(maxlen, sizeof maxlen, "%ld", c->log_maxlen);
 	args[0] = keys_id(&wk->keys, "job", j->id, kjob, sizeof kjob);
 	args[1] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);
 	args[2] = wk->keys.cancel;
 	args[3] = keys_id(&wk->keys, "log", j->id, klog, sizeof klog);
-	args[4] = wk->id;
-	args[5] = j->payload;
-	args[6] = now;
-	args[7] = j->id;
-	for (int i = 0; i < 8; i++)
-		lens[i] = strlen(args[i]);
-	lens[5] = len;
-	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 4, 8, args, lens);
+	args[4] = keys_id(&wk->keys, "progress", j->id, kprog, sizeof kprog);
+	args[5] = wk->keys.events;
+	args[6] = wk->id;
+	args[7] = j->payload;
+	args[8] = now;
+	args[9] = j->id;
+	args[10] = started.data;
+	args[11] = seqoff;
+	args[12] = attoff;
+	args[13] = maxlen;
+	for (int i = 0; i < 14; i++)
+		lens[i] = i == 7 ? len : i == 10 ? started.size : strlen(args[i]);
+	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 6, 14, args, lens);
+	msgpack_sbuffer_destroy(&started);
 }

@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include "worker.h"
@@ -73,7 +72,7 @@ worker_check_exit(void)
 	if (!wk->draining || !TAILQ_EMPTY(&wk->jobs) || exit_started)
 		return;
 	exit_started = true;
-	sd_notify(0, "STOPPING=1\nSTATUS=releasing held jobs");
+	notify_send("STOPPING=1\nSTATUS=releasing held jobs");
 	fetch_stop();
 	beat_stop();
 	ev_timer_stop(EV_DEFAULT, &drain_timer);
@@ -123,7 +122,7 @@ sig_stop_cb(EV_P_ ev_signal *w, int revents)
 	if (!wk->draining && w->signum == SIGTERM) {
 		log_notice("SIGTERM: draining: no new jobs; running builds get %g s to finish",
 		    wk->conf->drain_timeout);
-		sd_notify(0, "STOPPING=1\nSTATUS=draining");
+		notify_send("STOPPING=1\nSTATUS=draining");
 		wk->draining = true;
 		fetch_stop();
 		ev_timer_set(&drain_timer, wk->conf->drain_timeout, 0);
@@ -195,7 +194,7 @@ cmd_up(struct rconn *rc)
 	fetch_kick();
 	if (!ready_sent) {
 		ready_sent = true;
-		sd_notifyf(0, "READY=1\nSTATUS=running, %ld slots", wk->slots);
+		notify_send("READY=1\nSTATUS=running, %ld slots", wk->slots);
 	}
 }
 
@@ -211,8 +210,25 @@ watchdog_cb(EV_P_ ev_timer *w, int revents)
 	(void)revents;
 	TAILQ_FOREACH(j, &wk->jobs, entry)
 		running += j->state == JOB_RUNNING || j->state == JOB_STOPPING;
-	sd_notifyf(0, "WATCHDOG=1\nSTATUS=%s%ld running, %ld slots, redis %s", wk->draining ? "draining, " : "",
+	notify_send("WATCHDOG=1\nSTATUS=%s%ld running, %ld slots, redis %s", wk->draining ? "draining, " : "",
 	    running, wk->slots, rconn_up(wk->cmd) ? "up" : "down");
+}
+
+/* url for the log: a password in it (user:password@) becomes "***". */
+static void
+worker_url_shown(const char *url, char *buf, size_t len)
+{
+	const char *auth = strstr(url, "://"), *end, *at, *colon;
+
+	snprintf(buf, len, "%s", url);
+	if (auth == NULL)
+		return;
+	auth += 3;
+	end = auth + strcspn(auth, "/");
+	if ((at = memchr(auth, '@', (size_t)(end - auth))) == NULL)
+		return;
+	colon = memchr(auth, ':', (size_t)(at - auth));
+	snprintf(buf, len, "%.*s***%s", (int)((colon ? colon + 1 : auth) - url), url, at);
 }
 
 /* Remove containers an earlier life with our id left (start-up: may block). */
@@ -357,16 +373,18 @@ main(int argc, char **argv)
 	defer_init();
 	if (wk->conf->metrics_listen != NULL && metrics_start(wk->conf->metrics_listen, err, sizeof err) != 0)
 		fatal("%s", err);
+	notify_init();
 	{
-		uint64_t usec;
-		if (sd_watchdog_enabled(0, &usec) > 0) {
-			ev_timer_init(&watchdog_timer, watchdog_cb, 0, (double)usec / 2e6);
+		double wd = notify_watchdog_interval();
+		if (wd > 0) {
+			ev_timer_init(&watchdog_timer, watchdog_cb, 0, wd / 2);
 			ev_timer_again(wk->loop, &watchdog_timer);
 		}
 	}
 
+	worker_url_shown(wk->conf->redis_url, tmpl, sizeof tmpl);
 	log_notice("worker %s %s: %ld slot%s, runtime %s, redis %s, namespace %s", wk->id, DEBATE_VERSION,
-	    wk->slots, wk->slots == 1 ? "" : "s", runtime_name(&wk->rt), wk->conf->redis_url, wk->conf->namespace);
+	    wk->slots, wk->slots == 1 ? "" : "s", runtime_name(&wk->rt), tmpl, wk->conf->namespace);
 	wk->cmd = rconn_new("cmd", true, cmd_up, NULL);
 	rconn_start(wk->cmd);
 	fetch_init();

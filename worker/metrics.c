@@ -2,9 +2,14 @@
  * metrics.c: a Prometheus text endpoint (metrics_listen = host:port),
  * served by libmicrohttpd driven from our own loop: MHD runs in epoll
  * mode without threads, and an ev_io on its epoll fd plus a timer for
- * its timeouts call MHD_run().  Off unless configured.
+ * its timeouts call mhd.run().  Off unless configured.
+ *
+ * libmicrohttpd brings a TLS stack with it (gnutls and friends, some two
+ * megabytes resident): it is loaded with dlopen() only when metrics are
+ * turned on, so a worker without them does not carry it.
  */
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <stdlib.h>
@@ -12,6 +17,17 @@
 
 #include "worker.h"
 
+static struct {
+	__typeof__(&MHD_start_daemon) start_daemon;
+	__typeof__(&MHD_stop_daemon) stop_daemon;
+	__typeof__(&MHD_get_daemon_info) get_daemon_info;
+	__typeof__(&MHD_run) run;
+	__typeof__(&MHD_get_timeout) get_timeout;
+	__typeof__(&MHD_create_response_from_buffer) create_response_from_buffer;
+	__typeof__(&MHD_add_response_header) add_response_header;
+	__typeof__(&MHD_queue_response) queue_response;
+	__typeof__(&MHD_destroy_response) destroy_response;
+} mhd;
 static struct MHD_Daemon *metrics_d;
 static ev_io metrics_io;
 static ev_timer metrics_timer;
@@ -127,10 +143,10 @@ metrics_handler(void *cls, struct MHD_Connection *conn, const char *url, const c
 		code = MHD_HTTP_NOT_FOUND;
 	} else
 		body = metrics_text(&len);
-	resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
-	MHD_add_response_header(resp, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-	ret = MHD_queue_response(conn, code, resp);
-	MHD_destroy_response(resp);
+	resp = mhd.create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+	mhd.add_response_header(resp, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+	ret = mhd.queue_response(conn, code, resp);
+	mhd.destroy_response(resp);
 	return ret;
 }
 
@@ -140,9 +156,9 @@ metrics_run(void)
 {
 	MHD_UNSIGNED_LONG_LONG ms;
 
-	MHD_run(metrics_d);
+	mhd.run(metrics_d);
 	ev_timer_stop(EV_DEFAULT, &metrics_timer);
-	if (MHD_get_timeout(metrics_d, &ms) == MHD_YES) {
+	if (mhd.get_timeout(metrics_d, &ms) == MHD_YES) {
 		ev_timer_set(&metrics_timer, (double)ms / 1000.0, 0);
 		ev_timer_start(EV_DEFAULT, &metrics_timer);
 	}
@@ -168,6 +184,34 @@ metrics_timer_cb(EV_P_ ev_timer *w, int revents)
 	metrics_run();
 }
 
+/* Load libmicrohttpd and find what we call. */
+static int
+metrics_load(char *err, size_t errlen)
+{
+	void *h = dlopen("libmicrohttpd.so.12", RTLD_NOW | RTLD_LOCAL);
+
+	if (h == NULL) {
+		snprintf(err, errlen, "metrics_listen: cannot load libmicrohttpd: %s", dlerror());
+		return -1;
+	}
+#define SYM(f)                                                                 \
+	if ((*(void **)&mhd.f = dlsym(h, "MHD_" #f)) == NULL) {                \
+		snprintf(err, errlen, "metrics_listen: libmicrohttpd lacks MHD_%s", #f); \
+		return -1;                                                     \
+	}
+	SYM(start_daemon)
+	SYM(stop_daemon)
+	SYM(get_daemon_info)
+	SYM(run)
+	SYM(get_timeout)
+	SYM(create_response_from_buffer)
+	SYM(add_response_header)
+	SYM(queue_response)
+	SYM(destroy_response)
+#undef SYM
+	return 0;
+}
+
 /* Listen on "host:port" (IPv4). */
 int
 metrics_start(const char *listen, char *err, size_t errlen)
@@ -189,14 +233,16 @@ metrics_start(const char *listen, char *err, size_t errlen)
 		return -1;
 	}
 	sa.sin_port = htons((uint16_t)port);
-	metrics_d = MHD_start_daemon(MHD_USE_EPOLL, (uint16_t)port, NULL, NULL, metrics_handler, NULL,
+	if (metrics_load(err, errlen) != 0)
+		return -1;
+	metrics_d = mhd.start_daemon(MHD_USE_EPOLL, (uint16_t)port, NULL, NULL, metrics_handler, NULL,
 	    MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa, MHD_OPTION_CONNECTION_LIMIT, 16U,
 	    MHD_OPTION_CONNECTION_TIMEOUT, 10U, MHD_OPTION_END);
 	if (metrics_d == NULL) {
 		snprintf(err, errlen, "metrics_listen: cannot listen on %s", listen);
 		return -1;
 	}
-	info = MHD_get_daemon_info(metrics_d, MHD_DAEMON_INFO_EPOLL_FD);
+	info = mhd.get_daemon_info(metrics_d, MHD_DAEMON_INFO_EPOLL_FD);
 	ev_io_init(&metrics_io, metrics_io_cb, info->epoll_fd, EV_READ);
 	ev_io_start(EV_DEFAULT, &metrics_io);
 	ev_timer_init(&metrics_timer, metrics_timer_cb, 0, 0);
@@ -212,6 +258,6 @@ metrics_stop(void)
 		return;
 	ev_io_stop(EV_DEFAULT, &metrics_io);
 	ev_timer_stop(EV_DEFAULT, &metrics_timer);
-	MHD_stop_daemon(metrics_d);
+	mhd.stop_daemon(metrics_d);
 	metrics_d = NULL;
 }

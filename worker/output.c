@@ -80,30 +80,35 @@ output_line(struct outstream *os, const char *line, size_t len)
 		output_flush(os);
 }
 
-/* Split what is buffered into lines; keep an unfinished one. */
+/*
+ * One read buffer for every stream: reads are handled to the end inside
+ * their callback, so only an unfinished line (under LINE_MAX_BYTES) has
+ * to wait in its stream between reads.
+ */
+static char output_rbuf[LINE_MAX_BYTES + OUT_BUF];
+
+/* Split buf[0..len) into lines; keep an unfinished one in the stream. */
 static void
-output_split(struct outstream *os, bool eof)
+output_split(struct outstream *os, char *buf, size_t len, bool eof)
 {
 	size_t start = 0;
 
-	for (;;) {
-		char *nl = memchr(os->buf + start, '\n', os->len - start);
-		size_t n = nl ? (size_t)(nl - (os->buf + start)) : os->len - start;
+	while (start < len) {
+		char *nl = memchr(buf + start, '\n', len - start);
+		size_t n = nl ? (size_t)(nl - (buf + start)) : len - start;
 
-		if (nl == NULL && n < LINE_MAX_BYTES && !(eof && n > 0))
+		if (nl == NULL && n < LINE_MAX_BYTES && !eof)
 			break;
 		if (n > LINE_MAX_BYTES)
 			n = LINE_MAX_BYTES;
-		if (n > 0 && os->buf[start + n - 1] == '\r')
-			output_line(os, os->buf + start, n - 1);
+		if (n > 0 && buf[start + n - 1] == '\r')
+			output_line(os, buf + start, n - 1);
 		else
-			output_line(os, os->buf + start, n);
-		start += n + (nl != NULL && os->buf + start + n == nl);
-		if (start >= os->len)
-			break;
+			output_line(os, buf + start, n);
+		start += n + (nl != NULL && buf + start + n == nl);
 	}
-	memmove(os->buf, os->buf + start, os->len - start);
-	os->len -= start;
+	os->len = len - start;
+	memcpy(os->partial, buf + start, os->len);
 }
 
 /* The pipe is readable: read a bounded amount, then let others run. */
@@ -115,10 +120,10 @@ output_read_cb(EV_P_ ev_io *w, int revents)
 
 	(void)revents;
 	for (int i = 0; i < 16; i++) {
-		n = read(os->fd, os->buf + os->len, sizeof os->buf - os->len);
+		memcpy(output_rbuf, os->partial, os->len);
+		n = read(os->fd, output_rbuf + os->len, OUT_BUF);
 		if (n > 0) {
-			os->len += (size_t)n;
-			output_split(os, false);
+			output_split(os, output_rbuf, os->len + (size_t)n, false);
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
@@ -126,7 +131,7 @@ output_read_cb(EV_P_ ev_io *w, int revents)
 		if (n < 0 && errno == EAGAIN)
 			return;
 		/* EOF (or an error, which ends the stream the same way). */
-		output_split(os, true);
+		output_split(os, output_rbuf, os->len, true);
 		output_flush(os);
 		ev_io_stop(loop, w);
 		close(os->fd);

@@ -302,7 +302,6 @@ rconn_handshake_reply(redisAsyncContext *ac, void *reply, void *priv)
 		rc->ever_up = true;
 		/* TCP only: on a unix socket the TCP options fail and poison the context. */
 		if (ac->c.connection_type == REDIS_CONN_TCP)
-			if (ac->c.connection_type == REDIS_CONN_TCP)
 			redisEnableKeepAlive(&ac->c);	/* notice a dead peer on an idle link */
 		/* Drain replayed and pending commands before anything new. */
 		{

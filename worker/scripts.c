@@ -54,6 +54,9 @@
 	"  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,\n" \
 	"    math.floor(n / 256) % 256, n % 256)\n"                                          \
 	"end\n"                                                                              \
+	"local function patch32(s, off, v)\n"                                             \
+	"  return string.sub(s, 1, off + 1) .. be32(v) .. string.sub(s, off + 6)\n"        \
+	"end\n"                                                                              \
 	"local function deadentry(reason, err, p, id, worker, now)\n"                        \
 	"  local n = id and 6 or 5\n"                                                        \
 	"  local s = string.char(0x80 + n) .. cmsgpack.pack('reason') .. cmsgpack.pack(reason)\n" \
@@ -66,9 +69,11 @@
 	"end\n"
 
 /*
- * claim: KEYS job, active, cancel, log; ARGV worker, payload, now, id.
- * Takes the lease (attempt + 1) if the payload is still in our active
- * list; returns {verdict, attempt, last seq}.
+ * claim: KEYS job, active, cancel, log, progress, events; ARGV worker,
+ * payload, now, id, started event, offsets of its seq and attempt
+ * placeholders, maxlen.  Takes the lease (attempt + 1) if the payload is
+ * still in our active list and, unless a cancel is asked, sends `started`
+ * in the same step; returns {verdict, attempt, last seq}.
  */
 static const char script_claim[] = LUA_PRELUDE
 	"if not redis.call('LPOS', KEYS[2], ARGV[2]) then return {'gone', 0, 0} end\n"
@@ -78,8 +83,13 @@ static const char script_claim[] = LUA_PRELUDE
 	"redis.call('HDEL', KEYS[1], 'finished_at', 'exit_code', 'error', 'phase')\n"
 	"redis.call('PERSIST', KEYS[1])\n"
 	"redis.call('PERSIST', KEYS[4])\n"
-	"local c = redis.call('HEXISTS', KEYS[3], ARGV[4])\n"
-	"return {c == 1 and 'cancelled' or 'ok', att, seq}\n";
+	"if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1 then return {'cancelled', att, seq} end\n"
+	"seq = seq + 1\n"
+	"local ev = patch32(patch32(ARGV[5], tonumber(ARGV[6]), seq), tonumber(ARGV[7]), att)\n"
+	"redis.call('PUBLISH', KEYS[5], ev)\n"
+	"redis.call('PUBLISH', KEYS[6], ev)\n"
+	"xadd(KEYS[4], ARGV[8], seq, 'started', ev)\n"
+	"return {'ok', att, seq}\n";
 
 /*
  * emit: KEYS job, progress, events, log, cancel; ARGV worker, attempt,
@@ -162,10 +172,17 @@ static const char script_refuse[] = LUA_PRELUDE
  * One command per beat; the lock holder also promotes due retries and
  * reaps workers whose heartbeat lapsed.  Returns {reaped ids and counts,
  * dead workers whose containers this host should remove, queue length}.
+ * {ns}:clock keeps the last beat of any worker and when beats came back
+ * after a gap longer than the ttl (Redis, or every worker, was away): no
+ * one is reaped until the fleet has had a ttl to beat again, so an outage
+ * does not make live workers look dead.
  */
 static const char script_beat[] = LUA_PRELUDE
 	"local P = ARGV[5]\n"
 	"local now = tonumber(ARGV[2])\n"
+	"local last = tonumber(redis.call('HGET', P .. 'clock', 'beat') or '0')\n"
+	"if now - last > tonumber(ARGV[15]) then redis.call('HSET', P .. 'clock', 'back', ARGV[2]) end\n"
+	"if now > last then redis.call('HSET', P .. 'clock', 'beat', ARGV[2]) end\n"
 	"redis.call('HSET', KEYS[1], 'id', ARGV[1], 'host', ARGV[7], 'pid', ARGV[8], 'version', ARGV[9],\n"
 	"  'started_at', ARGV[10], 'beat', ARGV[2], 'concurrency', ARGV[11], 'running', ARGV[12],\n"
 	"  'jobs', ARGV[13])\n"
@@ -178,7 +195,9 @@ static const char script_beat[] = LUA_PRELUDE
 	"    redis.call('ZREM', KEYS[4], p)\n"
 	"    redis.call('RPUSH', KEYS[5], p)\n"
 	"  end\n"
-	"  for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[15]))) do\n"
+	"  local cutoff = now - tonumber(ARGV[15])\n"
+	"  if tonumber(redis.call('HGET', P .. 'clock', 'back') or '0') > cutoff then cutoff = 0 end\n"
+	"  for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)) do\n"
 	"    if w ~= ARGV[1] and redis.call('EXISTS', P .. 'worker:' .. w) == 0 then\n"
 	"      local ak = P .. 'active:' .. w\n"
 	"      local n = 0\n"

@@ -165,6 +165,8 @@ void event_begin(struct job *j, struct ev_pack *ep, const char *type, int nfield
 /* Send it: PUBLISH progress (and events), XADD log, in one script. */
 void event_send(struct job *j, struct ev_pack *ep, const char *type, enum rq_kind kind,
     const char *phase);
+/* The started event, with placeholders the claim script fills. */
+void event_started(struct job *j, msgpack_sbuffer *sb, size_t *seq_off, size_t *att_off);
 /* The result map of a finished job (into ep, not sent). */
 void event_result(struct job *j, msgpack_sbuffer *sb);
 
@@ -179,7 +181,7 @@ struct outstream {
 	ev_io io;
 	int fd;
 	bool eof;
-	char buf[OUT_BUF];
+	char partial[LINE_MAX_BYTES];	/* an unfinished line between reads */
 	size_t len;
 	/* the batch being filled: lines packed as msgpack strs */
 	msgpack_sbuffer batch;
@@ -320,6 +322,12 @@ int metrics_start(const char *listen, char *err, size_t errlen);
 void metrics_stop(void);
 void metrics_duration(double secs);
 extern long long metrics_queue_len;
+
+/* --- notify.c: sd_notify, loaded only under systemd ------------------ */
+
+void notify_init(void);
+void notify_send(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+double notify_watchdog_interval(void);
 
 /* --- main.c: the process ---------------------------------------------- */
 
