@@ -214,23 +214,6 @@ watchdog_cb(EV_P_ ev_timer *w, int revents)
 	    running, wk->slots, rconn_up(wk->cmd) ? "up" : "down");
 }
 
-/* url for the log: a password in it (user:password@) becomes "***". */
-static void
-worker_url_shown(const char *url, char *buf, size_t len)
-{
-	const char *auth = strstr(url, "://"), *end, *at, *colon;
-
-	snprintf(buf, len, "%s", url);
-	if (auth == NULL)
-		return;
-	auth += 3;
-	end = auth + strcspn(auth, "/");
-	if ((at = memchr(auth, '@', (size_t)(end - auth))) == NULL)
-		return;
-	colon = memchr(auth, ':', (size_t)(at - auth));
-	snprintf(buf, len, "%.*s***%s", (int)((colon ? colon + 1 : auth) - url), url, at);
-}
-
 /* Remove containers an earlier life with our id left (start-up: may block). */
 static void
 worker_sweep_own(void)
@@ -382,9 +365,19 @@ main(int argc, char **argv)
 		}
 	}
 
-	worker_url_shown(wk->conf->redis_url, tmpl, sizeof tmpl);
-	log_notice("worker %s %s: %ld slot%s, runtime %s, redis %s, namespace %s", wk->id, DEBATE_VERSION,
-	    wk->slots, wk->slots == 1 ? "" : "s", runtime_name(&wk->rt), tmpl, wk->conf->namespace);
+	{
+		/* The URL as the log shows it: its password masked. */
+		struct redis_url u;
+		char *shown;
+		if (url_parse(wk->conf->redis_url, &u, err, sizeof err) != 0)
+			fatal("%s", err);	/* config_check() parsed it already */
+		shown = url_display(&u);
+		log_notice("worker %s %s: %ld slot%s, runtime %s, redis %s, namespace %s", wk->id,
+		    DEBATE_VERSION, wk->slots, wk->slots == 1 ? "" : "s", runtime_name(&wk->rt), shown,
+		    wk->conf->namespace);
+		free(shown);
+		url_free(&u);
+	}
 	wk->cmd = rconn_new("cmd", true, cmd_up, NULL);
 	rconn_start(wk->cmd);
 	fetch_init();

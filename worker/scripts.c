@@ -95,14 +95,18 @@ static const char script_claim[] = LUA_PRELUDE
  * emit: KEYS job, progress, events, log, cancel; ARGV worker, attempt,
  * event, seq, type, maxlen, lifecycle, phase, id.  Sends only while we
  * hold the lease: 0 lease lost, 1 sent, 2 sent and a cancel is asked.
+ * An event already in the stream (a replay after Redis went away before
+ * answering) is not sent again.
  */
 static const char script_emit[] = LUA_PRELUDE
 	"local h = redis.call('HMGET', KEYS[1], 'worker', 'attempt', 'state')\n"
 	"if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or h[3] ~= 'running' then return 0 end\n"
-	"redis.call('PUBLISH', KEYS[2], ARGV[3])\n"
-	"if ARGV[7] == '1' then redis.call('PUBLISH', KEYS[3], ARGV[3]) end\n"
-	"xadd(KEYS[4], ARGV[6], ARGV[4], ARGV[5], ARGV[3])\n"
-	"if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'phase', ARGV[8]) end\n"
+	"if lastseq(KEYS[4]) < tonumber(ARGV[4]) then\n"
+	"  redis.call('PUBLISH', KEYS[2], ARGV[3])\n"
+	"  if ARGV[7] == '1' then redis.call('PUBLISH', KEYS[3], ARGV[3]) end\n"
+	"  xadd(KEYS[4], ARGV[6], ARGV[4], ARGV[5], ARGV[3])\n"
+	"  if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'phase', ARGV[8]) end\n"
+	"end\n"
 	"if redis.call('HEXISTS', KEYS[5], ARGV[9]) == 1 then return 2 end\n"
 	"return 1\n";
 
