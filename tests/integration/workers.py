@@ -17,31 +17,10 @@ from pathlib import Path
 import msgpack
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-WORKER_BIN = os.environ.get("WORKER_BIN", str(REPO / "worker" / "worker"))
-ENQUEUE_BIN = os.environ.get("ENQUEUE_BIN", str(REPO / "enqueue" / "enqueue"))
+from conftest import ENQUEUE_BIN, REPO, SANITIZED, SLOW, WORKER_BIN, free_port, write_ini  # noqa: F401
+
 TEST_IMAGE = "localhost/debate-test:latest"
 CONTAINERS_CONF = str(REPO / "tests" / "containers.conf")
-SANITIZED = os.environ.get("DEBATE_SANITIZED") == "1"
-
-# Slower under AddressSanitizer: timeouts scale with this.
-SLOW = 3.0 if SANITIZED else 1.0
-
-
-def write_ini(path, sections):
-    """Write a worker.ini from {section: {key: value}}; lists join with spaces."""
-    lines = []
-    for sec, kv in sections.items():
-        lines.append(f"[{sec}]")
-        for k, v in kv.items():
-            if isinstance(v, (list, tuple)):
-                v = " ".join(str(x) for x in v)
-            elif isinstance(v, bool):
-                v = "yes" if v else "no"
-            lines.append(f"{k} = {v}")
-        lines.append("")
-    Path(path).write_text("\n".join(lines))
-    return str(path)
 
 
 class Worker:
@@ -164,13 +143,6 @@ def runtime_containers(runtime_cmd, label, env=None):
 def remove_containers(runtime_cmd, label, env=None):
     for name in runtime_containers(runtime_cmd, label, env):
         subprocess.run([*runtime_cmd, "rm", "--force", name], capture_output=True, env=env, timeout=120)
-
-
-def free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RedisServer:
