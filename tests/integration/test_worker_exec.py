@@ -1,7 +1,9 @@
 """The worker end to end in exec mode (no container engine): the protocol
 as the backend and dashboards see it, against a real redis-server."""
 import signal
+import subprocess
 import time
+from pathlib import Path
 
 import msgpack
 
@@ -115,3 +117,45 @@ def test_worker_over_unix_socket(tmp_path, redis_srv, r, ns, broot):
         assert "retrying" not in w.log()
     finally:
         f.close()
+
+
+def test_check_flag_and_bad_config(tmp_path, broot):
+    """worker -n checks the file; a bad line is named as FILE:LINE: message."""
+    good = write_ini(tmp_path / "good.ini", {"worker": {"builds_root": str(broot)},
+                                              "sandbox": {"runtime": "exec", "command": "/bin/true"}})
+    p = subprocess.run([WORKER_BIN, "-n", "-c", good], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and "ok" in p.stdout, p.stderr
+    bad = tmp_path / "bad.ini"
+    bad.write_text("[worker]\nbuilds_root = /x\nconcurrency = lots\n")
+    p = subprocess.run([WORKER_BIN, "-n", "-c", str(bad)], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and f"{bad}:3: concurrency:" in p.stderr, p.stderr
+    p = subprocess.run([WORKER_BIN, "--no-such-flag"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and "usage" in p.stderr
+    p = subprocess.run([WORKER_BIN, "-c", good, "--concurrency", "0"], capture_output=True, text=True,
+                       timeout=30)
+    assert p.returncode == 1 and "--concurrency" in p.stderr
+    p = subprocess.run([WORKER_BIN, "-c", good, "--id", "a b"], capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "--id" in p.stderr
+
+
+def test_sighup_reloads_limits_and_keeps_a_bad_file_out(fleet, r, ns, broot, tmp_path):
+    make_profile(broot, "p")
+    sections = {"sandbox": {"runtime": "exec", "command": "/bin/true", "memory": "32m", "max_memory": "64m"}}
+    ini = fleet.ini(**sections)
+    w = fleet.start(ini=ini)
+    big = submit(r, ns, profile="p", output="o", memory="128m")
+    w.wait_log(rf"refused a job {big}: over_limit")
+    # A broken file is refused and the running configuration stays.
+    good_text = Path(ini).read_text()
+    Path(ini).write_text(good_text + "\n[sandbox]\nmax_memory = huge\n")
+    w.signal(signal.SIGHUP)
+    w.wait_log(r"SIGHUP: .*max_memory.*keeping the running configuration")
+    still = submit(r, ns, profile="p", output="o", memory="128m")
+    w.wait_log(rf"refused a job {still}: over_limit")
+    # A good file raises the cap: the same job now runs.
+    Path(ini).write_text(good_text.replace("max_memory = 64m", "max_memory = 256m"))
+    w.signal(signal.SIGHUP)
+    w.wait_log(r"SIGHUP: configuration reloaded")
+    ok = submit(r, ns, profile="p", output="o", memory="128m")
+    assert wait_result(r, ns, ok, 20)["status"] == "succeeded"
+    assert w.alive()
