@@ -422,11 +422,15 @@ job_pipe_closed(struct job *j)
 		job_end(j);
 }
 
-/* Another worker holds the job now: stop, record nothing. */
+/*
+ * Another worker holds the job now: stop, record nothing.  Once the build
+ * is over the finish script's verdict decides (an event replayed after a
+ * lost reply finds the job already finished by our own result).
+ */
 void
 job_lease_lost(struct job *j)
 {
-	if (j->lease_lost)
+	if (j->lease_lost || j->state == JOB_COLLECTING || j->state == JOB_FINISHING)
 		return;
 	j->lease_lost = true;
 	wk->m.results_refused++;
