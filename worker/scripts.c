@@ -73,11 +73,18 @@
  * payload, now, id, started event, offsets of its seq and attempt
  * placeholders, maxlen.  Takes the lease (attempt + 1) if the payload is
  * still in our active list and, unless a cancel is asked, sends `started`
- * in the same step; returns {verdict, attempt, last seq}.
+ * in the same step; returns {verdict, attempt, last seq}.  The same call
+ * again (sent anew because Redis's answer was lost) finds the lease
+ * already taken with its `now`, and answers as the first time did.
  */
 static const char script_claim[] = LUA_PRELUDE
 	"if not redis.call('LPOS', KEYS[2], ARGV[2]) then return {'gone', 0, 0} end\n"
 	"local seq = lastseq(KEYS[4])\n"
+	"local h = redis.call('HMGET', KEYS[1], 'state', 'worker', 'started_at', 'attempt')\n"
+	"if h[1] == 'running' and h[2] == ARGV[1] and h[3] == ARGV[3] then\n"
+	"  local c = redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1\n"
+	"  return {c and 'cancelled' or 'ok', tonumber(h[4]), seq}\n"
+	"end\n"
 	"local att = redis.call('HINCRBY', KEYS[1], 'attempt', 1)\n"
 	"redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started_at', ARGV[3])\n"
 	"redis.call('HDEL', KEYS[1], 'finished_at', 'exit_code', 'error', 'phase')\n"

@@ -12,7 +12,9 @@ about four seconds and a cancel is seen within one.
      reaper interval, the dead worker's container removed, one result;
      and the reaper's orphan sweep on its own.
   2. Redis stopped or killed (AOF) during builds: every result arrives
-     once; an outage longer than the ttl reaps no live worker.
+     once; an outage longer than the ttl reaps no live worker; replies
+     lost on the way back (a proxy drops them) make the worker send its
+     commands again, and nothing happens twice.
   3. SIGTERM: drained within drain_timeout, or stopped and put back
      (exec and podman, and SIGTERM then SIGINT); exit 0; nothing lost.
   4. Cancel a queued and a running job (podman).
@@ -376,7 +378,6 @@ def test_redis_outage_longer_than_ttl_reaps_no_live_worker(tmp_path, ns, broot):
         srv.stop()
 
 
-
 class ReplyDropper:
     """A TCP proxy in front of redis-server that can lose Redis's answers:
     commands still reach Redis and run, but their replies are thrown away
@@ -447,6 +448,7 @@ class ReplyDropper:
                 x.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            x.close()
 
     def cut(self, hold):
         """Lose every reply for hold seconds, then close every connection."""
@@ -498,8 +500,17 @@ def test_lost_replies_are_replayed_without_doing_anything_twice(what, fleet, red
         for j in ids:
             wait_result(r, ns, j, 60)
         assert proxy.dropped > 0
+        # A blip cuts every worker's connections; a lost claim reply cuts
+        # the connection of whichever worker sent that claim.
+        again = r"redis cmd: connected again"
+        if what == "blips":
+            for w in ws:
+                w.wait_log(again, 10)
+        else:
+            assert proxy.claims_cut == 4
+            poll(lambda: sum(len(re.findall(again, w.log())) for w in ws) >= proxy.claims_cut, 10,
+                 "a reconnect after each lost claim reply")
         for w in ws:
-            w.wait_log(r"redis cmd: connected again", 10)
             assert w.stop() == 0
             # No one took a job over: a replayed event of a job whose result
             # is already recorded is no lost lease (nor a refused result).
@@ -694,8 +705,9 @@ def test_stale_worker_cannot_overwrite_result(fleet, r, ns, broot, tmp_path):
     re-runs both and records their results.  After SIGCONT, A's result for
     the build that finished meanwhile is refused (its log says so), A stops
     the build that still runs, and {ns}:results keeps B's results only."""
-    # The first attempt of a job runs `seconds` (from the profile), later
-    # ones 0.2 s: a marker in the output directory tells them apart.
+    # The first attempt of a job runs for the profile's `tenths` of a
+    # second, later ones 0.2 s: a marker in the output directory tells
+    # them apart.
     cmd = exec_script(tmp_path / "build.sh",
                       'out="$DEBATE_OUTPUT"\n'
                       'if [ -e "$out/.tried" ]; then n=2; else n=$(cat "$DEBATE_PROFILE/tenths"); : > "$out/.tried"; fi\n'
@@ -755,7 +767,6 @@ def test_stale_worker_cannot_overwrite_result(fleet, r, ns, broot, tmp_path):
     assert a.alive() and b.alive()
     assert a.stop() == 0 and b.stop() == 0
     assert len(results(r, ns)) == 2
-
 
 
 @pytest.mark.containers
