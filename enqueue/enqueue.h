@@ -90,6 +90,8 @@ redisReply *redis_command_list(redisContext *ctx, const char **argv);
 int redis_poll(redisContext *ctx, int ms, redisReply **out);
 /* SUBSCRIBE ctx to channel and read the confirmation. */
 void redis_subscribe(redisContext *ctx, const char *channel);
+/* The integer answer of `cmd key` (LLEN, ZCARD...); 0 when not an integer. */
+long long redis_count(redisContext *ctx, const char *cmd, const char *key);
 /* A hash as a map-shaped reply: the value of field, or NULL. */
 const char *redis_field(const redisReply *r, const char *field);
 /* Find the payload of job id in list key: its index (-1 when absent). */

@@ -293,6 +293,17 @@ redis_subscribe(redisContext *ctx, const char *channel)
 	freeReplyObject(r);
 }
 
+/* The integer answer of a one-key command. */
+long long
+redis_count(redisContext *ctx, const char *cmd, const char *key)
+{
+	redisReply *r = redis_commandv(ctx, cmd, key);
+	long long n = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
+
+	freeReplyObject(r);
+	return n;
+}
+
 /* The value of field in an HGETALL reply (a flat array), or NULL. */
 const char *
 redis_field(const redisReply *r, const char *field)

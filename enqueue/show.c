@@ -71,17 +71,6 @@ show_hash(const redisReply *h)
 	}
 }
 
-/* The integer answer of a command. */
-static long long
-show_count(const char *cmd, const char *key)
-{
-	redisReply *r = redis_commandv(en->rc, cmd, key);
-	long long n = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
-
-	freeReplyObject(r);
-	return n;
-}
-
 /*
  * A queued or running job's payload, from the worker's active list or
  * the queue: its index in the queue (with the queue's length in *qlen),
@@ -104,7 +93,7 @@ show_find(const redisReply *h, const char *id, msgpack_unpacked *payload, long *
 	if (state != NULL && strcmp(state, "queued") != 0)
 		return -1;
 	if ((at = redis_find_payload(en->rc, en->keys.queue, id, payload)) >= 0)
-		*qlen = (long)show_count("LLEN", en->keys.queue);
+		*qlen = (long)redis_count(en->rc, "LLEN", en->keys.queue);
 	return at;
 }
 
@@ -218,10 +207,10 @@ show_queue(int argc, char **argv)
 	free(cursor);
 	lens = xcalloc(names.n, sizeof *lens);
 	for (size_t i = 0; i < names.n; i++)
-		total += lens[i] = show_count("LLEN", names.v[i]);
-	queued = show_count("LLEN", en->keys.queue);
-	delayed = show_count("ZCARD", en->keys.delayed);
-	dead = show_count("LLEN", en->keys.dead);
+		total += lens[i] = redis_count(en->rc, "LLEN", names.v[i]);
+	queued = redis_count(en->rc, "LLEN", en->keys.queue);
+	delayed = redis_count(en->rc, "ZCARD", en->keys.delayed);
+	dead = redis_count(en->rc, "LLEN", en->keys.dead);
 
 	if (en->json) {
 		print_json_begin(&jb);

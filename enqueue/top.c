@@ -72,17 +72,6 @@ top_keys_raw(void)
 		top_raw = true;
 }
 
-/* An integer reply. */
-static long long
-top_count(const char *cmd, const char *key)
-{
-	redisReply *r = redis_commandv(en->rc, cmd, key);
-	long long n = r->type == REDIS_REPLY_INTEGER ? r->integer : 0;
-
-	freeReplyObject(r);
-	return n;
-}
-
 /* The failures among the last results. */
 static void
 top_failures(struct top_snap *s)
@@ -118,10 +107,10 @@ top_read(struct top_snap *s, long long *prev, double *prev_t)
 	double now = now_mono();
 
 	memset(s, 0, sizeof *s);
-	s->queued = top_count("LLEN", en->keys.queue);
-	s->delayed = top_count("ZCARD", en->keys.delayed);
-	s->dead = top_count("LLEN", en->keys.dead);
-	s->results = top_count("LLEN", en->keys.results);
+	s->queued = redis_count(en->rc, "LLEN", en->keys.queue);
+	s->delayed = redis_count(en->rc, "ZCARD", en->keys.delayed);
+	s->dead = redis_count(en->rc, "LLEN", en->keys.dead);
+	s->results = redis_count(en->rc, "LLEN", en->keys.results);
 	s->rate = -1;
 	if (*prev >= 0 && s->results >= *prev && now > *prev_t)
 		s->rate = (double)(s->results - *prev) / (now - *prev_t);
