@@ -86,7 +86,7 @@ WORKER_LIB_OBJ = $(filter-out $(B)/worker/main.o,$(WORKER_OBJ))
 $(B)/libworker.a: $(WORKER_LIB_OBJ)
 	$(Q)$(AR) rcs $@ $^
 
-$(B)/tests/test_%: tests/unit/test_%.c $(B)/libworker.a $(B)/libshared.a
+$(B)/tests/test_%: tests/unit/test_%.c tests/unit/unit.h $(B)/libworker.a $(B)/libshared.a
 	@mkdir -p $(dir $@)
 	$(say) CC $<
 	$(Q)$(CC) $(ALL_CFLAGS) -Iworker $(ALL_LDFLAGS) -o $@ $< $(B)/libworker.a $(B)/libshared.a \

@@ -12,7 +12,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,17 +19,9 @@
 #include <unistd.h>
 
 #include "debate.h"
+#include "unit.h"
 
 static char tmpdir[PATH_MAX];
-
-static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
 
 static int
 group_setup(void **state)
@@ -48,7 +39,7 @@ static int
 group_teardown(void **state)
 {
 	(void)state;
-	return nftw(tmpdir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	return unit_rmtree(tmpdir);
 }
 
 /* Write text to a new file in tmpdir; the caller frees the path. */

@@ -13,10 +13,8 @@
 #include <stdint.h>
 #include <cmocka.h>
 
-#define _XOPEN_SOURCE_EXTENDED 1
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +22,7 @@
 #include <unistd.h>
 
 #include "debate.h"
+#include "unit.h"
 
 struct tree {
 	char base[PATH_MAX];	/* real path of the temporary directory */
@@ -80,15 +79,6 @@ exists_at(const char *rel)
 }
 
 static int
-rm_one(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-	(void)st;
-	(void)flag;
-	(void)ftw;
-	return remove(path);
-}
-
-static int
 setup(void **state)
 {
 	char tmpl[] = "/tmp/debate-test-path.XXXXXX";
@@ -107,7 +97,7 @@ static int
 teardown(void **state)
 {
 	(void)state;
-	return nftw(T.base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+	return unit_rmtree(T.base);
 }
 
 /* Resolve rel, which must succeed with the real path want (under BASE). */
