@@ -35,8 +35,12 @@ class Worker:
 
     def start(self):
         self._log = open(self.logpath, "wb")
-        self.proc = subprocess.Popen([WORKER_BIN, "-c", self.ini, *self.args], stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        # Run from the test's own directory: what the runtime drops in its
+        # working directory (conmon writes a file named "oom" there when a
+        # container is OOM-killed) stays out of the repository.
+        self.proc = subprocess.Popen([WORKER_BIN, "-c", os.path.abspath(self.ini), *self.args],
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
+                                     start_new_session=True, cwd=self.logpath.parent)
         return self
 
     @property
