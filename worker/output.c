@@ -5,16 +5,16 @@
  * cut into pieces), made valid UTF-8, kept in the job's tail ring,
  * matched against the phase patterns, and packed straight into the batch
  * of the next `log` event (lines_sent counts the lines accepted for
- * publishing).
+ * publishing).  A batch goes out when it is full or its oldest line is
+ * log_batch_interval old.  Past log_max_lines, or while the outbox is
+ * over outbox_max, lines are counted as dropped instead: a flood neither
+ * stalls the build (the pipe is always read) nor grows our memory.
  *
  * Invariant: what leaves output_split() is valid UTF-8 of at most
  * LINE_MAX_BYTES bytes.  A piece of a long line ends on a character
  * boundary (utf8_cut), counted after sanitizing, so an ill-formed byte
  * that becomes the 3 bytes of U+FFFD still fits; a character the pipe
- * has only half delivered waits in `partial` for the rest.  A batch goes out when it is full or its oldest line is
- * log_batch_interval old.  Past log_max_lines, or while the outbox is
- * over outbox_max, lines are counted as dropped instead: a flood neither
- * stalls the build (the pipe is always read) nor grows our memory.
+ * has only half delivered waits in `partial` for the rest.
  */
 #include <errno.h>
 #include <stdlib.h>

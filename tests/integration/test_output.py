@@ -128,6 +128,9 @@ def test_ill_formed_output_becomes_fffd_everywhere_exec(fleet, r, ns, broot, tmp
                  # 8190 bytes, then a 4-byte character across the 8 KiB split point.
                  "awk 'BEGIN { s = \"\"; for (i = 0; i < 8190; i++) s = s \"a\"; printf \"%s\", s }'\n"
                  "printf '\\360\\237\\230\\200tail\\n'\n"
+                 # Again ending at 8192 bytes, with the pipe giving only 3 of its 4 bytes at first.
+                 "awk 'BEGIN { s = \"\"; for (i = 0; i < 8189; i++) s = s \"b\"; printf \"%s\", s }'\n"
+                 "printf '\\360\\237\\230'; sleep 0.3; printf '\\200later\\n'\n"
                  # 8192 stray bytes: each becomes 3, so the pieces are cut by the sanitized size.
                  "head -c 8192 /dev/zero | tr '\\0' '\\377'; echo\n"
                  # An artifact whose name is not UTF-8.
@@ -148,8 +151,9 @@ def test_ill_formed_output_becomes_fffd_everywhere_exec(fleet, r, ns, broot, tmp
     # The straddling character moves whole to the second piece.
     i = out.index("a" * 8190)
     assert out[i + 1] == "\U0001F600tail"
+    assert out[i + 2:i + 4] == ["b" * 8189, "\U0001F600later"]
     # 8192 U+FFFD are 24576 bytes: pieces of 2730 characters (8190 bytes), never over 8 KiB.
-    pieces = out[i + 2:i + 6]
+    pieces = out[i + 4:i + 8]
     assert [len(p) for p in pieces] == [2730, 2730, 2730, 2] and set("".join(pieces)) == {R}
     assert all(len(line.encode()) <= 8192 for line in out + err)
     assert res["artifacts"][0]["name"] == f"name{R}{R}.iso" and res["artifacts"][0]["size"] == 4
