@@ -145,7 +145,7 @@ dead_list(int argc, char **argv)
 				strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
 			}
 			printf("%-5zu %-19s %-24s %-18s %8zu  %s\n", i, date, d.id[0] ? d.id : "-",
-			    d.ok ? d.reason : "(unreadable)", d.payload_len, d.error);
+			    d.ok ? print_safe(d.reason) : "(unreadable)", d.payload_len, print_safe(d.error));
 		}
 	}
 	if (en->json)

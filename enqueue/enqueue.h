@@ -52,6 +52,7 @@ struct enq {
 	const char *config_path;	/* -c */
 	const char *redis_url;		/* --redis */
 	bool json;			/* --json */
+	bool raw;			/* --raw: build output unescaped on a terminal */
 	struct config conf;
 	bool conf_loaded;
 	struct keys keys;
@@ -122,6 +123,15 @@ struct jbuf {
 
 /* An SGR sequence ("1;33"), or "" unless stdout is a terminal and NO_COLOR unset. */
 const char *print_sgr(const char *code);
+/*
+ * Text from Redis (build output, errors, names) to stdout: on a terminal,
+ * unless --raw, control characters but tab and newline (C0, DEL, C1) and
+ * bytes that are not UTF-8 are written escaped ("\x1b", "\u009b"), so a
+ * build cannot drive the terminal.  To a pipe or file the bytes pass.
+ */
+void print_text(const char *s, size_t n);
+/* The same for a printf argument: s escaped into one of a ring of buffers. */
+const char *print_safe(const char *s);
 void print_init(struct printer *p, bool multi, bool json);
 /* fflush(stdout); exit quietly when the reader went away. */
 void print_flush(void);

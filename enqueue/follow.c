@@ -60,7 +60,9 @@ follow_check(struct printer *p, const char *id, bool replay)
 		p->done = true;
 		if (!p->json) {
 			const char *err = r->element[1]->type == REDIS_REPLY_STRING ? r->element[1]->str : "";
-			printf("job %s is %s%s%s\n", id, state, *err ? ": " : "", err);
+			printf("job %s is %s%s", id, print_safe(state), *err ? ": " : "");
+			print_text(err, strlen(err));
+			putchar('\n');
 		} else {
 			struct jbuf jb;
 			print_json_begin(&jb);

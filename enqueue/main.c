@@ -2,9 +2,9 @@
  * main.c: enqueue's options, the subcommand table and --help, reading
  * worker.ini, and the ways out (errors, usage errors, signals).
  *
- * Global options (-c, --redis, --json, -h, --version) are accepted before
- * and after the subcommand; opt_next() handles them wherever they appear
- * and hands each subcommand only its own options.
+ * Global options (-c, --redis, --json, --raw, -h, --version) are accepted
+ * before and after the subcommand; opt_next() handles them wherever they
+ * appear and hands each subcommand only its own options.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -18,12 +18,13 @@ static struct enq enq_storage;
 struct enq *en = &enq_storage;
 volatile sig_atomic_t enq_interrupted;
 
-enum { G_CONFIG = 1000, G_REDIS, G_JSON, G_HELP, G_VERSION };
+enum { G_CONFIG = 1000, G_REDIS, G_JSON, G_RAW, G_HELP, G_VERSION };
 
 static const struct opt opt_global[] = {
 	{ "config", 'c', true, G_CONFIG },
 	{ "redis", 0, true, G_REDIS },
 	{ "json", 0, false, G_JSON },
+	{ "raw", 0, false, G_RAW },
 	{ "help", 'h', false, G_HELP },
 	{ "version", 0, false, G_VERSION },
 	{ NULL, 0, false, 0 },
@@ -64,18 +65,22 @@ static const struct command {
 	  "4 oom_killed, 5 cancelled, 6 error, 7 dead; 2 bad input; 8 Redis\n"
 	  "unreachable or --wait-timeout reached; 130 interrupted.\n" },
 	{ "status", show_status, "show a job's state and result",
-	  "usage: enqueue status ID [--json]\n"
+	  "usage: enqueue status ID [--json] [--raw]\n"
 	  "\n"
 	  "Show the job hash {ns}:job:ID, the job's place in the queue and its\n"
 	  "payload when it is queued or running, and its result when there is one.\n"
-	  "Exit 1 when the job is unknown.\n" },
+	  "Exit 1 when the job is unknown.  On a terminal, control characters in\n"
+	  "the build's output are shown escaped (ESC as \\x1b); --raw prints them\n"
+	  "as they came.\n" },
 	{ "watch", follow_watch, "print events as they happen",
-	  "usage: enqueue watch [ID] [--timeout S] [--json]\n"
+	  "usage: enqueue watch [ID] [--timeout S] [--json] [--raw]\n"
 	  "\n"
 	  "Print the events of job ID as they happen until it finishes (exit by\n"
 	  "its status, as submit --wait; 8 after --timeout S), or, without ID,\n"
 	  "the lifecycle events of every job until Ctrl-C.  --json prints one\n"
-	  "JSON object per event.\n" },
+	  "JSON object per event.  On a terminal, control characters in the\n"
+	  "build's output are shown escaped (ESC as \\x1b); --raw prints them\n"
+	  "as they came.\n" },
 	{ "queue", show_queue, "lengths of the queue, active lists, delayed and dead",
 	  "usage: enqueue queue [--json]\n"
 	  "\n"
@@ -106,10 +111,12 @@ static const struct command {
 	  "slots, version, and each running job with its phase and elapsed time.\n"
 	  "A worker whose heartbeat expired is shown as lost.\n" },
 	{ "logs", show_logs, "replay a job's stored events",
-	  "usage: enqueue logs ID [--json]\n"
+	  "usage: enqueue logs ID [--json] [--raw]\n"
 	  "\n"
 	  "Print the events stored in {ns}:log:ID, as submit --follow does.\n"
-	  "--json prints one JSON object per event.  Exit 1 when none are stored.\n" },
+	  "--json prints one JSON object per event.  Exit 1 when none are stored.\n"
+	  "On a terminal, control characters in the build's output are shown\n"
+	  "escaped (ESC as \\x1b); --raw prints them as they came.\n" },
 	{ "top", top_main, "a live view of the queue and the workers",
 	  "usage: enqueue top [--interval S] [--once] [--json]\n"
 	  "\n"
@@ -126,7 +133,7 @@ static const struct command {
 static void
 main_usage(FILE *f)
 {
-	fprintf(f, "usage: enqueue [-c FILE] [--redis URL] [--json] COMMAND [ARGS]\n"
+	fprintf(f, "usage: enqueue [-c FILE] [--redis URL] [--json] [--raw] COMMAND [ARGS]\n"
 	    "\n"
 	    "The client of the debate build queue (wire contract: PROTOCOL.md).\n"
 	    "\n"
@@ -139,6 +146,9 @@ main_usage(FILE *f)
 	    "  --redis URL  redis://[[user]:pass@]host:port/db, unix:///path.sock?db=N or\n"
 	    "               sentinel://host:port[,host:port]/master (also REDIS_URL)\n"
 	    "  --json       output for scripts\n"
+	    "  --raw        print build output as it came, control characters and\n"
+	    "               escape sequences included (on a terminal they are shown\n"
+	    "               escaped, as \\x1b; to a pipe or a file bytes always pass)\n"
 	    "  -h, --help   help (also after a command)\n"
 	    "  --version    print the version\n"
 	    "\n"
@@ -221,6 +231,7 @@ opt_global_set(const struct opt_state *st, int id, const char *val)
 	case G_CONFIG: en->config_path = val; break;
 	case G_REDIS: en->redis_url = val; break;
 	case G_JSON: en->json = true; break;
+	case G_RAW: en->raw = true; break;
 	case G_HELP: main_print_help(st->cmd);
 	case G_VERSION:
 		printf("enqueue %s (protocol %d)\n", DEBATE_VERSION, PROTOCOL_VERSION);

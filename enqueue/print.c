@@ -6,6 +6,11 @@
  * place.  Colours only when stdout is a terminal and NO_COLOR is unset.
  * Also the result printer and the JSON output, which is built as msgpack
  * and printed by mp_json() so there is one JSON writer.
+ *
+ * Everything read from Redis is hostile text (a build prints any bytes):
+ * on a terminal it goes out through print_text() or print_safe(), which
+ * escape control characters, so only the printer's own colours and bar
+ * ever reach the terminal as escape sequences.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -39,6 +44,90 @@ print_sgr(const char *code)
 		return "";
 	b = ring[next++ % 8];
 	snprintf(b, sizeof ring[0], "\033[%sm", code);
+	return b;
+}
+
+/* Whether text from Redis is escaped: stdout is a terminal and no --raw. */
+static bool
+print_escaping(void)
+{
+	static int esc = -1;
+
+	if (esc < 0)
+		esc = isatty(STDOUT_FILENO) && !en->raw;
+	return esc;
+}
+
+/*
+ * s[0..n) escaped into out (room for 4 * n + 1 bytes always suffices):
+ * C0 controls but tab and newline, DEL and bytes that are not UTF-8 as
+ * \xNN, C1 controls (U+0080-U+009F) as \u00NN.  Stops before an escape
+ * that does not fit in outlen - 1 (*used: the input bytes taken); returns
+ * the length written.
+ */
+static size_t
+print_escape(char *out, size_t outlen, const char *s, size_t n, size_t *used)
+{
+	size_t i = 0, o = 0, k, w;
+	bool valid;
+	char e[8];
+
+	while (i < n) {
+		unsigned char c = (unsigned char)s[i];
+		k = utf8_next(s + i, n - i, &valid);
+		if (c == '\t' || c == '\n' || (c >= 0x20 && c < 0x7f) ||
+		    (valid && k > 1 && !(k == 2 && c == 0xc2 && (unsigned char)s[i + 1] < 0xa0))) {
+			w = k;	/* printable, or a character beyond the C1 block */
+			memcpy(e, s + i, k);
+		} else if (valid && k == 2) {
+			w = (size_t)snprintf(e, sizeof e, "\\u%04x", (unsigned char)s[i + 1]);
+		} else {
+			w = (size_t)snprintf(e, sizeof e, "\\x%02x", c);
+			k = 1;	/* each byte of an ill-formed sequence on its own */
+		}
+		if (o + w >= outlen)
+			break;
+		memcpy(out + o, e, w);
+		o += w;
+		i += k;
+	}
+	out[o] = '\0';
+	*used = i;
+	return o;
+}
+
+/* Write text from Redis to stdout, escaped on a terminal. */
+void
+print_text(const char *s, size_t n)
+{
+	char buf[1024];
+	size_t len, used;
+
+	if (!print_escaping()) {
+		fwrite(s, 1, n, stdout);
+		return;
+	}
+	while (n > 0) {
+		len = print_escape(buf, sizeof buf, s, n, &used);	/* whole characters */
+		fwrite(buf, 1, len, stdout);
+		s += used;
+		n -= used;
+	}
+}
+
+/* s escaped for a printf argument (one of 8 buffers, reused in turn). */
+const char *
+print_safe(const char *s)
+{
+	static char ring[8][4 * 1024 + 1];
+	static unsigned next;
+	size_t used;
+	char *b;
+
+	if (!print_escaping())
+		return s;
+	b = ring[next++ % 8];
+	print_escape(b, sizeof ring[0], s, strlen(s), &used);
 	return b;
 }
 
@@ -118,7 +207,7 @@ print_bar(struct printer *p)
 		print_duration(p->timeout, to, sizeof to);
 	else
 		snprintf(to, sizeof to, "?");
-	snprintf(text, sizeof text, " %s  %s / %s%s%s ", p->phase[0] ? p->phase : "starting", el, to,
+	snprintf(text, sizeof text, " %s  %s / %s%s%s ", p->phase[0] ? print_safe(p->phase) : "starting", el, to,
 	    p->memory ? "  mem " : "", p->memory ? fmt_bytes(p->memory, mem, sizeof mem) : "");
 	width = print_columns() - (int)strlen(text) - 8;
 	if (width > 40)
@@ -150,7 +239,7 @@ print_lead(struct printer *p, const msgpack_object *ev, double ts)
 		struct tm tm;
 		localtime_r(&t, &tm);
 		mp_get_str(ev, "id", id, sizeof id);
-		printf("%02d:%02d:%02d %s ", tm.tm_hour, tm.tm_min, tm.tm_sec, id);
+		printf("%02d:%02d:%02d %s ", tm.tm_hour, tm.tm_min, tm.tm_sec, print_safe(id));
 	} else
 		printf("[%6.1fs] ", p->started > 0 ? ts - p->started : 0.0);
 }
@@ -168,8 +257,9 @@ print_log_line(const msgpack_object *line, bool err)
 	s = line->via.str.ptr;
 	n = line->via.str.size;
 	warn = memmem(s, n, "WARNING", 7) != NULL;
-	printf("%s%s%.*s%s\n", warn ? print_sgr("1;33") : (err ? print_sgr("31") : ""), err ? "! " : "",
-	    (int)n, s, (warn || err) ? print_sgr("0") : "");
+	printf("%s%s", warn ? print_sgr("1;33") : (err ? print_sgr("31") : ""), err ? "! " : "");
+	print_text(s, n);
+	printf("%s\n", (warn || err) ? print_sgr("0") : "");
 }
 
 /* The started event's own text. */
@@ -191,12 +281,12 @@ print_started(struct printer *p, const msgpack_object *ev)
 	p->timeout = timeout;
 	p->phase[0] = '\0';
 	printf("%sstarted%s on %s (%s, %s): memory %s, %g cpus, timeout %gs, warning at %gs",
-	    print_sgr("1"), print_sgr("0"), worker, rt, image,
+	    print_sgr("1"), print_sgr("0"), print_safe(worker), print_safe(rt), print_safe(image),
 	    fmt_bytes(memory > 0 ? (uint64_t)memory : 0, mem, sizeof mem), cpus, timeout, warning);
 	if (attempt > 1)
 		printf(", attempt %g", attempt);
 	if (mp_get_str(ev, "clamped", clamped, sizeof clamped))
-		printf(" (%s)", clamped);
+		printf(" (%s)", print_safe(clamped));
 	putchar('\n');
 }
 
@@ -215,8 +305,8 @@ print_finished(struct printer *p, const msgpack_object *ev)
 	snprintf(p->status, sizeof p->status, "%s", status);
 	p->done = true;
 	printf("%sfinished: %s%s (exit %g) in %s%s%s\n",
-	    print_sgr(strcmp(status, "succeeded") ? "1;31" : "1;32"), status, print_sgr("0"), code,
-	    print_duration(duration, dur, sizeof dur), err[0] ? ": " : "", err);
+	    print_sgr(strcmp(status, "succeeded") ? "1;31" : "1;32"), print_safe(status), print_sgr("0"),
+	    code, print_duration(duration, dur, sizeof dur), err[0] ? ": " : "", print_safe(err));
 }
 
 /* Print one event; false when it repeats one already printed. */
@@ -271,27 +361,28 @@ print_event(struct printer *p, const msgpack_object *ev)
 			print_started(p, ev);
 		else if (strcmp(type, "phase") == 0) {
 			mp_get_str(ev, "name", p->phase, sizeof p->phase);
-			printf("%sphase %s%s\n", print_sgr("1;36"), p->phase, print_sgr("0"));
+			printf("%sphase %s%s\n", print_sgr("1;36"), print_safe(p->phase), print_sgr("0"));
 		} else if (strcmp(type, "warning") == 0) {
 			mp_get_str(ev, "message", s1, sizeof s1);
 			mp_get_num(ev, "timeout", &d);
-			printf("%sWARNING: %s%s (timeout at %gs)\n", print_sgr("1;33"), s1, print_sgr("0"), d);
+			printf("%sWARNING: %s%s (timeout at %gs)\n", print_sgr("1;33"), print_safe(s1), print_sgr("0"),
+			    d);
 		} else if (strcmp(type, "finished") == 0)
 			print_finished(p, ev);
 		else if (strcmp(type, "requeued") == 0) {
 			mp_get_str(ev, "reason", s1, sizeof s1);
-			printf("%srequeued%s (%s)", print_sgr("1;33"), print_sgr("0"), s1);
+			printf("%srequeued%s (%s)", print_sgr("1;33"), print_sgr("0"), print_safe(s1));
 			if (mp_get_num(ev, "due", &d) && d > 0)
 				printf(", retry in %s", print_duration(d - ts, s2, sizeof s2));
 			putchar('\n');
 		} else if (strcmp(type, "dead") == 0) {
 			mp_get_str(ev, "reason", s1, sizeof s1);
 			mp_get_str(ev, "error", s2, sizeof s2);
-			printf("%sdead (%s)%s: %s\n", print_sgr("1;31"), s1, print_sgr("0"), s2);
+			printf("%sdead (%s)%s: %s\n", print_sgr("1;31"), print_safe(s1), print_sgr("0"), print_safe(s2));
 			snprintf(p->status, sizeof p->status, "dead");
 			p->done = true;
 		} else
-			printf("%s\n", type);
+			printf("%s\n", print_safe(type));
 	}
 	print_bar(p);
 	print_flush();
@@ -359,13 +450,13 @@ print_result(const msgpack_object *res, bool json)
 	mp_get_num(res, "duration", &duration);
 	mp_get_num(res, "attempt", &attempt);
 	mp_get_num(res, "dropped_lines", &dropped);
-	printf("job %s: %s%s%s\n", id, print_sgr(strcmp(status, "succeeded") ? "1;31" : "1;32"), status,
-	    print_sgr("0"));
+	printf("job %s: %s%s%s\n", print_safe(id), print_sgr(strcmp(status, "succeeded") ? "1;31" : "1;32"),
+	    print_safe(status), print_sgr("0"));
 	printf("  exit code   %g\n", code);
 	printf("  duration    %s\n", print_duration(duration, buf, sizeof buf));
-	printf("  worker      %s (attempt %g)\n", worker, attempt);
+	printf("  worker      %s (attempt %g)\n", print_safe(worker), attempt);
 	if (err[0] != '\0')
-		printf("  error       %s\n", err);
+		printf("  error       %s\n", print_safe(err));
 	if (arts != NULL && arts->type == MSGPACK_OBJECT_ARRAY) {
 		printf("  artifacts   %u\n", arts->via.array.size);
 		for (uint32_t i = 0; i < arts->via.array.size; i++) {
@@ -375,7 +466,8 @@ print_result(const msgpack_object *res, bool json)
 			mp_get_str(a, "name", name, sizeof name);
 			mp_get_str(a, "sha256", sha, sizeof sha);
 			mp_get_num(a, "size", &size);
-			printf("    %s  %s  sha256 %s\n", name, fmt_bytes((uint64_t)size, buf, sizeof buf), sha);
+			printf("    %s  %s  sha256 %s\n", print_safe(name), fmt_bytes((uint64_t)size, buf, sizeof buf),
+			    print_safe(sha));
 		}
 	}
 	if (dropped > 0)
@@ -389,8 +481,11 @@ print_result(const msgpack_object *res, bool json)
 		printf("  log tail\n");
 		for (uint32_t i = 0; i < tail->via.array.size; i++) {
 			const msgpack_object *l = &tail->via.array.ptr[i];
-			if (l->type == MSGPACK_OBJECT_STR)
-				printf("    %.*s\n", (int)l->via.str.size, l->via.str.ptr);
+			if (l->type == MSGPACK_OBJECT_STR) {
+				printf("    ");
+				print_text(l->via.str.ptr, l->via.str.size);
+				putchar('\n');
+			}
 		}
 	}
 	print_flush();

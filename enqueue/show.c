@@ -37,12 +37,21 @@ show_time(const char *name, const char *value)
 	struct tm tm;
 
 	if (*value == '\0' || *end != '\0' || t <= 0) {
-		printf("  %-12s %s\n", name, value);
+		printf("  %-12s %s\n", name, print_safe(value));
 		return;
 	}
 	localtime_r(&tt, &tm);
 	strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
 	printf("  %-12s %s (%s ago)\n", name, date, print_duration(now_real() - t, ago, sizeof ago));
+}
+
+/* One field of the job hash (anyone with Redis access may have written it). */
+static void
+show_field(const char *name, const char *value)
+{
+	printf("  %-12s ", print_safe(name));
+	print_text(value, strlen(value));
+	putchar('\n');
 }
 
 /* The job hash, the well-known fields first. */
@@ -60,14 +69,14 @@ show_hash(const redisReply *h)
 		if (strstr(order[i], "_at") != NULL)
 			show_time(order[i], v);
 		else
-			printf("  %-12s %s\n", order[i], v);
+			show_field(order[i], v);
 	}
 	for (size_t i = 0; i + 1 < h->elements; i += 2) {
 		bool known = false;
 		for (size_t j = 0; j < norder && !known; j++)
 			known = strcmp(h->element[i]->str, order[j]) == 0;
 		if (!known)
-			printf("  %-12s %s\n", h->element[i]->str, h->element[i + 1]->str);
+			show_field(h->element[i]->str, h->element[i + 1]->str);
 	}
 }
 

@@ -202,8 +202,8 @@ top_show(const struct top_snap *s)
 		const struct top_fail *f = &s->fails[i];
 		const char *ago = f->finished_at > 0 ?
 		    print_duration(now_real() - f->finished_at, b1, sizeof b1) : "-";
-		printf("%-26s %s%-11s%s %-5g %-9s %s\n", f->id, print_sgr("31"), f->status, print_sgr("0"),
-		    f->exit_code, ago, f->error);
+		printf("%-26s %s%-11s%s %-5g %-9s %s\n", f->id, print_sgr("31"), print_safe(f->status),
+		    print_sgr("0"), f->exit_code, ago, print_safe(f->error));
 	}
 }
 

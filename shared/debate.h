@@ -1,7 +1,7 @@
 /*
  * debate.h: what the worker and the enqueue client share.
  *
- * Sections: logging, strings and time, configuration (worker.ini),
+ * Sections: logging, strings and time, UTF-8, configuration (worker.ini),
  * Redis URLs, key names, msgpack helpers, jobs, results.
  * The wire contract these functions implement is shared/PROTOCOL.md.
  */
@@ -75,6 +75,27 @@ bool id_valid(const char *s, size_t len);
 void str_printable(char *buf, size_t len, const char *msg);
 /* Human sizes for messages: "512.0 MiB". */
 const char *fmt_bytes(uint64_t n, char *buf, size_t len);
+
+/* --- utf8.c: valid UTF-8 for every str we write ---------------------- */
+
+/*
+ * Each maximal ill-formed subpart (WHATWG/Unicode practice) becomes one
+ * U+FFFD; overlongs, surrogates and code points over U+10FFFF are
+ * ill-formed.  See utf8.c.
+ */
+bool utf8_valid(const char *s, size_t n);
+/* The length (1-4) of the character or ill-formed subpart at s[0..n), n > 0. */
+size_t utf8_next(const char *s, size_t n, bool *valid);
+/* src[0..n) sanitized into dst (whole characters, NUL-terminated); bytes written. */
+size_t utf8_sanitize(char *dst, size_t dstlen, const char *src, size_t n);
+/*
+ * The bytes of s[0..n) to take for a sanitized form of at most max bytes
+ * that ends on a character boundary; more: s goes on past n (a character
+ * cut short by its end waits).
+ */
+size_t utf8_cut(const char *s, size_t n, size_t max, bool more);
+/* Pack s[0..n) as a str, sanitized when it is not valid UTF-8. */
+void utf8_pack(msgpack_packer *pk, const char *s, size_t n);
 
 /* --- url.c: where Redis is ------------------------------------------- */
 

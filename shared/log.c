@@ -95,7 +95,7 @@ log_level_name(enum log_level level)
 static void
 log_vmsg(enum log_level level, const char *fmt, va_list ap)
 {
-	char line[2048];
+	char line[2048], msg[2048];
 	int n, saved = errno;
 
 	if (level > log_level)
@@ -113,7 +113,13 @@ log_vmsg(enum log_level level, const char *fmt, va_list ap)
 	}
 	if (n < 0 || (size_t)n >= sizeof line)
 		n = 0;
-	vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
+	/*
+	 * Messages quote what builds and Redis said (an error detail, a
+	 * container name): as printable UTF-8, so no control byte reaches a
+	 * terminal and no newline forges a line of its own in the journal.
+	 */
+	vsnprintf(msg, sizeof msg, fmt, ap);
+	str_printable(line + n, sizeof line - (size_t)n - 1, msg);
 	n = (int)strlen(line);
 	line[n++] = '\n';
 	/* One write per line so concurrent writers do not interleave. */

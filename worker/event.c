@@ -122,7 +122,7 @@ event_send(struct job *j, struct ev_pack *ep, const char *type, enum rq_kind kin
 	msgpack_sbuffer_destroy(&ep->sb);
 }
 
-/* The result map of j, as the contract defines it. */
+/* The result map of j, as the contract defines it; every str valid UTF-8. */
 void
 event_result(struct job *j, msgpack_sbuffer *sb)
 {
@@ -148,11 +148,13 @@ event_result(struct job *j, msgpack_sbuffer *sb)
 	for (size_t i = 0; i < n; i++) {
 		const struct artifact *a = collect_get(j->collect, i);
 		msgpack_pack_map(&pk, 3);
-		mp_kv_str(&pk, "name", a->name);
+		mp_str(&pk, "name");
+		utf8_pack(&pk, a->name, strlen(a->name));	/* a file name is any bytes */
 		mp_kv_uint(&pk, "size", a->size);
 		mp_kv_str(&pk, "sha256", a->sha256);
 	}
-	mp_kv_str(&pk, "error", j->error);
+	mp_str(&pk, "error");
+	utf8_pack(&pk, j->error, strlen(j->error));
 
 	/* The tail ring, oldest line first. */
 	mp_str(&pk, "log_tail");
@@ -164,7 +166,7 @@ event_result(struct job *j, msgpack_sbuffer *sb)
 	for (size_t i = 0; i < j->tail.n; i++) {
 		const char *line = j->tail.v[(start + i) % j->tail.n];
 		if (line != NULL)
-			mp_str(&pk, line);
+			utf8_pack(&pk, line, strlen(line));
 	}
 	mp_kv_uint(&pk, "dropped_lines", j->lines_dropped);
 	mp_str(&pk, "meta");

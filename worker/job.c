@@ -169,7 +169,13 @@ job_outcome(enum rt_kind rt, int wstatus, bool oom, enum stop_reason stop, int *
 	return ST_FAILED;
 }
 
-/* Keep line in the tail ring; send a phase event when a pattern matches. */
+/*
+ * Keep line (valid UTF-8, output.c made it so) in the tail ring; send a
+ * phase event when the pattern of a later phase matches.  Phases only go
+ * forward in [phases] order: a line of the current phase or of an earlier
+ * one is ignored, so a job sends at most nphases phase events whatever
+ * the build prints (they are RQ_KEEP: bounded, so never dropped).
+ */
 void
 job_line(struct job *j, struct outstream *os, const char *line, size_t len)
 {
@@ -180,16 +186,17 @@ job_line(struct job *j, struct outstream *os, const char *line, size_t len)
 		free(j->tail.v[i]);
 		j->tail.v[i] = xstrndup(line, len);
 	}
-	for (size_t i = 0; i < c->nphases; i++) {
+	for (size_t i = (size_t)(j->phase + 1); i < c->nphases; i++) {
 		struct ev_pack ep;
-		if ((int)i == j->phase || memmem(line, len, c->phases[i].pattern, strlen(c->phases[i].pattern)) == NULL)
+		if (memmem(line, len, c->phases[i].pattern, strlen(c->phases[i].pattern)) == NULL)
 			continue;
 		j->phase = (int)i;
 		output_flush(os);	/* lines before the phase change go first */
 		event_begin(j, &ep, "phase", 2);
-		mp_kv_str(&ep.pk, "name", c->phases[i].name);
+		mp_str(&ep.pk, "name");
+		utf8_pack(&ep.pk, c->phases[i].name, strlen(c->phases[i].name));
 		mp_str(&ep.pk, "line");
-		mp_strn(&ep.pk, line, len > 512 ? 512 : len);
+		utf8_pack(&ep.pk, line, utf8_cut(line, len, 512, false));
 		event_send(j, &ep, "phase", RQ_KEEP, c->phases[i].name);
 		break;
 	}
@@ -491,8 +498,11 @@ job_error_detail(struct job *j)
 
 	for (size_t k = 1; k <= j->tail.n && k <= j->tail_next; k++) {
 		const char *line = j->tail.v[(j->tail_next - k) % j->tail.n];
-		if (line != NULL && strstr(line, "Error") != NULL) {
-			snprintf(j->error + len, sizeof j->error - len, ": %s", line);
+		if (line != NULL && strstr(line, "Error") != NULL && len + 3 < sizeof j->error) {
+			/* Tail lines are valid UTF-8: cut this one on a character boundary. */
+			size_t room = sizeof j->error - len - 3;
+			snprintf(j->error + len, sizeof j->error - len, ": %.*s",
+			    (int)utf8_cut(line, strlen(line), room, false), line);
 			return;
 		}
 	}
@@ -606,7 +616,8 @@ job_finish(struct job *j)
 		event_begin(j, &rq, "requeued", 3);
 		mp_kv_str(&rq.pk, "reason", "retry");
 		mp_kv_double(&rq.pk, "due", j->retry_due);
-		mp_kv_str(&rq.pk, "error", j->error);
+		mp_str(&rq.pk, "error");
+		utf8_pack(&rq.pk, j->error, strlen(j->error));
 		msgpack_sbuffer_init(&fe.sb);
 	} else {
 		event_begin(j, &fe, "finished", 1);

@@ -2,12 +2,19 @@
  * output.c: a build's stdout and stderr.
  *
  * Lines are split as they arrive (a line longer than LINE_MAX_BYTES is
- * cut into pieces), kept in the job's tail ring, matched against the
- * phase patterns, and packed straight into the batch of the next `log`
- * event (lines_sent counts the lines accepted for publishing).  A batch goes out when it is full or its oldest line is
+ * cut into pieces), made valid UTF-8, kept in the job's tail ring,
+ * matched against the phase patterns, and packed straight into the batch
+ * of the next `log` event (lines_sent counts the lines accepted for
+ * publishing).  A batch goes out when it is full or its oldest line is
  * log_batch_interval old.  Past log_max_lines, or while the outbox is
  * over outbox_max, lines are counted as dropped instead: a flood neither
  * stalls the build (the pipe is always read) nor grows our memory.
+ *
+ * Invariant: what leaves output_split() is valid UTF-8 of at most
+ * LINE_MAX_BYTES bytes.  A piece of a long line ends on a character
+ * boundary (utf8_cut), counted after sanitizing, so an ill-formed byte
+ * that becomes the 3 bytes of U+FFFD still fits; a character the pipe
+ * has only half delivered waits in `partial` for the rest.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -91,21 +98,26 @@ static char output_rbuf[LINE_MAX_BYTES + OUT_BUF];
 static void
 output_split(struct outstream *os, char *buf, size_t len, bool eof)
 {
+	static char clean[LINE_MAX_BYTES + 1];
 	size_t start = 0;
 
 	while (start < len) {
 		char *nl = memchr(buf + start, '\n', len - start);
-		size_t n = nl ? (size_t)(nl - (buf + start)) : len - start;
+		size_t n = nl ? (size_t)(nl - (buf + start)) : len - start, m = n, k;
+		bool more = nl == NULL && !eof;	/* the line goes on past buf */
 
-		if (nl == NULL && n < LINE_MAX_BYTES && !eof)
+		if (more && n < LINE_MAX_BYTES)
 			break;
-		if (n > LINE_MAX_BYTES)
-			n = LINE_MAX_BYTES;
-		if (n > 0 && buf[start + n - 1] == '\r')
-			output_line(os, buf + start, n - 1);
+		if (!more && m > 0 && buf[start + m - 1] == '\r')
+			m--;
+		k = utf8_cut(buf + start, m, LINE_MAX_BYTES, more);
+		if (k == 0 && m > 0)
+			k = 1;	/* cannot happen: a unit is at most 4 bytes (3 once replaced) */
+		output_line(os, clean, utf8_sanitize(clean, sizeof clean, buf + start, k));
+		if (k >= m)
+			start += n + (nl != NULL);	/* the whole line, its \r and \n */
 		else
-			output_line(os, buf + start, n);
-		start += n + (nl != NULL && buf + start + n == nl);
+			start += k;	/* a piece: the rest is the next line */
 	}
 	os->len = len - start;
 	memcpy(os->partial, buf + start, os->len);
