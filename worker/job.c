@@ -531,7 +531,10 @@ job_conflict_inspected(int wstatus, const char *out, size_t len, void *arg)
 	if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0 || strlen(id) < 12 ||
 	    strspn(id, "0123456789abcdef") != strlen(id) ||
 	    (j->cid[0] != '\0' && strncmp(id, j->cid, strlen(j->cid) < strlen(id) ? strlen(j->cid) : strlen(id)) == 0)) {
-		job_end(j);	/* no conflict: the outcome is the exit 125 */
+		/* No conflict: the outcome is the exit 125.  No container has our name: none to rm. */
+		if (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) != 0 && j->cid[0] == '\0')
+			j->no_container = true;
+		job_end(j);
 		return;
 	}
 	log_notice("job %s: container name %s is taken by an orphan (%.12s); removing it", j->id, j->cname, id);
