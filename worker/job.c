@@ -524,13 +524,15 @@ job_conflict_inspected(int wstatus, const char *out, size_t len, void *arg)
 	struct strv argv = { 0 };
 	char id[80];
 	size_t n = strcspn(out, " \r\n");
+	bool ours;
 
 	if (job_conflict_stopped(j))
 		return;
 	snprintf(id, sizeof id, "%.*s", (int)(n < len ? n : len), out);
+	ours = j->cid[0] != '\0' && (strncmp(id, j->cid, strlen(id)) == 0 ||
+	    strncmp(id, j->cid, strlen(j->cid)) == 0);
 	if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0 || strlen(id) < 12 ||
-	    strspn(id, "0123456789abcdef") != strlen(id) ||
-	    (j->cid[0] != '\0' && strncmp(id, j->cid, strlen(j->cid) < strlen(id) ? strlen(j->cid) : strlen(id)) == 0)) {
+	    strspn(id, "0123456789abcdef") != strlen(id) || ours) {
 		/* No conflict: the outcome is the exit 125.  No container has our name: none to rm. */
 		if (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) != 0 && j->cid[0] == '\0')
 			j->no_container = true;

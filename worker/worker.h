@@ -122,9 +122,9 @@ int cgroup_host_cpus(void);
 /* --- rconn.c: Redis connections, reconnects and the outbox ----------- */
 
 enum rq_kind {
-	RQ_KEEP,	/* retried until Redis answers (results, claims, dead letters) */
-	RQ_DROP,	/* may be dropped when the outbox is full (log batches) */
-	RQ_ONCE,	/* never replayed (heartbeats) */
+	RQ_KEEP,	/* sent until Redis answers, also after BUSY & co. (results, claims, dead letters) */
+	RQ_DROP,	/* the same, but not queued when the outbox is full (log batches) */
+	RQ_ONCE,	/* never replayed nor retried (heartbeats) */
 };
 
 typedef void rq_cb(redisReply *reply, void *arg);
