@@ -237,3 +237,29 @@ def test_fetch_error_backs_off_and_recovers(efleet, esrv, ns, broot, tmp_path):
     wait_result(r, ns, jid, 30)
     assert_recorded_once(r, ns, jid, w_id)
     assert w.alive()
+
+
+def test_lasting_claim_error_dead_letters_the_job(efleet, esrv, ns, broot, tmp_path):
+    """A claim Redis answers with an error that lasts (anyone who can
+    write the queue can make a job's hash key a string: WRONGTYPE) is not
+    put back on the queue, where it would be taken and fail again at
+    once: it is dead-lettered as claim_failed, and the worker goes on."""
+    r = esrv.client()
+    make_profile(broot, "p")
+    cmd = build_script(tmp_path, 'echo iso > "$DEBATE_OUTPUT/a.iso"\n')
+    w = efleet.start(sandbox={"runtime": "exec", "command": cmd})
+    w_id = wid(w)
+    bad = "wrongtype-job"
+    r.set(f"{{{ns}}}:job:{bad}", "not a hash")
+    push_raw(r, ns, msgpack.packb({"id": bad, "profile": "p", "output": "o/bad",
+                                   "source_date_epoch": 1700000000}))
+    poll(lambda: dead(r, ns), 20, "the dead letter")
+    time.sleep(1)
+    d = dead(r, ns)
+    assert len(d) == 1 and d[0]["reason"] == "claim_failed" and d[0]["id"] == bad, d
+    assert "WRONGTYPE" in d[0]["error"], d[0]
+    assert r.llen(f"{{{ns}}}:queue") == 0 and r.llen(f"{{{ns}}}:active:{w_id}") == 0
+    assert len(re.findall(rf"job {bad}: claiming -> ", w.log())) == 1, "taken more than once"
+    jid = submit(r, ns, profile="p", output="o/1")
+    wait_result(r, ns, jid, 20)
+    assert w.alive()
