@@ -16,6 +16,7 @@ enable-protected-configs), and the builds run in exec mode.
 import re
 import threading
 import time
+import urllib.request
 
 import pytest
 import redis as redis_py
@@ -119,7 +120,9 @@ def test_busy_during_finish_is_retried_until_recorded(efleet, esrv, ns, broot, t
     r.config_set("busy-reply-threshold", "50")
     make_profile(broot, "p")
     cmd = build_script(tmp_path, 'echo one\nsleep 1\necho two\necho iso > "$DEBATE_OUTPUT/a.iso"\n')
-    w = efleet.start(sandbox={"runtime": "exec", "command": cmd})
+    port = free_port()
+    w = efleet.start(sandbox={"runtime": "exec", "command": cmd},
+                     worker={"metrics_listen": f"127.0.0.1:{port}"})
     w_id = wid(w)
     jid = submit(r, ns, profile="p", output="o/1")
     w.wait_log(rf"job {jid}: started", 20)
@@ -149,6 +152,10 @@ def test_busy_during_finish_is_retried_until_recorded(efleet, esrv, ns, broot, t
     w.wait_log(r"redis cmd: BUSY .*; sending the refused commands again", 1)
     assert res["artifacts"] and res["artifacts"][0]["name"] == "a.iso"
     assert "recording the result failed" not in w.log()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        m = dict(line.rsplit(" ", 1) for line in resp.read().decode().splitlines()
+                 if line and not line.startswith("#"))
+    assert 1 <= float(m["debate_redis_retried_total"]) <= 60, m["debate_redis_retried_total"]
     # Backoff, not a spin: 0.05 s doubling, so a few retries in the 1.5 s.
     assert len(re.findall(r"redis cmd: BUSY", w.log())) <= 2, "the BUSY line is rate-limited"
     assert w.alive()
