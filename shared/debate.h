@@ -268,6 +268,7 @@ enum refusal {
 	REFUSE_PATH,		/* bad_path */
 	REFUSE_IMAGE,		/* image_not_allowed */
 	REFUSE_LIMIT,		/* over_limit */
+	REFUSE_CLAIM,		/* claim_failed: Redis answered the claim with an error */
 };
 const char *refusal_name(enum refusal r);
 

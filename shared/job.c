@@ -35,6 +35,7 @@ refusal_name(enum refusal r)
 	case REFUSE_PATH: return "bad_path";
 	case REFUSE_IMAGE: return "image_not_allowed";
 	case REFUSE_LIMIT: return "over_limit";
+	case REFUSE_CLAIM: return "claim_failed";
 	}
 	return "unknown";
 }

@@ -117,30 +117,32 @@ beat_stop(void)
 }
 
 struct release {
-	void (*done)(void);
+	void (*done)(bool ok);
 };
 
-/* The release script's answer. */
+/* The release script's answer: done(false) unless Redis carried it out. */
 static void
 beat_released(redisReply *r, void *arg)
 {
 	struct release *rel = arg;
-	void (*done)(void) = rel->done;
+	void (*done)(bool) = rel->done;
+	bool ok = true;
 
 	if (r == NULL)
 		return;	/* only at exit; the process is going away */
 	free(rel);
-	if (r->type == REDIS_REPLY_ERROR)
+	if (r->type == REDIS_REPLY_ERROR) {
 		log_err("release: %s", r->str);
-	else if (r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+		ok = false;
+	} else if (r->type == REDIS_REPLY_INTEGER && r->integer > 0)
 		log_notice("put %lld job%s back on the queue", r->integer, r->integer == 1 ? "" : "s");
 	if (done != NULL)
-		done();
+		done(ok);
 }
 
 /* Put back what we do not hold (all of it when all is true, at exit). */
 void
-beat_release(bool all, void (*done)(void))
+beat_release(bool all, void (*done)(bool ok))
 {
 	char kact[KEY_MAX], kwork[KEY_MAX], now[32], maxlen[24], *prefix;
 	size_t n = 0, cap = 9;
@@ -181,7 +183,54 @@ beat_release(bool all, void (*done)(void))
 	free(lens);
 }
 
-/* The names ps listed: remove each container. */
+/* One container ps listed for a dead worker: checked again, then removed by id. */
+struct orphan {
+	char *worker;
+	char *id;
+	char *name;
+};
+
+/* Free an orphan entry. */
+static void
+beat_orphan_free(struct orphan *o)
+{
+	free(o->worker);
+	free(o->id);
+	free(o->name);
+	free(o);
+}
+
+/*
+ * The orphan's label, read again just before removing it.  Ids are
+ * never reused, so once this still says the dead worker, rm -f of the id
+ * can only hit that container: a sibling that restarted the requeued job
+ * under the same name has a container of its own id.  A container gone
+ * meanwhile (inspect fails) is skipped.
+ */
+static void
+beat_orphan_inspected(int wstatus, const char *out, size_t len, void *arg)
+{
+	struct orphan *o = arg;
+	struct strv argv = { 0 };
+	size_t n = len;
+
+	while (n > 0 && (out[n - 1] == '\n' || out[n - 1] == '\r' || out[n - 1] == ' '))
+		n--;
+	if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
+		log_info("orphans of %s: container %s (%.12s) is gone already", o->worker, o->name, o->id);
+	} else if (n != strlen(o->worker) || memcmp(out, o->worker, n) != 0) {
+		log_warn("orphans of %s: container %s (%.12s) is not that worker's (its label says "
+		    "\"%.*s\"); leaving it", o->worker, o->name, o->id, (int)(n > 100 ? 100 : n), out);
+	} else {
+		log_notice("removing container %s of dead worker %s (id %.12s)", o->name, o->worker, o->id);
+		sandbox_rm_argv(wk->conf, &wk->rt, o->id, &argv);
+		proc_run(argv.v, NULL, NULL);
+		strv_free(&argv);
+	}
+	beat_orphan_free(o);
+}
+
+/* What ps listed ("ID NAME WORKER" lines): check each of ours again, by id. */
 static void
 beat_orphans_listed(int wstatus, const char *out, size_t len, void *arg)
 {
@@ -196,11 +245,22 @@ beat_orphans_listed(int wstatus, const char *out, size_t len, void *arg)
 	sandbox_name(wk->conf->namespace, "", prefix, sizeof prefix);
 	dup = xstrndup(out, len);
 	for (line = strtok_r(dup, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
-		if (strncmp(line, prefix, strlen(prefix)) != 0)
-			continue;	/* only our builds' names */
-		log_notice("removing container %s of dead worker %s", line, w);
-		sandbox_rm_argv(wk->conf, &wk->rt, line, &argv);
-		proc_run(argv.v, NULL, NULL);
+		char *id, *name, *label, *fs;
+		struct orphan *o;
+
+		id = strtok_r(line, " \t\r", &fs);
+		name = id ? strtok_r(NULL, " \t\r", &fs) : NULL;
+		label = name ? strtok_r(NULL, " \t\r", &fs) : NULL;
+		if (label == NULL || strcmp(label, w) != 0 || strncmp(name, prefix, strlen(prefix)) != 0)
+			continue;	/* only our builds, and only the dead worker's */
+		if (strspn(id, "0123456789abcdef") != strlen(id) || strlen(id) < 12)
+			continue;	/* not an id: never hand the runtime a name here */
+		o = xcalloc(1, sizeof *o);
+		o->worker = xstrdup(w);
+		o->id = xstrdup(id);
+		o->name = xstrdup(name);
+		sandbox_inspect_worker_argv(wk->conf, &wk->rt, o->id, &argv);
+		proc_run(argv.v, beat_orphan_inspected, o);
 	}
 	strv_free(&argv);
 	free(dup);

@@ -20,6 +20,7 @@
 static bool fetch_inflight;
 static bool fetch_recover_needed = true;
 static bool fetch_recovering;
+static ev_timer fetch_again_timer;	/* a failed release is tried again later */
 
 /* BLMOVE's answer: a payload, or nil after the block time. */
 static void
@@ -30,29 +31,51 @@ fetch_reply(redisAsyncContext *ac, void *reply, void *priv)
 	(void)ac;
 	(void)priv;
 	fetch_inflight = false;
-	if (r == NULL)
+	if (r == NULL || wk->fetch == NULL || rconn_ctx(wk->fetch) != ac)
 		return;	/* the connection went; its up callback fetches again */
-	if (r->type == REDIS_REPLY_STRING)
-		job_fetched(r->str, r->len);
-	else if (r->type == REDIS_REPLY_ERROR) {
+	if (r->type == REDIS_REPLY_ERROR) {
 		/*
 		 * Not BLMOVE again at once, which would spin while the error
-		 * lasts (READONLY, NOREPLICAS after a failover, OOM): drop the
-		 * connection; it comes back with backoff, through the sentinels,
-		 * and recovers before it fetches.
+		 * lasts (READONLY, NOREPLICAS after a failover, OOM, MISCONF):
+		 * drop the connection; it comes back with a backoff that only a
+		 * successful BLMOVE resets, through the sentinels, and recovers
+		 * before it fetches.
 		 */
-		log_err("fetch: %s; reconnecting", r->str);
-		redisAsyncDisconnect(ac);
+		rconn_drop(wk->fetch, r->str);
 		return;
 	}
+	rconn_ok(wk->fetch);
+	if (r->type == REDIS_REPLY_STRING)
+		job_fetched(r->str, r->len);
 	fetch_kick();
 }
 
-/* The release before fetching is done. */
+/* Time to try the release (and the fetch) again. */
 static void
-fetch_recovered(void)
+fetch_again_cb(EV_P_ ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)w;
+	(void)revents;
+	fetch_kick();
+}
+
+/*
+ * The release before fetching is done.  Only a release Redis carried
+ * out clears the need; one it answered with an error (the outbox retries
+ * BUSY & co. itself, so this is a lasting one) is tried again in a few
+ * seconds, and nothing is fetched meanwhile.
+ */
+static void
+fetch_recovered(bool ok)
 {
 	fetch_recovering = false;
+	if (!ok) {
+		ev_timer_stop(EV_DEFAULT, &fetch_again_timer);
+		ev_timer_set(&fetch_again_timer, 5, 0);
+		ev_timer_start(EV_DEFAULT, &fetch_again_timer);
+		return;
+	}
 	fetch_recover_needed = false;
 	fetch_kick();
 }
@@ -73,7 +96,7 @@ fetch_kick(void)
 
 	if (wk->draining || wk->fetch == NULL || !rconn_up(wk->fetch) || !rconn_up(wk->cmd))
 		return;
-	if (fetch_inflight || fetch_recovering)
+	if (fetch_inflight || fetch_recovering || ev_is_active(&fetch_again_timer))
 		return;
 	if (fetch_recover_needed) {
 		fetch_recovering = true;
@@ -114,6 +137,7 @@ fetch_down(struct rconn *rc)
 void
 fetch_init(void)
 {
+	ev_timer_init(&fetch_again_timer, fetch_again_cb, 0, 0);
 	wk->fetch = rconn_new("fetch", false, fetch_up, fetch_down);
 	rconn_start(wk->fetch);
 }
@@ -124,6 +148,7 @@ fetch_stop(void)
 {
 	if (wk->fetch == NULL)
 		return;
+	ev_timer_stop(EV_DEFAULT, &fetch_again_timer);
 	rconn_close(wk->fetch);
 	wk->fetch = NULL;
 	fetch_inflight = false;

@@ -29,6 +29,7 @@ extern char **environ;
 static void job_spawn(struct job *j);
 static void job_end(struct job *j);
 static void job_finish(struct job *j);
+static void job_stop_asked(struct job *j, enum stop_reason why);
 
 static const char *job_state_names[] = {
 	[JOB_CLAIMING] = "claiming", [JOB_STARTING] = "starting", [JOB_RUNNING] = "running",
@@ -295,7 +296,7 @@ job_timeout_cb(EV_P_ ev_timer *w, int revents)
 	(void)loop;
 	(void)revents;
 	log_notice("job %s: timed out after %g s; stopping it", j->id, j->spec.timeout);
-	job_stop(j, STOP_TIMEOUT);
+	job_stop_asked(j, STOP_TIMEOUT);
 }
 
 /* Memory and CPU of an exec-mode child from /proc (the child alone). */
@@ -387,6 +388,7 @@ job_cid_cb(EV_P_ ev_timer *w, int revents)
 		goto again;
 	cid[n] = '\0';
 	cid[strcspn(cid, " \r\n")] = '\0';
+	snprintf(j->cid, sizeof j->cid, "%s", cid);	/* our container exists */
 	if (cgroup_find(cid, &j->cg) != 0)
 		goto again;
 	j->cg_found = true;
@@ -437,27 +439,63 @@ job_pipe_closed(struct job *j)
 void
 job_lease_lost(struct job *j)
 {
-	if (j->lease_lost || j->state == JOB_COLLECTING || j->state == JOB_FINISHING)
-		return;
+	if (j->lease_lost || j->state == JOB_COLLECTING || j->state == JOB_FINISHING ||
+	    j->state == JOB_DONE)
+		return;	/* over: an event sent again after our result finds the job final */
 	j->lease_lost = true;
 	wk->m.results_refused++;
 	log_warn("job %s: attempt %ld lost its lease (another worker took the job over); stopping it",
 	    j->id, j->attempt);
-	if (j->state == JOB_RUNNING)
-		job_stop(j, STOP_LEASE);
+	if (j->state == JOB_RUNNING || j->state == JOB_STARTING)
+		job_stop_asked(j, STOP_LEASE);
 }
 
 /* Someone asked to cancel the running job. */
 void
 job_cancel_seen(struct job *j)
 {
-	if (j->state != JOB_RUNNING)
+	if (j->state != JOB_RUNNING && !(j->state == JOB_STARTING && j->conflict_retried))
 		return;
 	log_notice("job %s: cancelled; stopping it", j->id);
-	job_stop(j, STOP_CANCEL);
+	job_stop_asked(j, STOP_CANCEL);
 }
 
-/* The name was held by an orphan container: it was removed, try once more. */
+/*
+ * Stop the build.  Between a name conflict's first run and its second
+ * (inspect, rm) there is no child and the state is STARTING: the reason
+ * is only noted, and the job then ends with it instead of starting again.
+ */
+static void
+job_stop_asked(struct job *j, enum stop_reason why)
+{
+	if (j->state == JOB_STARTING && j->conflict_retried) {
+		if (j->stop == STOP_NONE)
+			j->stop = why;
+		return;
+	}
+	job_stop(j, why);
+}
+
+/*
+ * Whether the conflict check ends here: a stop was asked (or the worker
+ * is stopping) while it ran.  The job then ends with the stop's outcome;
+ * the build never ran, so its exit code is -1 (recorded as a kill).
+ */
+static bool
+job_conflict_stopped(struct job *j)
+{
+	if (j->stop == STOP_NONE && wk->stopping)
+		j->stop = STOP_DRAIN;
+	if (j->stop == STOP_NONE)
+		return false;
+	log_info("job %s: stopped before it could start again", j->id);
+	j->wstatus = SIGKILL;	/* WIFSIGNALED: exit code -1 */
+	j->no_container = true;	/* the name is not ours: never rm -f it */
+	job_end(j);
+	return true;
+}
+
+/* The container holding our name is removed: start the build once more. */
 static void
 job_conflict_removed(int wstatus, const char *out, size_t len, void *arg)
 {
@@ -466,21 +504,52 @@ job_conflict_removed(int wstatus, const char *out, size_t len, void *arg)
 	(void)wstatus;
 	(void)out;
 	(void)len;
+	if (job_conflict_stopped(j))
+		return;
 	j->reaped = false;
 	j->oom = false;
+	cgroup_close(&j->cg);
+	j->cg_found = false;
 	output_close(&j->out);
 	output_close(&j->err);
 	job_spawn(j);
+	if (j->state == JOB_STARTING)
+		job_set_state(j, JOB_RUNNING);
 }
 
-/* Whether the tail says the container name is taken. */
-static bool
-job_name_conflict(const struct job *j)
+/*
+ * The runtime's answer about the container that has our name.  The
+ * runtime exited 125 (it failed itself, or the build did): only when a
+ * container of that name exists and is not ours (our container was never
+ * created, or has another id) was the name taken.  The build's output
+ * plays no part, so a build cannot make us run it twice.
+ */
+static void
+job_conflict_inspected(int wstatus, const char *out, size_t len, void *arg)
 {
-	for (size_t i = 0; i < j->tail.n; i++)
-		if (j->tail.v[i] != NULL && strstr(j->tail.v[i], "already in use") != NULL)
-			return true;
-	return false;
+	struct job *j = arg;
+	struct strv argv = { 0 };
+	char id[80];
+	size_t n = strcspn(out, " \r\n");
+	bool ours;
+
+	if (job_conflict_stopped(j))
+		return;
+	snprintf(id, sizeof id, "%.*s", (int)(n < len ? n : len), out);
+	ours = j->cid[0] != '\0' && (strncmp(id, j->cid, strlen(id)) == 0 ||
+	    strncmp(id, j->cid, strlen(j->cid)) == 0);
+	if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0 || strlen(id) < 12 ||
+	    strspn(id, "0123456789abcdef") != strlen(id) || ours) {
+		/* No conflict: the outcome is the exit 125.  No container has our name: none to rm. */
+		if (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) != 0 && j->cid[0] == '\0')
+			j->no_container = true;
+		job_end(j);
+		return;
+	}
+	log_notice("job %s: container name %s is taken by an orphan (%.12s); removing it", j->id, j->cname, id);
+	sandbox_rm_argv(wk->conf, &wk->rt, id, &argv);
+	proc_run(argv.v, job_conflict_removed, j);
+	strv_free(&argv);
 }
 
 /* The artifacts are hashed: record the result. */
@@ -516,9 +585,6 @@ job_end(struct job *j)
 	struct strv argv = { 0 };
 	char cid[128];
 
-	ev_timer_stop(EV_DEFAULT, &j->warn_timer);
-	ev_timer_stop(EV_DEFAULT, &j->timeout_timer);
-	ev_timer_stop(EV_DEFAULT, &j->stats_timer);
 	ev_timer_stop(EV_DEFAULT, &j->cid_timer);
 	ev_timer_stop(EV_DEFAULT, &j->kill_timer);
 	if (j->cg_found && cgroup_oom_check(&j->cg))
@@ -526,15 +592,26 @@ job_end(struct job *j)
 	ev_io_stop(EV_DEFAULT, &j->oom_io);
 
 	if (wk->rt.kind != RT_EXEC && j->stop == STOP_NONE && !j->conflict_retried &&
-	    WIFEXITED(j->wstatus) && WEXITSTATUS(j->wstatus) == 125 && job_name_conflict(j)) {
-		/* A container of an earlier attempt still has our name: remove it and retry. */
-		log_notice("job %s: container name %s is taken by an orphan; removing it", j->id, j->cname);
+	    WIFEXITED(j->wstatus) && WEXITSTATUS(j->wstatus) == 125) {
+		/*
+		 * The runtime failed: perhaps a container of an earlier attempt
+		 * still has our name.  Ask the runtime (job_conflict_inspected);
+		 * meanwhile there is no child and a stop is only noted.  The
+		 * warning, timeout and stats timers keep running: they cover the
+		 * job from its first start, across the retry.
+		 */
+		if (j->cid[0] == '\0' && job_container(j, cid, sizeof cid) == cid)
+			snprintf(j->cid, sizeof j->cid, "%s", cid);
 		j->conflict_retried = true;
-		sandbox_rm_argv(c, &wk->rt, j->cname, &argv);
-		proc_run(argv.v, job_conflict_removed, j);
+		job_set_state(j, JOB_STARTING);
+		sandbox_inspect_id_argv(c, &wk->rt, j->cname, &argv);
+		proc_run(argv.v, job_conflict_inspected, j);
 		strv_free(&argv);
 		return;
 	}
+	ev_timer_stop(EV_DEFAULT, &j->warn_timer);
+	ev_timer_stop(EV_DEFAULT, &j->timeout_timer);
+	ev_timer_stop(EV_DEFAULT, &j->stats_timer);
 
 	j->finished_at = now_real();
 	j->status = job_outcome(wk->rt.kind, j->wstatus, j->oom, j->stop, &j->exit_code, j->error,
@@ -547,7 +624,8 @@ job_end(struct job *j)
 		snprintf(j->error, sizeof j->error, "stopped after its timeout of %g s", j->spec.timeout);
 	else if (j->status == ST_ERROR && j->stop == STOP_NONE && wk->rt.kind != RT_EXEC)
 		job_error_detail(j);	/* e.g. which image is missing */
-	if (wk->rt.kind != RT_EXEC && (j->container_dirty || j->status == ST_ERROR || !WIFEXITED(j->wstatus))) {
+	if (wk->rt.kind != RT_EXEC && !j->no_container &&
+	    (j->container_dirty || j->status == ST_ERROR || !WIFEXITED(j->wstatus))) {
 		/* Not the normal path: --rm may not have run.  rm -f always does. */
 		sandbox_rm_argv(c, &wk->rt, job_container(j, cid, sizeof cid), &argv);
 		proc_run(argv.v, NULL, NULL);
@@ -581,9 +659,17 @@ job_finished(redisReply *r, void *arg)
 
 	if (r == NULL)
 		return;	/* only at exit */
-	if (r->type == REDIS_REPLY_ERROR)
-		log_err("job %s: recording the result failed: %s", j->id, r->str);
-	else if (r->type == REDIS_REPLY_STRING && strcmp(r->str, "stale") == 0) {
+	if (r->type == REDIS_REPLY_ERROR) {
+		/*
+		 * Not BUSY & co. (the outbox sends those again until they are
+		 * recorded): a lasting error.  The payload is still in our active
+		 * list and the hash says running with our lease: the release before
+		 * the next fetch puts it back on the queue, so it runs again
+		 * rather than staying `running` for ever.
+		 */
+		log_err("job %s: recording the result failed: %s; putting it back on the queue", j->id, r->str);
+		fetch_recover_later();
+	} else if (r->type == REDIS_REPLY_STRING && strcmp(r->str, "stale") == 0) {
 		wk->m.results_refused++;
 		log_warn("job %s: result of attempt %ld refused: another worker holds the job now", j->id,
 		    j->attempt);
@@ -734,9 +820,16 @@ job_claimed(redisReply *r, void *arg)
 	if (r == NULL)
 		return;	/* only at exit */
 	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING) {
-		log_err("job %s: claim failed: %s", j->id, r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
-		fetch_recover_later();	/* the payload is still in our active list: put it back */
-		job_done(j);
+		/*
+		 * Transient errors (BUSY, OOM, MISCONF, NOSCRIPT, LOADING...) never
+		 * get here: the outbox sends the claim again.  This one lasts (a
+		 * key of the job with the wrong type, say): putting the payload
+		 * back would take it again at once, so it is dead-lettered.
+		 */
+		char msg[ERR_MAX];
+		snprintf(msg, sizeof msg, "Redis refused the claim: %s",
+		    r->type == REDIS_REPLY_ERROR ? r->str : "an answer of the wrong shape");
+		fetch_refuse(j, REFUSE_CLAIM, msg);
 		return;
 	}
 	verdict = r->element[0]->str;

@@ -45,10 +45,11 @@ usage(FILE *f)
 	    "HUP reloads limits and the log level.  See worker(8) and worker.ini(5).\n");
 }
 
-/* Exit the loop: everything is released or given up. */
+/* Exit the loop: everything is released or given up (the reaper requeues what is left). */
 static void
-worker_exit_now(void)
+worker_exit_now(bool ok)
 {
+	(void)ok;
 	ev_break(EV_DEFAULT, EVBREAK_ALL);
 }
 

@@ -105,6 +105,9 @@ metrics_text(size_t *len)
 	metrics_add(&b, len, "# HELP debate_redis_reconnects_total Redis connections lost or refused.\n"
 	    "# TYPE debate_redis_reconnects_total counter\ndebate_redis_reconnects_total %lu\n",
 	    rconn_reconnects(wk->cmd) + (wk->fetch ? rconn_reconnects(wk->fetch) : 0));
+	metrics_add(&b, len, "# HELP debate_redis_retried_total Commands sent again after Redis refused them.\n"
+	    "# TYPE debate_redis_retried_total counter\ndebate_redis_retried_total %lu\n",
+	    rconn_retried(wk->cmd));
 	metrics_add(&b, len, "# HELP debate_log_lines_published_total Build output lines published.\n"
 	    "# TYPE debate_log_lines_published_total counter\ndebate_log_lines_published_total %lu\n",
 	    wk->m.lines_published);

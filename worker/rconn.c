@@ -9,11 +9,41 @@
  * once it is back.  Log batches may be dropped when the outbox is full;
  * results never are.
  *
+ * The retry policy (rconn_classify) sorts every error reply into one of
+ * three kinds, and nothing else in the worker decides whether to retry:
+ *   - reconnect (READONLY, MASTERDOWN, NOREPLICAS): this server cannot
+ *     take writes, a failover may be under way: drop the connection, find
+ *     the master again (through the sentinels) and send it again there;
+ *   - retry (BUSY, LOADING, MISCONF, OOM, NOSCRIPT, TRYAGAIN, CLUSTERDOWN):
+ *     Redis refused the command before it ran (a script of someone else
+ *     still runs, a failed RDB save or maxmemory stops writes, the script
+ *     cache was flushed): keep the connection, hold every command not yet
+ *     sent, and after a backoff (0.05 s doubling to 2 s; none after a
+ *     NOSCRIPT, which reloads the scripts first) send the refused ones
+ *     again, in the order they were first sent, ahead of the held ones;
+ *   - anything else is the command's answer, and its callback sees it.
+ * RQ_KEEP and RQ_DROP commands are retried for as long as it takes (the
+ * outbox limit keeps log batches from piling up behind them); RQ_ONCE ones
+ * (heartbeats) are not: their callback sees the error, and while commands
+ * are held they are answered NULL at once.  Redis refuses a script for
+ * these errors before its first write (a script without flags is checked
+ * at its first write command), so sending it again is safe; every script
+ * is also safe to repeat (PROTOCOL.md, "Lost replies").  Commands sent
+ * behind a refused one may still run before it is sent again (the error
+ * cleared in between): each script checks the job's state itself.
+ *
+ * A connection dropped because of an error reply (here, or the fetch's
+ * through rconn_drop) is no proof of a good server: its reconnect backoff
+ * is reset only once a command on it succeeds, not when the handshake
+ * does, so an error that lasts cannot make it reconnect ten times a
+ * second.  The log lines of such errors are rate-limited (rconn_log).
+ *
  * Invariant: every command sent is in `inflight` until hiredis calls its
  * callback, which hiredis does in order, with a NULL reply for each one
  * outstanding when the connection is freed.
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -52,7 +82,19 @@ struct rconn {
 	unsigned long reconnects;
 	bool ever_up;
 	bool closing;
-	bool refused;		/* dropped for READONLY & co.: keep backing off */
+	bool error_drop;	/* dropped for an error reply: keep backing off */
+	char drop_why[160];	/* that error, for the reconnect's log line */
+	bool held;		/* a command was refused (BUSY & co.): send nothing new */
+	bool hold_due;		/* the retry time came: resend once nothing is in flight */
+	bool reload;		/* NOSCRIPT seen: load the scripts before resending */
+	double hold_backoff;
+	ev_timer hold_timer;
+	unsigned long retried;	/* commands sent again after a refusal */
+	struct ratelog {
+		char key[48];
+		double last;
+		unsigned long suppressed;
+	} ratelog[4];
 	size_t sentinel_next;
 	char *master_host;
 	int master_port;
@@ -60,6 +102,75 @@ struct rconn {
 
 static void rconn_connect(struct rconn *rc);
 static void rconn_schedule(struct rconn *rc, const char *why);
+static void rconn_write(struct rconn *rc, struct rcmd *c);
+
+#define RCONN_LOG_EVERY 10.0	/* seconds between two lines about the same error */
+
+/*
+ * Log a line about key (an error) at most once per RCONN_LOG_EVERY
+ * seconds; the next line that gets out says how many were held back.
+ * A few distinct keys are tracked per connection, the oldest replaced.
+ */
+static void __attribute__((format(printf, 4, 5)))
+rconn_log(struct rconn *rc, enum log_level level, const char *key, const char *fmt, ...)
+{
+	struct ratelog *slot = NULL, *oldest = &rc->ratelog[0];
+	double now = now_mono();
+	char line[512];
+	va_list ap;
+
+	for (size_t i = 0; i < sizeof rc->ratelog / sizeof rc->ratelog[0]; i++) {
+		struct ratelog *l = &rc->ratelog[i];
+		if (strncmp(l->key, key, sizeof l->key - 1) == 0 && l->key[0] != '\0')
+			slot = l;
+		if (l->last < oldest->last)
+			oldest = l;
+	}
+	if (slot != NULL && now - slot->last < RCONN_LOG_EVERY) {
+		slot->suppressed++;
+		return;
+	}
+	if (slot == NULL) {
+		slot = oldest;
+		snprintf(slot->key, sizeof slot->key, "%s", key);
+		slot->suppressed = 0;
+	}
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof line, fmt, ap);
+	va_end(ap);
+	if (slot->suppressed > 0)
+		log_msg(level, "%s (%lu more like it in the last %.0f s)", line, slot->suppressed,
+		    now - slot->last);
+	else
+		log_msg(level, "%s", line);
+	slot->last = now;
+	slot->suppressed = 0;
+}
+
+/*
+ * The retry policy: what an error reply means for the command that got
+ * it (see the comment at the top).  Matched on the error code, the first
+ * word, exactly: BUSYKEY is not BUSY.
+ */
+enum reply_class
+rconn_classify(const redisReply *r)
+{
+	static const char *const reconnect[] = { "READONLY", "MASTERDOWN", "NOREPLICAS", NULL };
+	static const char *const retry[] = { "BUSY", "LOADING", "MISCONF", "OOM", "NOSCRIPT",
+		"TRYAGAIN", "CLUSTERDOWN", NULL };
+	size_t n;
+
+	if (r == NULL || r->type != REDIS_REPLY_ERROR || r->str == NULL)
+		return REPLY_ANSWER;
+	n = strcspn(r->str, " ");
+	for (const char *const *p = reconnect; *p != NULL; p++)
+		if (strlen(*p) == n && strncmp(r->str, *p, n) == 0)
+			return REPLY_RECONNECT;
+	for (const char *const *p = retry; *p != NULL; p++)
+		if (strlen(*p) == n && strncmp(r->str, *p, n) == 0)
+			return REPLY_RETRY;
+	return REPLY_ANSWER;
+}
 
 /* Whether r is an error reply starting with prefix. */
 bool
@@ -110,6 +221,129 @@ rconn_password(const char **user)
 	return NULL;
 }
 
+/* A SCRIPT LOAD sent after a NOSCRIPT: when it fails, load again next time. */
+static void
+rconn_load_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+	struct rconn *rc = priv;
+	redisReply *r = reply;
+
+	if (rc->ac == ac && (r == NULL || r->type == REDIS_REPLY_ERROR))
+		rc->reload = true;
+}
+
+/* The retry time came and nothing is in flight: send the refused commands again. */
+static void
+rconn_resume(struct rconn *rc)
+{
+	struct rcmds todo;
+	struct rcmd *c;
+
+	rc->held = rc->hold_due = false;
+	if (!rc->up || rc->ac == NULL)
+		return;	/* the next connection sends them */
+	if (rc->reload) {
+		rc->reload = false;
+		for (int i = 0; i < SCRIPT_COUNT; i++) {
+			const char *argv[] = { "SCRIPT", "LOAD", script_body((enum script_id)i) };
+			redisAsyncCommandArgv(rc->ac, rconn_load_reply, rc, 3, argv, NULL);
+		}
+	}
+	/* Off the lists first: a write that fails puts its command back on replay. */
+	TAILQ_INIT(&todo);
+	TAILQ_FOREACH(c, &rc->replay, entry)
+		rc->retried++;
+	TAILQ_CONCAT(&todo, &rc->replay, entry);
+	TAILQ_CONCAT(&todo, &rc->pending, entry);
+	while ((c = TAILQ_FIRST(&todo)) != NULL) {
+		TAILQ_REMOVE(&todo, c, entry);
+		rconn_write(rc, c);
+	}
+}
+
+/* The hold timer: resend now, or as soon as the last command in flight is answered. */
+static void
+rconn_hold_cb(EV_P_ ev_timer *w, int revents)
+{
+	struct rconn *rc = w->data;
+
+	(void)loop;
+	(void)revents;
+	rc->hold_due = true;
+	if (TAILQ_EMPTY(&rc->inflight))
+		rconn_resume(rc);
+}
+
+/*
+ * Redis refused c before running it (BUSY & co.): keep it, in the order
+ * it was sent, hold what is not sent yet, and send it again after the
+ * backoff.  The commands in flight behind it come back first, refused
+ * too (kept behind it) or answered.
+ */
+static void
+rconn_hold(struct rconn *rc, struct rcmd *c, const redisReply *r)
+{
+	bool noscript = reply_is_error(r, "NOSCRIPT");
+	char key[16];
+
+	TAILQ_INSERT_TAIL(&rc->replay, c, entry);
+	if (noscript)
+		rc->reload = true;
+	if (rc->held)
+		return;
+	rc->held = true;
+	rc->hold_due = false;
+	if (noscript)
+		ev_timer_set(&rc->hold_timer, 0, 0);
+	else {
+		rc->hold_backoff = rc->hold_backoff == 0 ? 0.05 : rc->hold_backoff * 2;
+		if (rc->hold_backoff > 2)
+			rc->hold_backoff = 2;
+		ev_timer_set(&rc->hold_timer, rc->hold_backoff, 0);
+	}
+	snprintf(key, sizeof key, "%.*s", (int)strcspn(r->str, " "), r->str);
+	rconn_log(rc, noscript ? LOG_NOTICE : LOG_WARN, key,
+	    "redis %s: %s; sending the refused commands again in %.2f s (%zu bytes waiting)", rc->name,
+	    r->str, noscript ? 0.0 : rc->hold_backoff, rc->bytes);
+	ev_timer_start(EV_DEFAULT, &rc->hold_timer);
+}
+
+/* A command succeeded: the server is good again, the backoffs start over. */
+static void
+rconn_good(struct rconn *rc)
+{
+	rc->hold_backoff = 0;
+	if (rc->error_drop) {
+		rc->error_drop = false;
+		rc->backoff = 0;
+	}
+}
+
+/* The caller saw a command succeed on rc (the fetch's own BLMOVE). */
+void
+rconn_ok(struct rconn *rc)
+{
+	rconn_good(rc);
+}
+
+/*
+ * Drop the connection because of an error reply (the caller's own
+ * command, in its callback): it comes back with a backoff that is not
+ * reset until a command succeeds.  The line is rate-limited.
+ */
+void
+rconn_drop(struct rconn *rc, const char *why)
+{
+	char key[16];
+
+	snprintf(key, sizeof key, "%.*s", (int)strcspn(why, " "), why);
+	rconn_log(rc, LOG_ERR, key, "redis %s: %s; reconnecting", rc->name, why);
+	rc->error_drop = true;
+	snprintf(rc->drop_why, sizeof rc->drop_why, "%s", why);
+	if (rc->ac != NULL)
+		redisAsyncDisconnect(rc->ac);
+}
+
 /* hiredis's reply callback for every queued command. */
 static void
 rconn_reply(redisAsyncContext *ac, void *reply, void *priv)
@@ -130,34 +364,39 @@ rconn_reply(redisAsyncContext *ac, void *reply, void *priv)
 			TAILQ_INSERT_TAIL(&rc->replay, c, entry);
 		return;
 	}
-	if (c->script >= 0 && reply_is_error(r, "NOSCRIPT")) {
-		/* Scripts were flushed: load it and send the same call again. */
-		const char *argv[] = { "SCRIPT", "LOAD", script_body((enum script_id)c->script) };
-		redisAsyncCommandArgv(rc->ac, NULL, NULL, 3, argv, NULL);
-		TAILQ_INSERT_TAIL(&rc->inflight, c, entry);
-		redisAsyncFormattedCommand(rc->ac, rconn_reply, c, c->buf, c->len);
-		return;
-	}
-	if (reply_is_error(r, "READONLY") || reply_is_error(r, "LOADING") ||
-	    reply_is_error(r, "MASTERDOWN") || reply_is_error(r, "NOREPLICAS")) {
+	switch (rconn_classify(r)) {
+	case REPLY_RECONNECT:
 		/*
-		 * A replica after a failover, a Redis still loading, or a master
-		 * cut off from its replicas (min-replicas-to-write: a failover
-		 * may be under way): find the master again.
+		 * A replica after a failover, or a master cut off from its
+		 * replicas (min-replicas-to-write: a failover may be under way):
+		 * find the master again.
 		 */
 		TAILQ_INSERT_TAIL(&rc->replay, c, entry);
 		if (rc->up) {
 			/* Once per connection: the other commands in flight get the same answer. */
-			log_warn("redis %s: %s; reconnecting", rc->name, r->str);
+			rconn_log(rc, LOG_WARN, "reconnect", "redis %s: %s; reconnecting", rc->name, r->str);
 			rc->up = false;
-			rc->refused = true;
+			rc->error_drop = true;
+			snprintf(rc->drop_why, sizeof rc->drop_why, "%s", r->str);
 			redisAsyncDisconnect(rc->ac);
 		}
 		return;
+	case REPLY_RETRY:
+		if (c->kind != RQ_ONCE) {
+			rconn_hold(rc, c, r);
+			return;
+		}
+		break;	/* a heartbeat is not sent again: its callback sees the error */
+	case REPLY_ANSWER:
+		if (r->type != REDIS_REPLY_ERROR)
+			rconn_good(rc);
+		break;
 	}
 	if (c->cb != NULL)
 		c->cb(r, c->arg);
 	rcmd_free(c);
+	if (rc->held && rc->hold_due && TAILQ_EMPTY(&rc->inflight))
+		rconn_resume(rc);
 }
 
 /* Hand a command to hiredis now. */
@@ -199,19 +438,19 @@ rcmd_new(struct rconn *rc, enum rq_kind kind, rq_cb *cb, void *arg, int argc, co
 
 /*
  * Send c now, or queue it behind what waits.  Without an outbox (the
- * fetch connection) or for RQ_ONCE, a command that cannot go now is
- * answered NULL at once.
+ * fetch connection) or for RQ_ONCE, a command that cannot go now (down,
+ * or held after a refusal) is answered NULL at once.
  */
 static void
 rconn_enqueue(struct rconn *rc, struct rcmd *c)
 {
-	if (!rc->up && (!rc->has_outbox || c->kind == RQ_ONCE)) {
+	if ((!rc->up || rc->held) && (!rc->has_outbox || c->kind == RQ_ONCE)) {
 		if (c->cb != NULL)
 			c->cb(NULL, c->arg);
 		rcmd_free(c);
 		return;
 	}
-	if (rc->up && TAILQ_EMPTY(&rc->pending) && TAILQ_EMPTY(&rc->replay))
+	if (rc->up && !rc->held && TAILQ_EMPTY(&rc->pending) && TAILQ_EMPTY(&rc->replay))
 		rconn_write(rc, c);
 	else
 		TAILQ_INSERT_TAIL(&rc->pending, c, entry);
@@ -291,10 +530,9 @@ rconn_handshake_reply(redisAsyncContext *ac, void *reply, void *priv)
 	if (rc->handshake > 0 && --rc->handshake == 0) {
 		ev_timer_stop(EV_DEFAULT, &rc->connect_timer);
 		rc->up = true;
-		/* A server that refused our writes may refuse again: back off more. */
-		if (!rc->refused)
+		/* A server that answered with an error may again: back off until a command succeeds. */
+		if (!rc->error_drop)
 			rc->backoff = 0;
-		rc->refused = false;
 		if (rc->ever_up)
 			log_notice("redis %s: connected again", rc->name);
 		else
@@ -344,12 +582,16 @@ rconn_disconnected(const redisAsyncContext *ac, int status)
 	(void)status;
 	rc->ac = NULL;
 	rc->up = false;
+	/* The refused commands are in replay: the next connection sends them first. */
+	rc->held = rc->hold_due = rc->reload = false;
+	ev_timer_stop(EV_DEFAULT, &rc->hold_timer);
 	ev_timer_stop(EV_DEFAULT, &rc->connect_timer);
 	if (rc->closing)
 		return;
 	if (was_up && rc->on_down != NULL)
 		rc->on_down(rc);
-	rconn_schedule(rc, ac->errstr && *ac->errstr ? ac->errstr : "connection closed");
+	rconn_schedule(rc, rc->error_drop && rc->drop_why[0] ? rc->drop_why :
+	    ac->errstr && *ac->errstr ? ac->errstr : "connection closed");
 }
 
 /* Connect to host:port (or the socket) and start the handshake. */
@@ -499,7 +741,8 @@ rconn_schedule(struct rconn *rc, const char *why)
 	rc->reconnects++;
 	if (rconn_url()->kind == URL_SENTINEL && rc->sentinel_next >= rconn_url()->sentinels.n)
 		rc->sentinel_next = 0;
-	log_warn("redis %s: %s; retrying in %.1f s (%zu bytes of commands waiting)", rc->name,
+	rconn_log(rc, LOG_WARN, why ? why : "error",
+	    "redis %s: %s; retrying in %.1f s (%zu bytes of commands waiting)", rc->name,
 	    why ? why : "error", rc->backoff, rc->bytes);
 	ev_timer_stop(EV_DEFAULT, &rc->retry);
 	ev_timer_set(&rc->retry, rc->backoff, 0);
@@ -559,6 +802,8 @@ rconn_new(const char *name, bool outbox, void (*on_up)(struct rconn *), void (*o
 	rc->retry.data = rc;
 	ev_timer_init(&rc->connect_timer, rconn_connect_timeout, 0, 0);
 	rc->connect_timer.data = rc;
+	ev_timer_init(&rc->hold_timer, rconn_hold_cb, 0, 0);
+	rc->hold_timer.data = rc;
 	return rc;
 }
 
@@ -577,6 +822,7 @@ rconn_close(struct rconn *rc)
 
 	rc->closing = true;
 	ev_timer_stop(EV_DEFAULT, &rc->retry);
+	ev_timer_stop(EV_DEFAULT, &rc->hold_timer);
 	ev_timer_stop(EV_DEFAULT, &rc->connect_timer);
 	if (rc->sac != NULL)
 		redisAsyncFree(rc->sac);
@@ -621,4 +867,11 @@ unsigned long
 rconn_reconnects(const struct rconn *rc)
 {
 	return rc->reconnects;
+}
+
+/* Commands sent again after Redis refused them (BUSY & co.). */
+unsigned long
+rconn_retried(const struct rconn *rc)
+{
+	return rc->retried;
 }

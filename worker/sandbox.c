@@ -271,15 +271,63 @@ sandbox_rm_argv(const struct config *c, const struct runtime *rt, const char *na
 	strv_push(argv, name);
 }
 
-/* "ps -a --filter label=L --format {{.Names}}": containers carrying a label. */
+/* The Go template of one label's value (docker's ps has .Label, podman's .Labels is a map). */
+static void
+sandbox_label_format(const struct runtime *rt, bool ps, const char *key, char *buf, size_t len)
+{
+	if (!ps)
+		snprintf(buf, len, "{{index .Config.Labels \"%s\"}}", key);
+	else if (rt->kind == RT_DOCKER)
+		snprintf(buf, len, "{{.Label \"%s\"}}", key);
+	else
+		snprintf(buf, len, "{{index .Labels \"%s\"}}", key);
+}
+
+/*
+ * "ps -a --filter label=L --format '{{.ID}} {{.Names}} <debate.worker>'":
+ * containers carrying a label, one line each: id, name, worker label.
+ * The id is what is removed: a name may pass to another container.
+ */
 void
 sandbox_ps_argv(const struct config *c, const struct runtime *rt, const char *label,
     struct strv *argv)
 {
+	char lf[64];
+
 	strv_free(argv);
 	sandbox_base_argv(c, rt, argv);
 	strv_push(argv, "ps");
 	strv_push(argv, "--all");
 	sandbox_pushf(argv, "--filter=label=%s", label);
-	strv_push(argv, "--format={{.Names}}");
+	sandbox_label_format(rt, true, "debate.worker", lf, sizeof lf);
+	sandbox_pushf(argv, "--format={{.ID}} {{.Names}} %s", lf);
+}
+
+/* "inspect --type=container --format={{.Id}} what": the full id of a container (name or id). */
+void
+sandbox_inspect_id_argv(const struct config *c, const struct runtime *rt, const char *what,
+    struct strv *argv)
+{
+	strv_free(argv);
+	sandbox_base_argv(c, rt, argv);
+	strv_push(argv, "inspect");
+	strv_push(argv, "--type=container");
+	strv_push(argv, "--format={{.Id}}");
+	strv_push(argv, what);
+}
+
+/* "inspect --type=container --format=<its debate.worker label> what". */
+void
+sandbox_inspect_worker_argv(const struct config *c, const struct runtime *rt, const char *what,
+    struct strv *argv)
+{
+	char lf[64];
+
+	strv_free(argv);
+	sandbox_base_argv(c, rt, argv);
+	strv_push(argv, "inspect");
+	strv_push(argv, "--type=container");
+	sandbox_label_format(rt, false, "debate.worker", lf, sizeof lf);
+	sandbox_pushf(argv, "--format=%s", lf);
+	strv_push(argv, what);
 }

@@ -64,6 +64,11 @@ void sandbox_rm_argv(const struct config *c, const struct runtime *rt, const cha
     struct strv *argv);
 void sandbox_ps_argv(const struct config *c, const struct runtime *rt, const char *label,
     struct strv *argv);
+/* "inspect" of one container (name or id): its full id, or its debate.worker label. */
+void sandbox_inspect_id_argv(const struct config *c, const struct runtime *rt, const char *what,
+    struct strv *argv);
+void sandbox_inspect_worker_argv(const struct config *c, const struct runtime *rt, const char *what,
+    struct strv *argv);
 void sandbox_base_argv(const struct config *c, const struct runtime *rt, struct strv *argv);
 
 /* --- image.c: the build image, checked and built at start ----------- */
@@ -117,9 +122,9 @@ int cgroup_host_cpus(void);
 /* --- rconn.c: Redis connections, reconnects and the outbox ----------- */
 
 enum rq_kind {
-	RQ_KEEP,	/* retried until Redis answers (results, claims, dead letters) */
-	RQ_DROP,	/* may be dropped when the outbox is full (log batches) */
-	RQ_ONCE,	/* never replayed (heartbeats) */
+	RQ_KEEP,	/* sent until Redis answers, also after BUSY & co. (results, claims, dead letters) */
+	RQ_DROP,	/* the same, but not queued when the outbox is full (log batches) */
+	RQ_ONCE,	/* never replayed nor retried (heartbeats) */
 };
 
 typedef void rq_cb(redisReply *reply, void *arg);
@@ -137,6 +142,17 @@ void rconn_send(struct rconn *rc, enum rq_kind kind, rq_cb *cb, void *arg, int a
     const char **argv, const size_t *argvlen);
 size_t rconn_outbox_bytes(const struct rconn *rc);
 unsigned long rconn_reconnects(const struct rconn *rc);
+unsigned long rconn_retried(const struct rconn *rc);
+/* The retry policy: what an error reply means (see rconn.c). */
+enum reply_class {
+	REPLY_ANSWER,		/* the command's answer: its callback sees it */
+	REPLY_RETRY,		/* refused before it ran: sent again after a backoff */
+	REPLY_RECONNECT,	/* not the master: reconnect, then send it again */
+};
+enum reply_class rconn_classify(const redisReply *r);
+/* The fetch's own commands: one succeeded, or one failed and the connection must go. */
+void rconn_ok(struct rconn *rc);
+void rconn_drop(struct rconn *rc, const char *why);
 /* Reply helpers. */
 bool reply_is_error(const redisReply *r, const char *prefix);
 
@@ -268,7 +284,9 @@ struct job {
 	double retry_due;	/* > 0: retried at that time instead of a result */
 	bool lease_lost;
 	bool has_slot;
-	bool conflict_retried;	/* the name was taken by an orphan once */
+	bool conflict_retried;	/* exit 125 checked for a name conflict once */
+	char cid[80];		/* our container's id, once the cidfile had it */
+	bool no_container;	/* stopped between a conflict's runs: nothing of ours to rm */
 	bool container_dirty;	/* the container may outlive the client: rm -f */
 	unsigned emits;		/* emit scripts not answered yet */
 };
@@ -303,7 +321,7 @@ void beat_init(void);
 void beat_now(void);
 void beat_stop(void);
 /* Put back every payload in our active list that we do not hold. */
-void beat_release(bool all, void (*done)(void));
+void beat_release(bool all, void (*done)(bool ok));
 void beat_sweep_orphans(const char *worker_id);
 
 /* --- metrics.c: the Prometheus endpoint ------------------------------ */

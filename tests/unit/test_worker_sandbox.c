@@ -187,6 +187,104 @@ test_helper_argv(void **state)
 	config_free(&c);
 }
 
+/* The orphan sweep lists ids (not names) with the worker label, per runtime. */
+static void
+test_ps_and_inspect_argv(void **state)
+{
+	struct runtime pm = { .kind = RT_PODMAN, .path = (char *)(uintptr_t)"/usr/bin/podman", .sudo = true };
+	struct runtime dk = { .kind = RT_DOCKER, .path = (char *)(uintptr_t)"docker" };
+	struct strv argv = { 0 };
+	struct config c;
+
+	(void)state;
+	config_defaults(&c);
+	sandbox_ps_argv(&c, &pm, "debate.worker=w1", &argv);
+	assert_int_equal(argv.n, 7);
+	assert_string_equal(argv.v[0], "sudo");
+	assert_string_equal(argv.v[1], "-n");
+	assert_string_equal(argv.v[2], "/usr/bin/podman");
+	assert_string_equal(argv.v[3], "ps");
+	assert_string_equal(argv.v[4], "--all");
+	assert_string_equal(argv.v[5], "--filter=label=debate.worker=w1");
+	assert_string_equal(argv.v[6], "--format={{.ID}} {{.Names}} {{index .Labels \"debate.worker\"}}");
+	sandbox_ps_argv(&c, &dk, "debate.worker=w1", &argv);
+	assert_int_equal(argv.n, 5);
+	assert_string_equal(argv.v[4], "--format={{.ID}} {{.Names}} {{.Label \"debate.worker\"}}");
+
+	/* inspect: the name (or id) is one argument of its own, last. */
+	sandbox_inspect_id_argv(&c, &dk, "debate-build-x; rm -rf /", &argv);
+	assert_int_equal(argv.n, 5);
+	assert_string_equal(argv.v[1], "inspect");
+	assert_string_equal(argv.v[2], "--type=container");
+	assert_string_equal(argv.v[3], "--format={{.Id}}");
+	assert_string_equal(argv.v[4], "debate-build-x; rm -rf /");
+	sandbox_inspect_worker_argv(&c, &pm, "0123456789ab", &argv);
+	assert_int_equal(argv.n, 7);
+	assert_string_equal(argv.v[3], "inspect");
+	assert_string_equal(argv.v[4], "--type=container");
+	assert_string_equal(argv.v[5], "--format={{index .Config.Labels \"debate.worker\"}}");
+	assert_string_equal(argv.v[6], "0123456789ab");
+	sandbox_inspect_worker_argv(&c, &dk, "0123456789ab", &argv);
+	assert_string_equal(argv.v[3], "--format={{index .Config.Labels \"debate.worker\"}}");
+	strv_free(&argv);
+	config_free(&c);
+}
+
+/* An error reply with the given text. */
+static redisReply *
+err_reply(const char *text)
+{
+	static redisReply r;
+	static char buf[256];
+
+	snprintf(buf, sizeof buf, "%s", text);
+	memset(&r, 0, sizeof r);
+	r.type = REDIS_REPLY_ERROR;
+	r.str = buf;
+	r.len = strlen(buf);
+	return &r;
+}
+
+/* The retry policy: which error replies are retried, reconnected for, or answers. */
+static void
+test_reply_classes(void **state)
+{
+	static const char *const retry[] = {
+		"BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+		"LOADING Redis is loading the dataset in memory",
+		"MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+		"OOM command not allowed when used memory > 'maxmemory'.",
+		"OOM command not allowed when used memory > 'maxmemory'. script: 3ad9, on @user_script:1.",
+		"NOSCRIPT No matching script. Please use EVAL.",
+		"TRYAGAIN Multiple keys request during rehashing of slot",
+		"CLUSTERDOWN The cluster is down",
+		"BUSY",
+	};
+	static const char *const reconnect[] = {
+		"READONLY You can't write against a read only replica.",
+		"MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.",
+		"NOREPLICAS Not enough good replicas to write.",
+	};
+	static const char *const answer[] = {
+		"ERR user_script:1: Script attempted to access nonexistent global variable 'x'",
+		"WRONGTYPE Operation against a key holding the wrong kind of value",
+		"BUSYKEY Target key name already exists.",
+		"BUSYGROUP Consumer Group name already exists",
+		"OOMX not an OOM", "NOAUTH Authentication required.", "", "busy lower case",
+	};
+	redisReply ok = { .type = REDIS_REPLY_STRING, .str = (char *)(uintptr_t)"BUSY", .len = 4 };
+
+	(void)state;
+	for (size_t i = 0; i < sizeof retry / sizeof retry[0]; i++)
+		assert_int_equal(rconn_classify(err_reply(retry[i])), REPLY_RETRY);
+	for (size_t i = 0; i < sizeof reconnect / sizeof reconnect[0]; i++)
+		assert_int_equal(rconn_classify(err_reply(reconnect[i])), REPLY_RECONNECT);
+	for (size_t i = 0; i < sizeof answer / sizeof answer[0]; i++)
+		assert_int_equal(rconn_classify(err_reply(answer[i])), REPLY_ANSWER);
+	assert_int_equal(rconn_classify(&ok), REPLY_ANSWER);	/* a string "BUSY" is an answer */
+	assert_int_equal(rconn_classify(NULL), REPLY_ANSWER);
+}
+
 /* A wait status for exit code n. */
 #define EXITED(n) ((n) << 8)
 
@@ -254,6 +352,8 @@ main(void)
 		cmocka_unit_test(test_run_argv_no_splitting),
 		cmocka_unit_test(test_exec_mode),
 		cmocka_unit_test(test_helper_argv),
+		cmocka_unit_test(test_ps_and_inspect_argv),
+		cmocka_unit_test(test_reply_classes),
 		cmocka_unit_test(test_outcome),
 		cmocka_unit_test(test_runtime_detect),
 	};
