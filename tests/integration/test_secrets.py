@@ -5,6 +5,7 @@ and env_allow values that must not show on the runtime's command line.
 Real redis-server, redis-sentinel and podman; every process is stopped by
 pid at teardown (the `procs` list, the Fleet), also when a test fails.
 """
+import hashlib
 import os
 import socket
 import subprocess
@@ -15,8 +16,8 @@ import pytest
 import redis
 
 from workers import *  # noqa: F401,F403
-from workers import (ENQUEUE_BIN, SLOW, WORKER_BIN, RedisServer, free_port, make_profile, submit,
-                     wait_result, write_ini)
+from workers import (ENQUEUE_BIN, SLOW, WORKER_BIN, RedisServer, Runtime, free_port, make_profile,
+                     stream_events, submit, wait_result, write_ini)
 
 PASSWORD = "hun@ter2/x"     # '@' and '/' in it, as the URL carries it unescaped
 PARTS = ("hun", "ter2")     # no part of it may show either
@@ -223,3 +224,63 @@ def test_silent_sentinel_times_out_and_the_next_is_asked(fleet, tmp_path, ns, br
         for f in fillers:
             f.close()
         hole.close()
+
+
+# ---------------------------------------------------------------- env_allow
+
+def proc_cmdlines():
+    """{pid: argv bytes} of every process we may read."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                out[int(d)] = Path(f"/proc/{d}/cmdline").read_bytes()
+            except OSError:
+                pass
+    return out
+
+
+def children(pid):
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_env_allow_value_not_on_any_cmdline(fleet, r, ns, broot, podman):
+    token = "tok-" + os.urandom(8).hex()
+    prof = Path(broot) / make_profile(broot, "envp")
+    script = prof / "airootfs" / "root" / "customize_airootfs.sh"
+    script.parent.mkdir(parents=True)
+    # The build shows a digest of what it got (and is alive for a while).
+    script.write_text('echo "seen:$(printf %s "$DEBATE_T_TOKEN" | sha256sum | cut -c1-16)"\n'
+                      'echo "running"\nsleep 6\n')
+    rt = Runtime(podman.name, podman.cmd, dict(podman.env, DEBATE_T_TOKEN=token), podman.ini)
+    w = fleet.start(rt, sandbox={"env_allow": "DEBATE_T_TOKEN"})
+    w.wait_log(r"redis cmd: connected")
+    jid = submit(r, ns, profile="envp", output="o")
+    w.wait_log(r"job %s: started" % jid, 60)
+    client = None
+    deadline = time.time() + 60 * SLOW
+    while time.time() < deadline and client is None:
+        for pid in children(w.pid):
+            if b"--env=DEBATE_T_TOKEN" in proc_cmdlines().get(pid, b""):
+                client = pid
+        time.sleep(0.1)
+    assert client is not None, "no runtime client with --env=DEBATE_T_TOKEN among the worker's children"
+    # While the build runs: no command line on the host holds the value.
+    seen_running = False
+    while time.time() < deadline and not seen_running:
+        for pid, argv in proc_cmdlines().items():
+            assert token.encode() not in argv, f"pid {pid} shows the value: {argv!r}"
+        seen_running = any("running" in line for ev in stream_events(r, ns, jid) if ev.get("type") == "log"
+                           for line in ev.get("lines", []))
+        time.sleep(0.2)
+    for pid, argv in proc_cmdlines().items():
+        assert token.encode() not in argv, f"pid {pid} shows the value: {argv!r}"
+    res = wait_result(r, ns, jid, 90)
+    assert res["status"] == "succeeded", res
+    want = "seen:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+    lines = [line.decode() if isinstance(line, bytes) else line
+             for ev in stream_events(r, ns, jid) if ev.get("type") == "log" for line in ev.get("lines", [])]
+    assert want in lines, lines
