@@ -290,6 +290,22 @@ sandbox_stop_argv(const struct config *c, const struct runtime *rt, const char *
 	strv_push(argv, name);
 }
 
+/*
+ * "kill name": SIGKILL to the container's processes by the runtime, which
+ * reaches them where a signal to our client (sudo, or a client that
+ * ignores it) does not.
+ */
+void
+sandbox_kill_argv(const struct config *c, const struct runtime *rt, const char *name,
+    struct strv *argv)
+{
+	strv_free(argv);
+	sandbox_base_argv(c, rt, argv);
+	strv_push(argv, "kill");
+	strv_push(argv, "--signal=KILL");
+	strv_push(argv, name);
+}
+
 /* "rm -f name" (also for containers already gone: the runtime says so). */
 void
 sandbox_rm_argv(const struct config *c, const struct runtime *rt, const char *name,
