@@ -226,6 +226,13 @@ cgroup_oom_check(struct cgroup *cg)
 	return oom;
 }
 
+/* Whether the cgroup directory is gone (the container was removed). */
+bool
+cgroup_gone(const struct cgroup *cg)
+{
+	return cg->mem_dir == NULL || !cg_isdir(cg->mem_dir);
+}
+
 /* Memory in use (bytes) and CPU time used (seconds). */
 int
 cgroup_stats(const struct cgroup *cg, uint64_t *mem, double *cpu)

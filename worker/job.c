@@ -239,6 +239,7 @@ job_container(const struct job *j, char *buf, size_t len)
 #define JOB_KILL_LAST 5.0
 #define JOB_HELPER_TIMEOUT 15.0
 #define JOB_EOF_GRACE 3.0
+#define JOB_OOM_POLL 0.05	/* seconds between reads of oom_kill without a notification */
 
 /* Stop the build: the runtime's stop (TERM, grace, KILL), or signals. */
 void
@@ -380,6 +381,16 @@ job_proc_stats(pid_t pid, uint64_t *mem, double *cpu)
 	return 0;
 }
 
+/* Read the OOM kill counter; say so the first time it shows a kill. */
+static void
+job_oom_poll(struct job *j)
+{
+	if (cgroup_oom_check(&j->cg) && !j->oom) {
+		j->oom = true;
+		log_notice("job %s: the kernel killed a process of the build for memory", j->id);
+	}
+}
+
 /* Periodic stats; the emit's answer also tells us about a cancel. */
 static void
 job_stats_cb(EV_P_ ev_timer *w, int revents)
@@ -391,8 +402,10 @@ job_stats_cb(EV_P_ ev_timer *w, int revents)
 
 	(void)loop;
 	(void)revents;
-	if (j->cg_found)
+	if (j->cg_found) {
 		cgroup_stats(&j->cg, &mem, &cpu);
+		job_oom_poll(j);
+	}
 	else if (wk->rt.kind == RT_EXEC)
 		job_proc_stats(j->pid, &mem, &cpu);
 	event_begin(j, &ep, "stats", 3);
@@ -409,10 +422,7 @@ job_oom_cb(EV_P_ ev_io *w, int revents)
 	struct job *j = w->data;
 
 	(void)revents;
-	if (cgroup_oom_check(&j->cg) && !j->oom) {
-		j->oom = true;
-		log_notice("job %s: the kernel killed a process of the build for memory", j->id);
-	}
+	job_oom_poll(j);
 	if (j->reaped)
 		ev_io_stop(loop, w);
 }
@@ -431,8 +441,15 @@ job_cid_cb(EV_P_ ev_timer *w, int revents)
 	int fd, efd;
 
 	(void)revents;
-	if (j->reaped || j->cg_found) {
+	if (j->reaped) {
 		ev_timer_stop(loop, w);
+		return;
+	}
+	if (j->cg_found) {
+		/* Polling the counter: no eventfd (no write access to the cgroup). */
+		job_oom_poll(j);
+		if (cgroup_gone(&j->cg))
+			ev_timer_stop(loop, w);
 		return;
 	}
 	if ((fd = open(j->cidfile, O_RDONLY | O_CLOEXEC)) < 0)
@@ -451,10 +468,19 @@ job_cid_cb(EV_P_ ev_timer *w, int revents)
 		ev_io_init(&j->oom_io, job_oom_cb, efd, EV_READ);
 		j->oom_io.data = j;
 		ev_io_start(loop, &j->oom_io);
-	} else
-		log_warn("job %s: cannot watch the memory cgroup %s for OOM kills", j->id, j->cg.mem_dir);
-	if (cgroup_oom_check(&j->cg))
-		j->oom = true;
+	} else {
+		/*
+		 * Registering an eventfd needs write access to the cgroup (a
+		 * worker that runs the runtime through sudo has none): read the
+		 * world-readable counter every JOB_OOM_POLL while the container
+		 * lives instead, as well as at each stats tick and at the end.
+		 */
+		log_debug("job %s: no OOM notification from %s; polling its oom_kill counter", j->id,
+		    j->cg.mem_dir);
+		w->repeat = JOB_OOM_POLL;
+		ev_timer_again(loop, w);
+	}
+	job_oom_poll(j);
 	log_debug("job %s: container %.12s, cgroup %s", j->id, cid, j->cg.mem_dir);
 	return;
 again:

@@ -120,6 +120,7 @@ int cgroup_find(const char *cid, struct cgroup *cg);
 int cgroup_watch_oom(struct cgroup *cg);
 /* Re-read the OOM kill count; true when it rose since the last call. */
 bool cgroup_oom_check(struct cgroup *cg);
+bool cgroup_gone(const struct cgroup *cg);
 int cgroup_stats(const struct cgroup *cg, uint64_t *mem, double *cpu);
 void cgroup_close(struct cgroup *cg);
 int cgroup_host_cpus(void);
