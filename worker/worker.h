@@ -114,6 +114,7 @@ struct cgroup {
 	uint64_t oom_kills;	/* highest count seen */
 };
 
+extern const char *cgroup_root;	/* "/sys/fs/cgroup" */
 /* Find the cgroup of container cid; 0 or -1 when it is not (yet) there. */
 int cgroup_find(const char *cid, struct cgroup *cg);
 /* Arm a notification for OOM kills; returns the fd to watch or -1. */
