@@ -116,8 +116,13 @@ def sudo_fleet(fleet, podman, home, sudo_user):
         w.cwd = str(home)
         w.start()
         fleet.workers.append(w)
+        started.append(w)
         return w
-    return start
+    started = []
+    yield start
+    # Before `home` goes: the workers use it.
+    for w in started:
+        w.stop(timeout=20)
 
 
 def profile(root, name, **conf):
