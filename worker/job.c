@@ -405,8 +405,7 @@ job_stats_cb(EV_P_ ev_timer *w, int revents)
 	if (j->cg_found) {
 		cgroup_stats(&j->cg, &mem, &cpu);
 		job_oom_poll(j);
-	}
-	else if (wk->rt.kind == RT_EXEC)
+	} else if (wk->rt.kind == RT_EXEC)
 		job_proc_stats(j->pid, &mem, &cpu);
 	event_begin(j, &ep, "stats", 3);
 	mp_kv_double(&ep.pk, "elapsed", now_mono() - j->started_mono);
