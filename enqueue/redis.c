@@ -143,6 +143,16 @@ redis_sentinel(const struct config *c, const struct redis_url *u, char *err, siz
 			snprintf(err, errlen, "sentinel %s: %s", sen, e);
 			continue;
 		}
+		if (u->password != NULL) {
+			/*
+			 * The URL's credentials open the sentinels too.  A refusal is
+			 * not final: a sentinel without requirepass refuses AUTH yet
+			 * answers, one that needs it answers NOAUTH below.
+			 */
+			const char *auth[] = { "AUTH", u->user ? u->user : u->password, u->password };
+			if ((r = redis_hello(s, u->user ? 3 : 2, auth, e, sizeof e)) != NULL)
+				freeReplyObject(r);
+		}
 		r = redis_hello(s, 3, argv, e, sizeof e);
 		redisFree(s);
 		if (r == NULL) {

@@ -119,6 +119,8 @@ void url_free(struct redis_url *u);
 int url_sentinel(const struct redis_url *u, size_t i, char *host, size_t hostlen, int *port);
 /* For logs: the URL without its password. */
 char *url_display(const struct redis_url *u);
+/* For messages about a URL that may not parse: its userinfo as "***". */
+char *url_redact(const char *s);
 
 /* --- config.c: worker.ini -------------------------------------------- */
 

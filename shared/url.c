@@ -5,8 +5,14 @@
  *   unix://[[user]:password@]/path/to/redis.sock[?db=N]
  *   sentinel://[[user]:password@]host:port[,host:port...]/master[/db]
  *
- * user and password may be percent-encoded.  A password is better kept in
- * worker.ini or the environment than in a URL on a command line.
+ * user and password may be percent-encoded.  The userinfo ends at the
+ * LAST '@' (host, port, db and master name never hold one), so a password
+ * may contain '@' and '/' as they are; on unix:// it ends at the last "@/"
+ * (the socket path may hold an '@' of its own).  A password is better kept
+ * in worker.ini or the environment than in a URL on a command line.
+ *
+ * No error message repeats the password: every message names only the part
+ * after the userinfo, or shows the URL with the userinfo as "***".
  */
 #include <ctype.h>
 #include <stdlib.h>
@@ -37,11 +43,26 @@ url_unescape(const char *s, size_t n)
 	return out;
 }
 
+/* Where the userinfo of rest (after "scheme://") ends: its last '@', or NULL. */
+static const char *
+url_userinfo_end(const char *rest, bool unix_path)
+{
+	const char *at = NULL;
+
+	if (!unix_path)
+		return strrchr(rest, '@');
+	if (*rest == '/')
+		return NULL;	/* the path starts at once: no userinfo */
+	for (const char *q = rest; (q = strstr(q, "@/")) != NULL; q++)
+		at = q;
+	return at;
+}
+
 /* Split "[user]:password@" off the front of *p. */
 static int
-url_userinfo(const char **p, struct redis_url *u, char *err, size_t errlen)
+url_userinfo(const char **p, bool unix_path, struct redis_url *u, char *err, size_t errlen)
 {
-	const char *at = strchr(*p, '@'), *colon;
+	const char *at = url_userinfo_end(*p, unix_path), *colon;
 
 	if (at == NULL)
 		return 0;
@@ -60,6 +81,24 @@ url_userinfo(const char **p, struct redis_url *u, char *err, size_t errlen)
 	}
 	*p = at + 1;
 	return 0;
+}
+
+/*
+ * s as error messages may show it: everything up to its last '@' after
+ * the scheme (or from the start without one) becomes "***".
+ */
+char *
+url_redact(const char *s)
+{
+	const char *rest, *at, *sep;
+
+	if (s == NULL)
+		return xstrdup("");
+	sep = strstr(s, "://");
+	rest = sep ? sep + 3 : s;
+	if ((at = strrchr(rest, '@')) == NULL)
+		return xstrdup(s);
+	return xasprintf("%.*s***%s", (int)(rest - s), s, at);
 }
 
 /* Parse "host[:port]" or "[v6]:port" of length n. */
@@ -139,10 +178,13 @@ url_parse(const char *s, struct redis_url *out, char *err, size_t errlen)
 		u.kind = URL_SENTINEL;
 		p = s + 11;
 	} else {
-		snprintf(err, errlen, "unsupported Redis URL \"%s\" (use redis://, unix:// or sentinel://)", s);
+		char *shown = url_redact(s);
+		snprintf(err, errlen, "unsupported Redis URL \"%s\" (use redis://, unix:// or sentinel://)",
+		    shown);
+		free(shown);
 		return -1;
 	}
-	if (url_userinfo(&p, &u, err, errlen) != 0)
+	if (url_userinfo(&p, u.kind == URL_UNIX, &u, err, errlen) != 0)
 		goto fail;
 
 	switch (u.kind) {

@@ -10,6 +10,14 @@
  * memory.oom_control (cgroup.event_control) as soon as the container
  * exists, and read the counter at registration to catch an earlier kill.
  * On v2, memory.events carries oom_kill and inotify tells when it changes.
+ *
+ * Registering the eventfd needs write access to cgroup.event_control,
+ * which a worker driving the runtime through sudo lacks.  The counters
+ * themselves are world-readable, so detection never depends on it: the
+ * job reads oom_kill (memory.oom_control on v1, memory.events on v2, the
+ * latter counting kills in every cgroup below it) at every notification,
+ * by polling while the container lives when there is none, at each stats
+ * tick and once more at the end, and keeps the highest count seen.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -24,8 +32,10 @@
 
 #include "worker.h"
 
-#define CG_ROOT "/sys/fs/cgroup"
 #define CG_SEARCH_DEPTH 6
+
+/* Where the cgroup file systems are mounted (the unit test points it at a fake tree). */
+const char *cgroup_root = "/sys/fs/cgroup";
 
 /* Whether path is a directory. */
 static bool
@@ -86,6 +96,11 @@ cg_search(const char *dir, const char *cid, int depth)
 		if (de->d_type != DT_DIR || de->d_name[0] == '.')
 			continue;
 		sub = xasprintf("%s/%s", dir, de->d_name);
+		if (strstr(de->d_name, cid) != NULL && strstr(de->d_name, "conmon") != NULL) {
+			/* podman's libpod-conmon-<id>.scope: the monitor, not the container. */
+			free(sub);
+			continue;
+		}
 		if (strstr(de->d_name, cid) != NULL)
 			found = sub;
 		else {
@@ -109,19 +124,26 @@ cgroup_find(const char *cid, struct cgroup *cg)
 		"libpod_parent/libpod-%s", "docker/%s", "machine.slice/libpod-%s.scope",
 		"system.slice/docker-%s.scope", "system.slice/libpod-%s.scope", NULL,
 	};
-	const char *memroot, *cpuroot = NULL;
+	char memroot[4096], cpuroot[4096], probe[4096];
 	char *dir = NULL;
 
 	memset(cg, 0, sizeof *cg);
 	cg->event_fd = cg->watch_fd = -1;
-	if (cg_isdir(CG_ROOT "/memory") && access(CG_ROOT "/memory/memory.limit_in_bytes", F_OK) == 0) {
-		memroot = CG_ROOT "/memory";
-		cpuroot = cg_isdir(CG_ROOT "/cpuacct") ? CG_ROOT "/cpuacct" : CG_ROOT "/cpu,cpuacct";
-	} else if (access(CG_ROOT "/cgroup.controllers", F_OK) == 0) {
-		memroot = CG_ROOT;
+	cpuroot[0] = '\0';
+	snprintf(memroot, sizeof memroot, "%s/memory", cgroup_root);
+	snprintf(probe, sizeof probe, "%s/memory.limit_in_bytes", memroot);
+	if (cg_isdir(memroot) && access(probe, F_OK) == 0) {
+		/* v1, or hybrid (v1 controllers, v2 for systemd alone). */
+		snprintf(cpuroot, sizeof cpuroot, "%s/cpuacct", cgroup_root);
+		if (!cg_isdir(cpuroot))
+			snprintf(cpuroot, sizeof cpuroot, "%s/cpu,cpuacct", cgroup_root);
+	} else {
+		snprintf(probe, sizeof probe, "%s/cgroup.controllers", cgroup_root);
+		if (access(probe, F_OK) != 0)
+			return -1;
+		snprintf(memroot, sizeof memroot, "%s", cgroup_root);
 		cg->v2 = true;
-	} else
-		return -1;
+	}
 
 	for (const char **w = where; *w != NULL && dir == NULL; w++) {
 		char rel[512], *cand;
@@ -224,6 +246,13 @@ cgroup_oom_check(struct cgroup *cg)
 	if (!cg->v2 && fired > (gone ? 1u : 0u))
 		oom = true;
 	return oom;
+}
+
+/* Whether the cgroup directory is gone (the container was removed). */
+bool
+cgroup_gone(const struct cgroup *cg)
+{
+	return cg->mem_dir == NULL || !cg_isdir(cg->mem_dir);
 }
 
 /* Memory in use (bytes) and CPU time used (seconds). */

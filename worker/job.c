@@ -226,6 +226,29 @@ job_container(const struct job *j, char *buf, size_t len)
 	return strlen(buf) >= 12 ? buf : j->cname;
 }
 
+/*
+ * Stopping, in stages, each only while the child is not reaped (kill_timer
+ * drives them; j->kills counts the stages done):
+ *
+ *   0  the runtime's "stop --time=GRACE ID" (exec: SIGTERM to the group)
+ *   1  GRACE + JOB_KILL_AFTER later: the runtime's "kill ID", and SIGTERM to
+ *      the client (exec: SIGKILL to the group).  Signals to the client
+ *      alone never suffice under sudo: sudo relays TERM, INT, HUP to the
+ *      runtime it runs as root, but SIGKILL kills sudo and leaves the
+ *      runtime running.
+ *   2  JOB_KILL_LAST later: SIGKILL to the client's process group.
+ *
+ * The helper calls have deadlines of their own (proc_run_timeout), so a
+ * runtime that hangs cannot hold a stage up.  What is left once the
+ * client is reaped, a runtime keeping our pipes open, is the EOF deadline's
+ * business (job_child_cb).
+ */
+#define JOB_KILL_AFTER 10.0
+#define JOB_KILL_LAST 5.0
+#define JOB_HELPER_TIMEOUT 15.0
+#define JOB_EOF_GRACE 3.0
+#define JOB_OOM_POLL 0.05	/* seconds between reads of oom_kill without a notification */
+
 /* Stop the build: the runtime's stop (TERM, grace, KILL), or signals. */
 void
 job_stop(struct job *j, enum stop_reason why)
@@ -239,32 +262,73 @@ job_stop(struct job *j, enum stop_reason why)
 	job_set_state(j, JOB_STOPPING);
 	ev_timer_stop(EV_DEFAULT, &j->warn_timer);
 	ev_timer_stop(EV_DEFAULT, &j->timeout_timer);
+	ev_timer_stop(EV_DEFAULT, &j->kill_timer);
+	j->kills = 0;
 	if (wk->rt.kind == RT_EXEC) {
 		kill(-j->pid, SIGTERM);
 		ev_timer_set(&j->kill_timer, wk->conf->stop_grace, 0);
 	} else {
 		j->container_dirty = true;
 		sandbox_stop_argv(wk->conf, &wk->rt, job_container(j, cid, sizeof cid), &argv);
-		proc_run(argv.v, NULL, NULL);
+		proc_run_timeout(argv.v, wk->conf->stop_grace + JOB_HELPER_TIMEOUT, NULL, NULL);
 		strv_free(&argv);
-		/* If the client outlives the stop by far, kill it; rm -f follows. */
-		ev_timer_set(&j->kill_timer, wk->conf->stop_grace + 15, 0);
+		ev_timer_set(&j->kill_timer, wk->conf->stop_grace + JOB_KILL_AFTER, 0);
 	}
 	ev_timer_start(EV_DEFAULT, &j->kill_timer);
 }
 
-/* The grace is over and the child is still there. */
+/*
+ * The child was reaped JOB_EOF_GRACE ago and a pipe is still open: a
+ * process it left behind holds it (a runtime orphaned by a killed sudo, a
+ * daemon of an exec-mode build).  Take what is there and end the job.
+ */
+static void
+job_eof_deadline(struct job *j)
+{
+	log_warn("job %s: its %s still open %g s after the %s exited (a process left behind holds "
+	    "them); closing them", j->id, !j->out.eof && !j->err.eof ? "stdout and stderr are" :
+	    !j->out.eof ? "stdout is" : "stderr is", JOB_EOF_GRACE,
+	    wk->rt.kind == RT_EXEC ? "build" : "runtime client");
+	output_abandon(&j->out);
+	output_abandon(&j->err);
+	job_end(j);
+}
+
+/* The next stage of a stop, or the EOF deadline once the child is reaped. */
 static void
 job_kill_cb(EV_P_ ev_timer *w, int revents)
 {
 	struct job *j = w->data;
+	struct strv argv = { 0 };
+	char cid[128];
 
 	(void)loop;
 	(void)revents;
-	if (j->reaped)
+	if (j->reaped) {
+		if (!j->out.eof || !j->err.eof)
+			job_eof_deadline(j);
 		return;
-	log_warn("job %s: still running %g s after the stop; killing it", j->id, wk->conf->stop_grace);
-	kill(wk->rt.kind == RT_EXEC ? -j->pid : j->pid, SIGKILL);
+	}
+	j->kills++;
+	if (wk->rt.kind == RT_EXEC) {
+		log_warn("job %s: still running %g s after the stop; killing it", j->id, wk->conf->stop_grace);
+		kill(-j->pid, SIGKILL);
+		return;
+	}
+	if (j->kills == 1) {
+		log_warn("job %s: still running %g s after the stop; killing the container", j->id,
+		    wk->conf->stop_grace + JOB_KILL_AFTER);
+		sandbox_kill_argv(wk->conf, &wk->rt, job_container(j, cid, sizeof cid), &argv);
+		proc_run_timeout(argv.v, JOB_HELPER_TIMEOUT, NULL, NULL);
+		strv_free(&argv);
+		kill(j->pid, SIGTERM);	/* sudo relays it; a bare client may exit on it */
+		ev_timer_set(w, JOB_KILL_LAST, 0);
+		ev_timer_start(EV_DEFAULT, w);
+		return;
+	}
+	log_warn("job %s: the runtime client (pid %d) outlived the container kill; killing it%s", j->id,
+	    (int)j->pid, wk->rt.sudo ? " (sudo: the runtime it runs may stay; rm -f follows)" : "");
+	kill(-j->pid, SIGKILL);
 }
 
 /* The warning time has come. */
@@ -325,6 +389,16 @@ job_proc_stats(pid_t pid, uint64_t *mem, double *cpu)
 	return 0;
 }
 
+/* Read the OOM kill counter; say so the first time it shows a kill. */
+static void
+job_oom_poll(struct job *j)
+{
+	if (cgroup_oom_check(&j->cg) && !j->oom) {
+		j->oom = true;
+		log_notice("job %s: the kernel killed a process of the build for memory", j->id);
+	}
+}
+
 /* Periodic stats; the emit's answer also tells us about a cancel. */
 static void
 job_stats_cb(EV_P_ ev_timer *w, int revents)
@@ -336,9 +410,10 @@ job_stats_cb(EV_P_ ev_timer *w, int revents)
 
 	(void)loop;
 	(void)revents;
-	if (j->cg_found)
+	if (j->cg_found) {
 		cgroup_stats(&j->cg, &mem, &cpu);
-	else if (wk->rt.kind == RT_EXEC)
+		job_oom_poll(j);
+	} else if (wk->rt.kind == RT_EXEC)
 		job_proc_stats(j->pid, &mem, &cpu);
 	event_begin(j, &ep, "stats", 3);
 	mp_kv_double(&ep.pk, "elapsed", now_mono() - j->started_mono);
@@ -354,10 +429,7 @@ job_oom_cb(EV_P_ ev_io *w, int revents)
 	struct job *j = w->data;
 
 	(void)revents;
-	if (cgroup_oom_check(&j->cg) && !j->oom) {
-		j->oom = true;
-		log_notice("job %s: the kernel killed a process of the build for memory", j->id);
-	}
+	job_oom_poll(j);
 	if (j->reaped)
 		ev_io_stop(loop, w);
 }
@@ -376,8 +448,15 @@ job_cid_cb(EV_P_ ev_timer *w, int revents)
 	int fd, efd;
 
 	(void)revents;
-	if (j->reaped || j->cg_found) {
+	if (j->reaped) {
 		ev_timer_stop(loop, w);
+		return;
+	}
+	if (j->cg_found) {
+		/* Polling the counter: no eventfd (no write access to the cgroup). */
+		job_oom_poll(j);
+		if (cgroup_gone(&j->cg))
+			ev_timer_stop(loop, w);
 		return;
 	}
 	if ((fd = open(j->cidfile, O_RDONLY | O_CLOEXEC)) < 0)
@@ -397,10 +476,19 @@ job_cid_cb(EV_P_ ev_timer *w, int revents)
 		ev_io_init(&j->oom_io, job_oom_cb, efd, EV_READ);
 		j->oom_io.data = j;
 		ev_io_start(loop, &j->oom_io);
-	} else
-		log_warn("job %s: cannot watch the memory cgroup %s for OOM kills", j->id, j->cg.mem_dir);
-	if (cgroup_oom_check(&j->cg))
-		j->oom = true;
+	} else {
+		/*
+		 * Registering an eventfd needs write access to the cgroup (a
+		 * worker that runs the runtime through sudo has none): read the
+		 * world-readable counter every JOB_OOM_POLL while the container
+		 * lives instead, as well as at each stats tick and at the end.
+		 */
+		log_debug("job %s: no OOM notification from %s; polling its oom_kill counter", j->id,
+		    j->cg.mem_dir);
+		w->repeat = JOB_OOM_POLL;
+		ev_timer_again(loop, w);
+	}
+	job_oom_poll(j);
 	log_debug("job %s: container %.12s, cgroup %s", j->id, cid, j->cg.mem_dir);
 	return;
 again:
@@ -419,8 +507,14 @@ job_child_cb(EV_P_ ev_child *w, int revents)
 	ev_child_stop(loop, w);
 	j->reaped = true;
 	j->wstatus = w->rstatus;
-	if (j->out.eof && j->err.eof)
+	if (j->out.eof && j->err.eof) {
 		job_end(j);
+		return;
+	}
+	/* EOF normally follows at once; past JOB_EOF_GRACE, job_kill_cb ends the wait. */
+	ev_timer_stop(loop, &j->kill_timer);
+	ev_timer_set(&j->kill_timer, JOB_EOF_GRACE, 0);
+	ev_timer_start(loop, &j->kill_timer);
 }
 
 /* One of the pipes reached EOF. */

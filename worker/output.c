@@ -123,14 +123,12 @@ output_split(struct outstream *os, char *buf, size_t len, bool eof)
 	memcpy(os->partial, buf + start, os->len);
 }
 
-/* The pipe is readable: read a bounded amount, then let others run. */
-static void
-output_read_cb(EV_P_ ev_io *w, int revents)
+/* Read a bounded amount; true at EOF (or an error, which ends the stream the same way). */
+static bool
+output_drain(struct outstream *os)
 {
-	struct outstream *os = w->data;
 	ssize_t n;
 
-	(void)revents;
 	for (int i = 0; i < 16; i++) {
 		memcpy(output_rbuf, os->partial, os->len);
 		n = read(os->fd, output_rbuf + os->len, OUT_BUF);
@@ -140,18 +138,50 @@ output_read_cb(EV_P_ ev_io *w, int revents)
 		}
 		if (n < 0 && errno == EINTR)
 			continue;
-		if (n < 0 && errno == EAGAIN)
-			return;
-		/* EOF (or an error, which ends the stream the same way). */
-		output_split(os, output_rbuf, os->len, true);
-		output_flush(os);
-		ev_io_stop(loop, w);
-		close(os->fd);
-		os->fd = -1;
-		os->eof = true;
-		job_pipe_closed(os->job);
-		return;
+		return !(n < 0 && errno == EAGAIN);
 	}
+	return false;
+}
+
+/* The stream is over: its last unfinished line, the batch, the fd. */
+static void
+output_end(struct outstream *os)
+{
+	memcpy(output_rbuf, os->partial, os->len);
+	output_split(os, output_rbuf, os->len, true);
+	output_flush(os);
+	ev_io_stop(EV_DEFAULT, &os->io);
+	close(os->fd);
+	os->fd = -1;
+	os->eof = true;
+}
+
+/* The pipe is readable: read a bounded amount, then let others run. */
+static void
+output_read_cb(EV_P_ ev_io *w, int revents)
+{
+	struct outstream *os = w->data;
+
+	(void)loop;
+	(void)revents;
+	if (output_drain(os)) {
+		output_end(os);
+		job_pipe_closed(os->job);
+	}
+}
+
+/*
+ * Give up waiting for EOF (something outside the child holds the pipe):
+ * take what is readable now and end the stream as EOF would, without
+ * telling the job (the caller does).
+ */
+void
+output_abandon(struct outstream *os)
+{
+	if (os->eof || os->fd < 0)
+		return;
+	output_drain(os);
+	output_end(os);
 }
 
 /* Prepare a stream on fd (which may be -1: then it is at EOF already). */

@@ -646,6 +646,25 @@ rconn_open(struct rconn *rc, const char *host, int port, const char *path)
 	}
 }
 
+/*
+ * The sentinel's answer to AUTH.  Not fatal by itself: a sentinel without
+ * requirepass refuses AUTH yet answers the query, and one that needs the
+ * password answers the query NOAUTH, which moves on to the next sentinel.
+ */
+static void
+rconn_sentinel_auth_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+	struct rconn *rc = priv;
+	redisReply *r = reply;
+
+	if (ac != rc->sac || r == NULL || r->type != REDIS_REPLY_ERROR)
+		return;
+	if (strstr(r->str, "without any password configured") != NULL)
+		log_debug("redis %s: sentinel %zu has no password: %s", rc->name, rc->sentinel_next, r->str);
+	else
+		log_warn("redis %s: sentinel %zu refused AUTH: %s", rc->name, rc->sentinel_next, r->str);
+}
+
 /* The sentinel's answer: the master's address, or nothing. */
 static void
 rconn_sentinel_reply(redisAsyncContext *ac, void *reply, void *priv)
@@ -661,6 +680,7 @@ rconn_sentinel_reply(redisAsyncContext *ac, void *reply, void *priv)
 	if (ac != rc->sac)
 		return;
 	rc->sac = NULL;
+	ev_timer_stop(EV_DEFAULT, &rc->connect_timer);
 	redisAsyncDisconnect(ac);
 	if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 2) {
 		log_warn("redis %s: sentinel %zu does not know the master (%s)", rc->name,
@@ -689,6 +709,7 @@ rconn_sentinel_connected(const redisAsyncContext *ac, int status)
 	if (status == REDIS_OK)
 		return;
 	rc->sac = NULL;
+	ev_timer_stop(EV_DEFAULT, &rc->connect_timer);
 	if (rc->sentinel_next < rconn_url()->sentinels.n)
 		rconn_connect(rc);
 	else
@@ -725,6 +746,14 @@ rconn_connect(struct rconn *rc)
 		rc->sac->data = rc;
 		redisLibevAttach(EV_DEFAULT, rc->sac);
 		redisAsyncSetConnectCallback(rc->sac, rconn_sentinel_connected);
+		/* The connect, AUTH and the query share one deadline. */
+		ev_timer_stop(EV_DEFAULT, &rc->connect_timer);
+		ev_timer_set(&rc->connect_timer, wk->conf->redis_connect_timeout, 0);
+		ev_timer_start(EV_DEFAULT, &rc->connect_timer);
+		if (u->password != NULL) {
+			const char *auth[] = { "AUTH", u->user ? u->user : u->password, u->password };
+			redisAsyncCommandArgv(rc->sac, rconn_sentinel_auth_reply, rc, u->user ? 3 : 2, auth, NULL);
+		}
 		redisAsyncCommandArgv(rc->sac, rconn_sentinel_reply, rc, 3, argv, NULL);
 	}
 }
@@ -770,6 +799,24 @@ rconn_connect_timeout(EV_P_ ev_timer *w, int revents)
 
 	(void)loop;
 	(void)revents;
+	if (rc->sac != NULL) {
+		/*
+		 * A sentinel that does not connect or answer in time (a host
+		 * that drops our SYN, a server that never replies): free it
+		 * (its callbacks see a context that is no longer rc->sac) and
+		 * ask the next one.
+		 */
+		redisAsyncContext *sac = rc->sac;
+		rc->sac = NULL;
+		redisAsyncFree(sac);
+		log_warn("redis %s: sentinel %s did not answer within %g s", rc->name,
+		    rconn_url()->sentinels.v[rc->sentinel_next - 1], wk->conf->redis_connect_timeout);
+		if (rc->sentinel_next < rconn_url()->sentinels.n)
+			rconn_connect(rc);
+		else
+			rconn_schedule(rc, "no sentinel answered");
+		return;
+	}
 	if (ac == NULL || rc->up)
 		return;
 	/*

@@ -107,6 +107,8 @@ runtime_name(const struct runtime *rt)
 	return "?";
 }
 
+static void sandbox_pushf(struct strv *argv, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* "<ns>-build-<id>": the id is already validated, so this is a safe name. */
 void
 sandbox_name(const char *ns, const char *job_id, char *buf, size_t len)
@@ -114,17 +116,39 @@ sandbox_name(const char *ns, const char *job_id, char *buf, size_t len)
 	snprintf(buf, len, "%s-build-%s", ns, job_id);
 }
 
-/* [sudo -n] RUNTIME [runtime_args...] */
-void
-sandbox_base_argv(const struct config *c, const struct runtime *rt, struct strv *argv)
+/*
+ * [sudo -n [--preserve-env=NAME,...]] RUNTIME [runtime_args...].  sudo
+ * resets the environment; the names in keep (if any) are asked to pass,
+ * which sudoers must allow (env_keep, or SETENV), else sudo refuses.
+ */
+static void
+sandbox_prefix(const struct config *c, const struct runtime *rt, const struct strv *keep,
+    struct strv *argv)
 {
 	if (rt->sudo) {
 		strv_push(argv, "sudo");
 		strv_push(argv, "-n");
+		if (keep != NULL && keep->n > 0) {
+			char *list = xstrdup(""), *t;
+			for (size_t i = 0; i < keep->n; i++) {
+				t = xasprintf("%s%s%s", list, i ? "," : "", keep->v[i]);
+				free(list);
+				list = t;
+			}
+			sandbox_pushf(argv, "--preserve-env=%s", list);
+			free(list);
+		}
 	}
 	strv_push(argv, rt->path);
 	for (size_t i = 0; i < c->runtime_args.n; i++)
 		strv_push(argv, c->runtime_args.v[i]);
+}
+
+/* [sudo -n] RUNTIME [runtime_args...] */
+void
+sandbox_base_argv(const struct config *c, const struct runtime *rt, struct strv *argv)
+{
+	sandbox_prefix(c, rt, NULL, argv);
 }
 
 /* Push "fmt" formatted as one argument. */
@@ -155,6 +179,7 @@ sandbox_argv(const struct config *c, const struct runtime *rt, const struct sand
     struct strv *argv)
 {
 	char name[ID_MAX + 128];
+	struct strv pass = { 0 };
 
 	strv_free(argv);
 	if (rt->kind == RT_EXEC) {
@@ -162,7 +187,15 @@ sandbox_argv(const struct config *c, const struct runtime *rt, const struct sand
 			strv_push(argv, c->command.v[i]);
 		return;
 	}
-	sandbox_base_argv(c, rt, argv);
+	/*
+	 * env_allow: the names alone go on the argv ("--env=NAME": the
+	 * runtime client takes the value from its own environment, which is
+	 * ours), so no value shows in ps or /proc/PID/cmdline.
+	 */
+	for (size_t i = 0; i < c->env_allow.n; i++)
+		if (getenv(c->env_allow.v[i]) != NULL)
+			strv_push(&pass, c->env_allow.v[i]);
+	sandbox_prefix(c, rt, &pass, argv);
 	sandbox_name(s->ns, s->job_id, name, sizeof name);
 	strv_push(argv, "run");
 	strv_push(argv, "--rm");
@@ -205,11 +238,9 @@ sandbox_argv(const struct config *c, const struct runtime *rt, const struct sand
 	sandbox_pushf(argv, "--env=SOURCE_DATE_EPOCH=%lld", (long long)s->epoch);
 	strv_push(argv, "--env=LC_ALL=C");
 	strv_push(argv, "--env=TZ=UTC");
-	for (size_t i = 0; i < c->env_allow.n; i++) {
-		const char *v = getenv(c->env_allow.v[i]);
-		if (v != NULL)
-			sandbox_pushf(argv, "--env=%s=%s", c->env_allow.v[i], v);
-	}
+	for (size_t i = 0; i < pass.n; i++)
+		sandbox_pushf(argv, "--env=%s", pass.v[i]);
+	strv_free(&pass);
 	strv_push(argv, s->image);
 	for (size_t i = 0; i < c->command.n; i++)
 		strv_push(argv, c->command.v[i]);
@@ -256,6 +287,22 @@ sandbox_stop_argv(const struct config *c, const struct runtime *rt, const char *
 	sandbox_base_argv(c, rt, argv);
 	strv_push(argv, "stop");
 	sandbox_pushf(argv, "--time=%ld", (long)(c->stop_grace + 0.5));
+	strv_push(argv, name);
+}
+
+/*
+ * "kill name": SIGKILL to the container's processes by the runtime, which
+ * reaches them where a signal to our client (sudo, or a client that
+ * ignores it) does not.
+ */
+void
+sandbox_kill_argv(const struct config *c, const struct runtime *rt, const char *name,
+    struct strv *argv)
+{
+	strv_free(argv);
+	sandbox_base_argv(c, rt, argv);
+	strv_push(argv, "kill");
+	strv_push(argv, "--signal=KILL");
 	strv_push(argv, name);
 }
 

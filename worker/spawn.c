@@ -165,15 +165,30 @@ defer_free(void (*fn)(void *), void *p)
 }
 
 #define PROC_OUT_MAX (256 * 1024)
+#define PROC_KILL_GRACE 2.0	/* SIGTERM to SIGKILL of a helper past its time */
 
+/*
+ * A helper process.  It ends when it is reaped and its stdout is at EOF,
+ * or at its deadline: then its process group gets SIGTERM (sudo relays
+ * that to the runtime it runs, which SIGKILL could not reach: the runtime
+ * runs as root in sudo's process group), and PROC_KILL_GRACE later
+ * SIGKILL.  Then done() is called without waiting any longer for the exit
+ * or the EOF: a runtime left behind by a killed sudo may hold the pipe
+ * for ever.  done() is called exactly once either way; libev still reaps
+ * the pid when it exits, as it reaps every child.
+ */
 struct proc {
 	ev_child child;
 	ev_io io;
+	ev_timer timer;
+	pid_t pid;
 	int fd;
-	bool reaped, eof;
+	bool reaped, eof, killing, finished;
 	int wstatus;
 	char *out;
 	size_t len;
+	char *what;		/* argv for logs */
+	double timeout;
 	proc_done_cb *done;
 	void *arg;
 };
@@ -185,18 +200,35 @@ proc_free(void *p)
 	struct proc *pr = p;
 
 	free(pr->out);
+	free(pr->what);
 	free(pr);
+}
+
+/* Report once, stop every watcher, free later. */
+static void
+proc_finish(struct proc *pr)
+{
+	if (pr->finished)
+		return;
+	pr->finished = true;
+	ev_timer_stop(EV_DEFAULT, &pr->timer);
+	ev_child_stop(EV_DEFAULT, &pr->child);
+	if (pr->fd >= 0) {
+		ev_io_stop(EV_DEFAULT, &pr->io);
+		close(pr->fd);
+		pr->fd = -1;
+	}
+	if (pr->done != NULL)
+		pr->done(pr->wstatus, pr->out ? pr->out : "", pr->len, pr->arg);
+	defer_free(proc_free, pr);
 }
 
 /* Report when both the exit and EOF are in. */
 static void
 proc_check(struct proc *pr)
 {
-	if (!pr->reaped || !pr->eof)
-		return;
-	if (pr->done != NULL)
-		pr->done(pr->wstatus, pr->out ? pr->out : "", pr->len, pr->arg);
-	defer_free(proc_free, pr);
+	if (pr->reaped && pr->eof)
+		proc_finish(pr);
 }
 
 /* The helper exited. */
@@ -238,9 +270,47 @@ proc_read_cb(EV_P_ ev_io *w, int revents)
 	proc_check(pr);
 }
 
-/* Run a helper process without blocking the loop. */
+/* The deadline: TERM the group, then KILL it and report. */
+static void
+proc_timer_cb(EV_P_ ev_timer *w, int revents)
+{
+	struct proc *pr = w->data;
+
+	(void)loop;
+	(void)revents;
+	if (!pr->killing) {
+		log_warn("helper %s (pid %d) still %s after %g s; stopping it", pr->what, (int)pr->pid,
+		    pr->reaped ? "holds its output open" : "runs", pr->timeout);
+		pr->killing = true;
+		if (!pr->reaped)
+			kill(-pr->pid, SIGTERM);
+		ev_timer_set(w, pr->reaped ? 0.001 : PROC_KILL_GRACE, 0);
+		ev_timer_start(EV_DEFAULT, w);
+		return;
+	}
+	if (!pr->reaped) {
+		kill(-pr->pid, SIGKILL);
+		pr->wstatus = SIGKILL;	/* as waitpid() reports a SIGKILL */
+	}
+	proc_finish(pr);
+}
+
+/* argv as one line for logs (bounded). */
+static char *
+proc_describe(char *const argv[])
+{
+	char buf[256];
+	size_t off = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; argv[i] != NULL && off < sizeof buf - 1; i++)
+		off += (size_t)snprintf(buf + off, sizeof buf - off, "%s%s", i ? " " : "", argv[i]);
+	return xstrdup(buf);
+}
+
+/* Run a helper process without blocking the loop; see worker.h. */
 void
-proc_run(char *const argv[], proc_done_cb *done, void *arg)
+proc_run_timeout(char *const argv[], double timeout, proc_done_cb *done, void *arg)
 {
 	struct proc *pr = xcalloc(1, sizeof *pr);
 	char err[ERR_MAX];
@@ -248,6 +318,11 @@ proc_run(char *const argv[], proc_done_cb *done, void *arg)
 
 	pr->done = done;
 	pr->arg = arg;
+	pr->fd = -1;
+	pr->timeout = timeout > 0 ? timeout : PROC_TIMEOUT;
+	pr->what = proc_describe(argv);
+	ev_timer_init(&pr->timer, proc_timer_cb, pr->timeout, 0);
+	pr->timer.data = pr;
 	if ((pid = spawn(argv, NULL, &pr->fd, NULL, err, sizeof err)) < 0) {
 		log_warn("%s", err);
 		pr->reaped = pr->eof = true;
@@ -255,10 +330,19 @@ proc_run(char *const argv[], proc_done_cb *done, void *arg)
 		proc_check(pr);
 		return;
 	}
+	pr->pid = pid;
 	ev_child_init(&pr->child, proc_child_cb, pid, 0);
 	pr->child.data = pr;
 	ev_child_start(EV_DEFAULT, &pr->child);
 	ev_io_init(&pr->io, proc_read_cb, pr->fd, EV_READ);
 	pr->io.data = pr;
 	ev_io_start(EV_DEFAULT, &pr->io);
+	ev_timer_start(EV_DEFAULT, &pr->timer);
+}
+
+/* The same with the default deadline. */
+void
+proc_run(char *const argv[], proc_done_cb *done, void *arg)
+{
+	proc_run_timeout(argv, PROC_TIMEOUT, done, arg);
 }

@@ -60,6 +60,9 @@ void sandbox_name(const char *ns, const char *job_id, char *buf, size_t len);
 /* argv of "stop -t GRACE name", "rm -f name", "ps" by label, image checks. */
 void sandbox_stop_argv(const struct config *c, const struct runtime *rt, const char *name,
     struct strv *argv);
+/* "kill name": SIGKILL to the container, through the runtime. */
+void sandbox_kill_argv(const struct config *c, const struct runtime *rt, const char *name,
+    struct strv *argv);
 void sandbox_rm_argv(const struct config *c, const struct runtime *rt, const char *name,
     struct strv *argv);
 void sandbox_ps_argv(const struct config *c, const struct runtime *rt, const char *label,
@@ -82,9 +85,16 @@ int image_run(char *const argv[], char **out, size_t outmax);
 
 /* --- spawn.c: children ------------------------------------------------ */
 
-/* A helper process (stop, rm, ps): its stdout is collected, then done(). */
+/*
+ * A helper process (stop, rm, ps): its stdout is collected, then done(),
+ * exactly once.  Past its timeout (seconds; proc_run: PROC_TIMEOUT) its
+ * process group is stopped (TERM, then KILL) and done() gets SIGKILL as
+ * the status, or the real one if it exited but left its stdout held open.
+ */
+#define PROC_TIMEOUT 60.0
 typedef void proc_done_cb(int wstatus, const char *out, size_t outlen, void *arg);
 void proc_run(char *const argv[], proc_done_cb *done, void *arg);
+void proc_run_timeout(char *const argv[], double timeout, proc_done_cb *done, void *arg);
 /* Free p on the next loop iteration, never inside its own callback. */
 void defer_free(void (*fn)(void *), void *p);
 void defer_init(void);
@@ -109,12 +119,14 @@ struct cgroup {
 	uint64_t oom_kills;	/* highest count seen */
 };
 
+extern const char *cgroup_root;	/* "/sys/fs/cgroup" */
 /* Find the cgroup of container cid; 0 or -1 when it is not (yet) there. */
 int cgroup_find(const char *cid, struct cgroup *cg);
 /* Arm a notification for OOM kills; returns the fd to watch or -1. */
 int cgroup_watch_oom(struct cgroup *cg);
 /* Re-read the OOM kill count; true when it rose since the last call. */
 bool cgroup_oom_check(struct cgroup *cg);
+bool cgroup_gone(const struct cgroup *cg);
 int cgroup_stats(const struct cgroup *cg, uint64_t *mem, double *cpu);
 void cgroup_close(struct cgroup *cg);
 int cgroup_host_cpus(void);
@@ -209,6 +221,8 @@ struct outstream {
 void output_init(struct outstream *os, struct job *j, const char *name, int fd);
 void output_start(struct outstream *os);
 void output_flush(struct outstream *os);
+/* End the stream now, as at EOF, with what is readable (no job_pipe_closed). */
+void output_abandon(struct outstream *os);
 void output_close(struct outstream *os);
 
 /* --- collect.c: artifacts and their sha256 --------------------------- */
@@ -268,6 +282,7 @@ struct job {
 	bool cg_found;
 	bool oom;
 	enum stop_reason stop;
+	int kills;		/* stop stages done (job_kill_cb) */
 	double cpus_clamped_from;
 
 	/* output bookkeeping */

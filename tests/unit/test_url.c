@@ -326,6 +326,104 @@ test_display_masks_password(void **state)
 	}
 }
 
+/* The userinfo ends at the last '@': a password may hold '@' and '/'. */
+static void
+test_password_with_at(void **state)
+{
+	struct redis_url u;
+
+	(void)state;
+	parse_ok("redis://:p@ss@h:6380/1", &u);
+	assert_null(u.user);
+	assert_string_equal(u.password, "p@ss");
+	assert_string_equal(u.host, "h");
+	assert_int_equal(u.port, 6380);
+	assert_int_equal(u.db, 1);
+	url_free(&u);
+
+	parse_ok("redis://alice:p@ss/w@rd@h/2", &u);
+	assert_string_equal(u.user, "alice");
+	assert_string_equal(u.password, "p@ss/w@rd");
+	assert_string_equal(u.host, "h");
+	assert_int_equal(u.db, 2);
+	url_free(&u);
+
+	parse_ok("sentinel://:p@w@h1:1,h2:2/m/3", &u);
+	assert_string_equal(u.password, "p@w");
+	assert_int_equal(u.sentinels.n, 2);
+	assert_string_equal(u.sentinels.v[0], "h1:1");
+	assert_string_equal(u.master, "m");
+	assert_int_equal(u.db, 3);
+	url_free(&u);
+
+	/* unix://: the userinfo ends at the last "@/"; the path may hold '@'. */
+	parse_ok("unix://:p@w@/run/redis@main/r.sock?db=2", &u);
+	assert_string_equal(u.password, "p@w");
+	assert_string_equal(u.path, "/run/redis@main/r.sock");
+	assert_int_equal(u.db, 2);
+	url_free(&u);
+
+	parse_ok("unix:///run/redis@main/r.sock", &u);
+	assert_null(u.password);
+	assert_string_equal(u.path, "/run/redis@main/r.sock");
+	url_free(&u);
+}
+
+/* No error message shows the password, or any part of it. */
+static void
+test_errors_hide_password(void **state)
+{
+	static const char *bad[] = {
+		"http://u:hun@ter2@h:6379", "rediss://:hun@ter2@h", "localhost:hun@ter2@h",
+		"REDIS://:hun@ter2@h", "redis://:hun@ter2@", "redis://:hun@ter2@/0",
+		"redis://:hun@ter2@h:0", "redis://:hun@ter2@h:abc", "redis://:hun@ter2@h:",
+		"redis://:hun@ter2@[::1", "redis://:hun@ter2@[::1]:0", "redis://:hun@ter2@h/abc",
+		"redis://:hun@ter2/x@h/abc", "redis://:hun@ter2@h/100001",
+		"unix://:hun@ter2@tmp/r.sock", "unix://:hun@ter2@/tmp/r.sock?database=1",
+		"unix://:hun@ter2@/tmp/r.sock?db=x", "sentinel://:hun@ter2@h1:26379",
+		"sentinel://:hun@ter2@h1:26379/", "sentinel://:hun@ter2@/m",
+		"sentinel://:hun@ter2@h1:0/m", "sentinel://:hun@ter2@h1:1/m/x",
+		"sentinel://:hun@ter2@h1:1//2", "redis://:hun@ter2%zz@h", "redis://u%g0:hun@ter2@h",
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+		struct redis_url u;
+		char err[ERR_MAX] = "";
+		if (url_parse(bad[i], &u, err, sizeof err) == 0) {
+			url_free(&u);
+			fail_msg("url_parse(\"%s\") accepted it", bad[i]);
+		}
+		if (err[0] == '\0' || strstr(err, "hun") != NULL || strstr(err, "ter2") != NULL)
+			fail_msg("url_parse(\"%s\") error shows the password: %s", bad[i], err);
+	}
+}
+
+/* url_redact() masks the userinfo of any string, parsable or not. */
+static void
+test_redact(void **state)
+{
+	static const struct {
+		const char *in, *want;
+	} cases[] = {
+		{ "http://u:pw@h:1/0", "http://***@h:1/0" },
+		{ "redis://:p@w@h", "redis://***@h" },
+		{ "pw@host", "***@host" },
+		{ "redis://h:6379/0", "redis://h:6379/0" },
+		{ "", "" },
+	};
+
+	(void)state;
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		char *r = url_redact(cases[i].in);
+		char shown[256];
+		snprintf(shown, sizeof shown, "%s", r);
+		free(r);
+		if (strcmp(shown, cases[i].want) != 0)
+			fail_msg("url_redact(\"%s\") = \"%s\", want \"%s\"", cases[i].in, shown, cases[i].want);
+	}
+}
+
 static void
 test_free_zeroes(void **state)
 {
@@ -355,6 +453,9 @@ main(void)
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_sentinel_empty_master),
 		cmocka_unit_test(test_display_masks_password),
+		cmocka_unit_test(test_password_with_at),
+		cmocka_unit_test(test_errors_hide_password),
+		cmocka_unit_test(test_redact),
 		cmocka_unit_test(test_free_zeroes),
 	};
 

@@ -106,14 +106,64 @@ test_run_argv_privileged_sudo_env(void **state)
 	sandbox_argv(&c, &rt, &spec, &argv);
 	assert_string_equal(argv.v[0], "sudo");
 	assert_string_equal(argv.v[1], "-n");
-	assert_string_equal(argv.v[2], "/usr/bin/docker");
+	/* sudo resets the environment: the allowed names are asked to pass. */
+	assert_string_equal(argv.v[2], "--preserve-env=DEBATE_TEST_PROXY");
+	assert_string_equal(argv.v[3], "/usr/bin/docker");
 	assert_true(find(&argv, "--privileged") > 0);
 	assert_true(find(&argv, "--cap-drop=ALL") < 0);
 	assert_true(find(&argv, "--read-only") < 0);
-	assert_true(find(&argv, "--env=DEBATE_TEST_PROXY=http://proxy:3128") > 0);
-	for (size_t i = 0; i < argv.n; i++)
+	/* The name alone: the value stays in the environment, off the argv. */
+	assert_true(find(&argv, "--env=DEBATE_TEST_PROXY") > 0);
+	for (size_t i = 0; i < argv.n; i++) {
 		assert_null(strstr(argv.v[i], "DEBATE_UNSET_VAR"));
+		assert_null(strstr(argv.v[i], "proxy:3128"));
+	}
 	assert_true(find(&argv, "--volume=/var/cache/pkg:/var/cache/pacman/pkg:ro") > 0);
+	strv_free(&argv);
+	config_free(&c);
+}
+
+/* env_allow values never reach an argv, with or without sudo. */
+static void
+test_run_argv_env_names_only(void **state)
+{
+	struct runtime rt = { .kind = RT_PODMAN, .path = (char *)(uintptr_t)"/usr/bin/podman" };
+	struct strv argv = { 0 };
+	struct config c;
+
+	(void)state;
+	config_defaults(&c);
+	strv_split(&c.env_allow, "DEBATE_T_TOKEN DEBATE_T_OTHER DEBATE_T_UNSET", " ");
+	setenv("DEBATE_T_TOKEN", "s3cret-token", 1);
+	setenv("DEBATE_T_OTHER", "other=value", 1);
+	unsetenv("DEBATE_T_UNSET");
+	sandbox_argv(&c, &rt, &spec, &argv);
+	assert_string_equal(argv.v[0], "/usr/bin/podman");
+	assert_true(find(&argv, "--env=DEBATE_T_TOKEN") > 0);
+	assert_true(find(&argv, "--env=DEBATE_T_OTHER") > 0);
+	for (size_t i = 0; i < argv.n; i++) {
+		assert_null(strstr(argv.v[i], "s3cret"));
+		assert_null(strstr(argv.v[i], "other=value"));
+		assert_null(strstr(argv.v[i], "--preserve-env"));
+		assert_null(strstr(argv.v[i], "DEBATE_T_UNSET"));
+	}
+	/* The fixed variables keep their values (they are no secrets). */
+	assert_true(find(&argv, "--env=TZ=UTC") > 0);
+
+	rt.sudo = true;
+	sandbox_argv(&c, &rt, &spec, &argv);
+	assert_string_equal(argv.v[2], "--preserve-env=DEBATE_T_TOKEN,DEBATE_T_OTHER");
+	assert_string_equal(argv.v[3], "/usr/bin/podman");
+	for (size_t i = 0; i < argv.n; i++)
+		assert_null(strstr(argv.v[i], "s3cret"));
+	/* Helper calls pass no environment. */
+	sandbox_stop_argv(&c, &rt, "debate-build-job-1", &argv);
+	assert_string_equal(argv.v[2], "/usr/bin/podman");
+	unsetenv("DEBATE_T_TOKEN");
+	unsetenv("DEBATE_T_OTHER");
+	/* Nothing allowed is set: plain "sudo -n". */
+	sandbox_argv(&c, &rt, &spec, &argv);
+	assert_string_equal(argv.v[2], "/usr/bin/podman");
 	strv_free(&argv);
 	config_free(&c);
 }
@@ -349,6 +399,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_run_argv_defaults),
 		cmocka_unit_test(test_run_argv_privileged_sudo_env),
+		cmocka_unit_test(test_run_argv_env_names_only),
 		cmocka_unit_test(test_run_argv_no_splitting),
 		cmocka_unit_test(test_exec_mode),
 		cmocka_unit_test(test_helper_argv),
