@@ -19,7 +19,7 @@ WARNINGS = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototyp
 ifneq (,$(findstring clang,$(CC)))
 WARNINGS += -Wno-unknown-warning-option
 endif
-ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -Ishared $(WARNINGS) $(CFLAGS) $(SAN_CFLAGS)
+ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -Ishared -I$(B)/gen $(WARNINGS) $(CFLAGS) $(SAN_CFLAGS)
 ALL_LDFLAGS = $(LDFLAGS) $(SAN_CFLAGS)
 
 B ?= build
@@ -61,6 +61,18 @@ endif
 	uninstall clean format lint image docs
 
 all: $(WORKER_BIN) $(ENQUEUE_BIN) $(UNIT_BIN)
+
+# The Lua scripts, as C strings: each worker script is worker/lua/prelude.lua
+# followed by its own file (scripts/lua2c.awk).
+WORKER_LUA = claim emit finish refuse beat release
+WORKER_LUA_SRC = $(WORKER_LUA:%=worker/lua/%.lua)
+
+$(B)/gen/worker_lua.h: worker/lua/prelude.lua $(WORKER_LUA_SRC) scripts/lua2c.awk
+	@mkdir -p $(dir $@)
+	$(say) GEN $@
+	$(Q)awk -v prelude=worker/lua/prelude.lua -f scripts/lua2c.awk $(WORKER_LUA_SRC) > $@.tmp && mv $@.tmp $@
+
+$(WORKER_OBJ): $(B)/gen/worker_lua.h
 
 $(B)/%.o: %.c shared/debate.h $(wildcard worker/*.h) $(wildcard enqueue/*.h)
 	@mkdir -p $(dir $@)
@@ -168,6 +180,9 @@ format:
 	clang-format -i shared/*.[ch] worker/*.[ch] enqueue/*.[ch] tests/unit/*.c
 
 lint:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	for f in $(WORKER_LUA_SRC); do \
+		cat worker/lua/prelude.lua $$f > $$tmp/$$(basename $$f); luac5.1 -p $$tmp/$$(basename $$f); done;
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability -Ishared shared worker enqueue
 
 clean:

@@ -1,0 +1,44 @@
+-- release.lua: put every payload of our active list that we do not hold
+-- back on the queue's right end (taken next).
+--
+-- KEYS[1] {ns}:active:<worker>
+-- KEYS[2] {ns}:queue
+-- KEYS[3] {ns}:worker:<worker>
+-- KEYS[4] {ns}:workers
+-- ARGV[1] key prefix "{ns}:"
+-- ARGV[2] now
+-- ARGV[3] log_maxlen
+-- ARGV[4] reason of the requeued events ('drained', 'recovered')
+-- ARGV[5] '1' to also forget our heartbeat (at exit)
+-- ARGV[6..] the payloads we still hold
+--
+-- Returns how many payloads went back.  Sends `requeued` for each.
+local P = ARGV[1]
+local keep = {}
+for i = 6, #ARGV do keep[ARGV[i]] = (keep[ARGV[i]] or 0) + 1 end
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local moved = 0
+for i = #items, 1, -1 do
+  local p = items[i]
+  if keep[p] and keep[p] > 0 then
+    keep[p] = keep[p] - 1
+  else
+    redis.call('LREM', KEYS[1], -1, p)
+    redis.call('RPUSH', KEYS[2], p)
+    local id = payload_id(p)
+    if id then
+      local jk = P .. 'job:' .. id
+      redis.call('HSET', jk, 'state', 'queued')
+      redis.call('HINCRBY', jk, 'requeues', 1)
+      event(P, id, 'requeued', {reason = ARGV[4]}, ARGV[3], tonumber(ARGV[2]),
+        tonumber(redis.call('HGET', jk, 'attempt') or '0'))
+    end
+    moved = moved + 1
+  end
+end
+if ARGV[5] == '1' then
+  redis.call('DEL', KEYS[3])
+  redis.call('ZREM', KEYS[4], string.sub(KEYS[3], #P + 8))
+  redis.call('HDEL', P .. 'hosts', string.sub(KEYS[3], #P + 8))
+end
+return moved
