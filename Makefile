@@ -63,16 +63,23 @@ endif
 all: $(WORKER_BIN) $(ENQUEUE_BIN) $(UNIT_BIN)
 
 # The Lua scripts, as C strings: each worker script is worker/lua/prelude.lua
-# followed by its own file (scripts/lua2c.awk).
+# followed by its own file (scripts/lua2c.awk); enqueue's stand alone.
 WORKER_LUA = claim emit finish refuse beat release
 WORKER_LUA_SRC = $(WORKER_LUA:%=worker/lua/%.lua)
+ENQUEUE_LUA_SRC = shared/lua/submit.lua enqueue/lua/retry_dead.lua
 
 $(B)/gen/worker_lua.h: worker/lua/prelude.lua $(WORKER_LUA_SRC) scripts/lua2c.awk
 	@mkdir -p $(dir $@)
 	$(say) GEN $@
 	$(Q)awk -v prelude=worker/lua/prelude.lua -f scripts/lua2c.awk $(WORKER_LUA_SRC) > $@.tmp && mv $@.tmp $@
 
+$(B)/gen/enqueue_lua.h: $(ENQUEUE_LUA_SRC) scripts/lua2c.awk
+	@mkdir -p $(dir $@)
+	$(say) GEN $@
+	$(Q)awk -f scripts/lua2c.awk $(ENQUEUE_LUA_SRC) > $@.tmp && mv $@.tmp $@
+
 $(WORKER_OBJ): $(B)/gen/worker_lua.h
+$(ENQUEUE_OBJ): $(B)/gen/enqueue_lua.h
 
 $(B)/%.o: %.c shared/debate.h $(wildcard worker/*.h) $(wildcard enqueue/*.h)
 	@mkdir -p $(dir $@)
@@ -182,7 +189,8 @@ format:
 lint:
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	for f in $(WORKER_LUA_SRC); do \
-		cat worker/lua/prelude.lua $$f > $$tmp/$$(basename $$f); luac5.1 -p $$tmp/$$(basename $$f); done;
+		cat worker/lua/prelude.lua $$f > $$tmp/$$(basename $$f); luac5.1 -p $$tmp/$$(basename $$f); done; \
+	for f in $(ENQUEUE_LUA_SRC); do luac5.1 -p $$f; done
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability -Ishared shared worker enqueue
 
 clean:

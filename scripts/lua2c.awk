@@ -38,7 +38,7 @@ FNR == 1 {
 	name = FILENAME
 	sub(/.*\//, "", name)
 	sub(/\.lua$/, "", name)
-	printf "static const char lua_%s[] =\n", name
+	printf "static const char lua_%s[] __attribute__((unused)) =\n", name
 	for (i = 0; i < npre; i++)
 		emit(pre[i])
 }

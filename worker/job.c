@@ -22,6 +22,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sha1.h>
+#include <sha2.h>
+
 #include "worker.h"
 
 extern char **environ;
@@ -722,7 +725,7 @@ job_claimed(redisReply *r, void *arg)
 
 	if (r == NULL)
 		return;	/* only at exit */
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING) {
+	if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING) {
 		log_err("job %s: claim failed: %s", j->id, r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
 		fetch_recover_later();	/* the payload is still in our active list: put it back */
 		job_done(j);
@@ -738,6 +741,14 @@ job_claimed(redisReply *r, void *arg)
 	j->seq = (uint64_t)r->element[2]->integer;
 	if (strcmp(verdict, "gone") == 0) {
 		log_info("job %s: no longer in our active list; skipping it", j->id);
+		job_done(j);
+		return;
+	}
+	if (strcmp(verdict, "duplicate") == 0) {
+		/* The claim script dead-lettered it and left the real job alone. */
+		wk->m.refused++;
+		log_warn("refused a job %s: duplicate_id: %s", j->id, r->elements > 3 &&
+		    r->element[3]->type == REDIS_REPLY_STRING ? r->element[3]->str : "id already in use");
 		job_done(j);
 		return;
 	}
@@ -775,20 +786,34 @@ job_claimed(redisReply *r, void *arg)
 
 /* A payload arrived from BLMOVE: validate, resolve paths, claim. */
 void
-job_fetched(const char *payload, size_t len)
+job_fetched(const char *payload, size_t len, const char *sha1, const char *sha256)
 {
 	const struct config *c = wk->conf;
 	struct job *j = xcalloc(1, sizeof *j);
-	char err[ERR_MAX], e2[ERR_MAX], seqoff[24], attoff[24], maxlen[24];
-	char kjob[KEY_MAX], kact[KEY_MAX], klog[KEY_MAX], kprog[KEY_MAX], now[32];
-	const char *args[14];
-	size_t lens[14], so, ao;
+	char err[ERR_MAX], e2[ERR_MAX], seqoff[24], attoff[24], maxlen[24], deadmax[24];
+	char kjob[KEY_MAX], kact[KEY_MAX], klog[KEY_MAX], kprog[KEY_MAX], kres[KEY_MAX], now[32];
+	const char *args[17];
+	size_t lens[17], so, ao;
 	msgpack_sbuffer started;
 	enum refusal r;
 
-	j->payload = xmalloc(len + 1);
-	memcpy(j->payload, payload, len);
-	j->payload[len] = '\0';
+	/*
+	 * A payload over max_payload is refused unread: the worker keeps its
+	 * hashes, not a copy (the refuse script finds it in our active list
+	 * by length and sha1, and keeps its sha256 and first bytes).
+	 */
+	if (payload == NULL) {
+		snprintf(j->payload_sha1, sizeof j->payload_sha1, "%s", sha1);
+		snprintf(j->payload_sha256, sizeof j->payload_sha256, "%s", sha256);
+	} else
+		SHA1Data((const uint8_t *)payload, len, j->payload_sha1);
+	if (payload != NULL && len > c->max_payload)
+		SHA256Data((const uint8_t *)payload, len, j->payload_sha256);
+	else if (payload != NULL) {
+		j->payload = xmalloc(len + 1);
+		memcpy(j->payload, payload, len);
+		j->payload[len] = '\0';
+	}
 	j->payload_len = len;
 	j->phase = -1;
 	j->exit_code = -1;
@@ -838,22 +863,26 @@ job_fetched(const char *payload, size_t len)
 	snprintf(seqoff, sizeof seqoff, "%zu", so);
 	snprintf(attoff, sizeof attoff, "%zu", ao);
 	snprintf(maxlen, sizeof maxlen, "%ld", c->log_maxlen);
+	snprintf(deadmax, sizeof deadmax, "%ld", c->dead_maxlen);
 	args[0] = keys_id(&wk->keys, "job", j->id, kjob, sizeof kjob);
 	args[1] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);
 	args[2] = wk->keys.cancel;
 	args[3] = keys_id(&wk->keys, "log", j->id, klog, sizeof klog);
 	args[4] = keys_id(&wk->keys, "progress", j->id, kprog, sizeof kprog);
 	args[5] = wk->keys.events;
-	args[6] = wk->id;
-	args[7] = j->payload;
-	args[8] = now;
-	args[9] = j->id;
-	args[10] = started.data;
-	args[11] = seqoff;
-	args[12] = attoff;
-	args[13] = maxlen;
-	for (int i = 0; i < 14; i++)
-		lens[i] = i == 7 ? len : i == 10 ? started.size : strlen(args[i]);
-	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 6, 14, args, lens);
+	args[6] = keys_id(&wk->keys, "result", j->id, kres, sizeof kres);
+	args[7] = wk->keys.dead;
+	args[8] = wk->id;
+	args[9] = j->payload;
+	args[10] = now;
+	args[11] = j->id;
+	args[12] = started.data;
+	args[13] = seqoff;
+	args[14] = attoff;
+	args[15] = maxlen;
+	args[16] = deadmax;
+	for (int i = 0; i < 17; i++)
+		lens[i] = i == 9 ? len : i == 12 ? started.size : strlen(args[i]);
+	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 8, 17, args, lens);
 	msgpack_sbuffer_destroy(&started);
 }

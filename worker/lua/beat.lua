@@ -23,10 +23,17 @@
 -- ARGV[13] their ids, comma-separated
 -- ARGV[14] log_maxlen
 -- ARGV[15] heartbeat ttl, s
+-- ARGV[16] dead_maxlen ('0': untrimmed)
 --
 -- Returns {reaped workers and how many payloads each held (flat), dead
 -- workers whose containers this host should remove, queue length}.
 -- Sends `requeued` (reason worker_lost) or `dead` for each reaped job.
+--
+-- A reaped payload that does not own its job's record (a duplicate id
+-- BLMOVEd but not claimed yet) only goes back to the queue, where the
+-- next claim dead-letters it; the record, its `lost` count and its
+-- stream belong to the real job.  Ids are read by the prelude's msgpack
+-- scanner, so payloads with bin, ext or timestamps count too.
 --
 -- {ns}:clock keeps the last beat of any worker and when beats came back
 -- after a gap longer than the ttl (Redis, or every worker, was away): no
@@ -60,13 +67,13 @@ if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[4]) then
         if not p then break end
         n = n + 1
         local id = payload_id(p)
-        if id then
+        if id and owns(P, id, p, w) then
           local jk = P .. 'job:' .. id
           local lost = redis.call('HINCRBY', jk, 'lost', 1)
           local att = tonumber(redis.call('HGET', jk, 'attempt') or '0')
           if lost >= tonumber(ARGV[6]) then
             local msg = 'lost with its worker ' .. lost .. ' times (last: ' .. w .. ')'
-            redis.call('LPUSH', KEYS[6], deadentry('worker_lost', msg, p, id, ARGV[1], now))
+            deadpush(KEYS[6], deadentry('worker_lost', msg, p, id, ARGV[1], now), ARGV[16])
             redis.call('HSET', jk, 'state', 'dead', 'error', msg, 'finished_at', ARGV[2])
             event(P, id, 'dead', {reason = 'worker_lost', error = msg}, ARGV[14], now, att)
           else

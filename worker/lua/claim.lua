@@ -6,6 +6,8 @@
 -- KEYS[4] {ns}:log:<id>
 -- KEYS[5] {ns}:progress:<id>
 -- KEYS[6] {ns}:events
+-- KEYS[7] {ns}:result:<id>
+-- KEYS[8] {ns}:dead
 -- ARGV[1] worker id
 -- ARGV[2] payload bytes
 -- ARGV[3] now (unix seconds): the claim's started_at
@@ -14,22 +16,50 @@
 -- ARGV[6] offset of the seq placeholder in ARGV[5]
 -- ARGV[7] offset of the attempt placeholder in ARGV[5]
 -- ARGV[8] log_maxlen
+-- ARGV[9] dead_maxlen ('0': untrimmed)
 --
 -- Returns {verdict, attempt, last seq}: 'gone' (the payload left our
 -- active list), 'cancelled' (lease taken, a cancel is asked: no event),
--- 'ok' (lease taken, `started` sent).  Sends `started`.
+-- 'ok' (lease taken, `started` sent), or {'duplicate', 0, 0, error}: the
+-- id belongs to another record; the payload went from our active list to
+-- {ns}:dead (reason duplicate_id) and nothing of that job was touched.
+-- Sends `started` (and nothing for a duplicate).
 --
 -- The same call again (sent anew because Redis's answer was lost) finds
 -- the lease already taken with its `now`, and answers as the first did.
+--
+-- The payload whose sha1 is the record's `digest` owns it.  A requeue of
+-- the same job (reaper, drain, retry) finds state=queued and its own
+-- digest; a second payload with the id finds another digest, or a record
+-- that is running or final, or only a result: a duplicate.  A record
+-- without digest (a producer that sets none) is taken only when queued,
+-- and no record at all (a plain LPUSH) is made here; both bind the digest.
 if not redis.call('LPOS', KEYS[2], ARGV[2]) then return {'gone', 0, 0} end
 local seq = lastseq(KEYS[4])
-local h = redis.call('HMGET', KEYS[1], 'state', 'worker', 'started_at', 'attempt')
-if h[1] == 'running' and h[2] == ARGV[1] and h[3] == ARGV[3] then
+local h = redis.call('HMGET', KEYS[1], 'state', 'worker', 'started_at', 'attempt', 'digest')
+local digest = redis.sha1hex(ARGV[2])
+if h[1] == 'running' and h[2] == ARGV[1] and h[3] == ARGV[3] and h[5] == digest then
   local c = redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1
   return {c and 'cancelled' or 'ok', tonumber(h[4]), seq}
 end
+local dup
+if h[5] and h[5] ~= digest then
+  dup = 'id ' .. ARGV[4] .. ' is already ' .. (h[1] or 'known') .. ' under another payload'
+elseif h[1] and h[1] ~= 'queued' then
+  dup = 'id ' .. ARGV[4] .. ' is already ' .. h[1] ..
+    (h[5] and ' (this is a second copy of its payload)' or ' under another payload')
+elseif not h[1] and redis.call('EXISTS', KEYS[7]) == 1 then
+  dup = 'id ' .. ARGV[4] .. ' is already finished under another payload'
+end
+if dup then
+  redis.call('LREM', KEYS[2], 1, ARGV[2])
+  deadpush(KEYS[8], deadentry('duplicate_id', dup, ARGV[2], ARGV[4], ARGV[1], tonumber(ARGV[3])),
+    ARGV[9])
+  return {'duplicate', 0, 0, dup}
+end
 local att = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started_at', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started_at', ARGV[3],
+  'digest', digest)
 redis.call('HDEL', KEYS[1], 'finished_at', 'exit_code', 'error', 'phase')
 redis.call('PERSIST', KEYS[1])
 redis.call('PERSIST', KEYS[4])

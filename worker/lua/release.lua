@@ -10,23 +10,27 @@
 -- ARGV[3] log_maxlen
 -- ARGV[4] reason of the requeued events ('drained', 'recovered')
 -- ARGV[5] '1' to also forget our heartbeat (at exit)
--- ARGV[6..] the payloads we still hold
+-- ARGV[6..] the payloads we still hold, each as "<length>:<sha1 hex>"
 --
--- Returns how many payloads went back.  Sends `requeued` for each.
+-- Returns how many payloads went back.  Sends `requeued` for each whose
+-- job's record it owns; another payload with that id (a duplicate) only
+-- goes back to the queue, where a claim dead-letters it.
 local P = ARGV[1]
 local keep = {}
 for i = 6, #ARGV do keep[ARGV[i]] = (keep[ARGV[i]] or 0) + 1 end
+local me = string.sub(KEYS[1], #P + 8)
 local items = redis.call('LRANGE', KEYS[1], 0, -1)
 local moved = 0
 for i = #items, 1, -1 do
   local p = items[i]
-  if keep[p] and keep[p] > 0 then
-    keep[p] = keep[p] - 1
+  local t = #p .. ':' .. redis.sha1hex(p)
+  if keep[t] and keep[t] > 0 then
+    keep[t] = keep[t] - 1
   else
     redis.call('LREM', KEYS[1], -1, p)
     redis.call('RPUSH', KEYS[2], p)
     local id = payload_id(p)
-    if id then
+    if id and owns(P, id, p, me) then
       local jk = P .. 'job:' .. id
       redis.call('HSET', jk, 'state', 'queued')
       redis.call('HINCRBY', jk, 'requeues', 1)
