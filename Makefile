@@ -170,6 +170,7 @@ install: all docs
 		install -m 640 worker.ini $(DESTDIR)$(SYSCONFDIR)/debate/worker.ini
 	install -m 644 scripts/Containerfile $(DESTDIR)$(DATADIR)/Containerfile
 	install -m 644 shared/PROTOCOL.md $(DESTDIR)$(DATADIR)/PROTOCOL.md
+	install -m 644 shared/lua/submit.lua $(DESTDIR)$(DATADIR)/submit.lua
 	sed -e 's|/usr/local/sbin/|$(SBINDIR)/|' -e 's|/etc/debate/|$(SYSCONFDIR)/debate/|g' \
 		scripts/debate-worker@.service > $(DESTDIR)$(UNITDIR)/debate-worker@.service
 	chmod 644 $(DESTDIR)$(UNITDIR)/debate-worker@.service
@@ -180,7 +181,7 @@ install: all docs
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/debate-worker $(DESTDIR)$(BINDIR)/enqueue \
 		$(DESTDIR)$(UNITDIR)/debate-worker@.service $(DESTDIR)$(DATADIR)/Containerfile \
-		$(DESTDIR)$(DATADIR)/PROTOCOL.md $(DESTDIR)$(MANDIR)/man1/enqueue.1 \
+		$(DESTDIR)$(DATADIR)/PROTOCOL.md $(DESTDIR)$(DATADIR)/submit.lua $(DESTDIR)$(MANDIR)/man1/enqueue.1 \
 		$(DESTDIR)$(MANDIR)/man5/worker.ini.5 $(DESTDIR)$(MANDIR)/man8/worker.8
 
 format:

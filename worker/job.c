@@ -791,9 +791,9 @@ job_fetched(const char *payload, size_t len, const char *sha1, const char *sha25
 	const struct config *c = wk->conf;
 	struct job *j = xcalloc(1, sizeof *j);
 	char err[ERR_MAX], e2[ERR_MAX], seqoff[24], attoff[24], maxlen[24], deadmax[24];
-	char kjob[KEY_MAX], kact[KEY_MAX], klog[KEY_MAX], kprog[KEY_MAX], kres[KEY_MAX], now[32];
-	const char *args[17];
-	size_t lens[17], so, ao;
+	char kjob[KEY_MAX], kact[KEY_MAX], klog[KEY_MAX], kprog[KEY_MAX], now[32];
+	const char *args[15];
+	size_t lens[15], so, ao;
 	msgpack_sbuffer started;
 	enum refusal r;
 
@@ -870,19 +870,17 @@ job_fetched(const char *payload, size_t len, const char *sha1, const char *sha25
 	args[3] = keys_id(&wk->keys, "log", j->id, klog, sizeof klog);
 	args[4] = keys_id(&wk->keys, "progress", j->id, kprog, sizeof kprog);
 	args[5] = wk->keys.events;
-	args[6] = keys_id(&wk->keys, "result", j->id, kres, sizeof kres);
-	args[7] = wk->keys.dead;
-	args[8] = wk->id;
-	args[9] = j->payload;
-	args[10] = now;
-	args[11] = j->id;
-	args[12] = started.data;
-	args[13] = seqoff;
-	args[14] = attoff;
-	args[15] = maxlen;
-	args[16] = deadmax;
-	for (int i = 0; i < 17; i++)
-		lens[i] = i == 9 ? len : i == 12 ? started.size : strlen(args[i]);
-	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 8, 17, args, lens);
+	args[6] = wk->id;
+	args[7] = j->payload;
+	args[8] = now;
+	args[9] = j->id;
+	args[10] = started.data;
+	args[11] = seqoff;
+	args[12] = attoff;
+	args[13] = maxlen;
+	args[14] = deadmax;
+	for (int i = 0; i < 15; i++)
+		lens[i] = i == 7 ? len : i == 10 ? started.size : strlen(args[i]);
+	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 6, 15, args, lens);
 	msgpack_sbuffer_destroy(&started);
 }

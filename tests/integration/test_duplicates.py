@@ -189,7 +189,19 @@ def test_enqueue_submit_refuses_a_known_id_and_reruns_a_finished_one(fleet, r, n
 
 # ---------------------------------------------------------------- 8. bin and ext in the payload
 
-def test_lost_job_with_bin_and_ext_meta_is_counted_and_dead_lettered(fleet, r, ns, broot, tmp_path):
+@pytest.fixture
+def orphan_builds(tmp_path):
+    """Builds of SIGKILLed exec-mode workers are plain processes: killed at teardown."""
+    yield tmp_path
+    for f in tmp_path.glob("started.*"):
+        try:
+            os.killpg(int(f.name.split(".")[1]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_lost_job_with_bin_and_ext_meta_is_counted_and_dead_lettered(fleet, r, ns, broot, orphan_builds):
+    tmp_path = orphan_builds
     make_profile(broot, "p")
     cmd = tmp_path / "hang.sh"
     cmd.write_text(f"#!/bin/sh\n: > '{tmp_path}/started.'$$\nwhile :; do sleep 0.1; done\n")
@@ -229,12 +241,6 @@ def test_lost_job_with_bin_and_ext_meta_is_counted_and_dead_lettered(fleet, r, n
     assert r.llen(k(ns, "queue")) == 0
     assert not any(active_lists(r, ns).values())
     assert c.alive()
-    # the builds of the SIGKILLed workers (exec mode: plain processes) go too
-    for f in tmp_path.glob("started.*"):
-        try:
-            os.kill(int(f.name.split(".")[1]), signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 # ---------------------------------------------------------------- 6. oversized payloads
@@ -267,9 +273,11 @@ def test_oversized_payload_is_refused_small_and_the_worker_goes_on(fleet, r, ns,
     assert len(r.lindex(k(ns, "dead"), 0)) < 2048
     assert not any(active_lists(r, ns).values())
     print(f"\nworker VmHWM idle {idle >> 20} MiB, after a {BIG >> 20} MiB payload {peak >> 20} MiB")
-    # measured: idle 2 MiB, peak 202 MiB (hiredis's read buffer holds the bulk once; no
-    # reply copy, no worker copy).  Before: 1.64 GiB.  ASan's realloc copies as it grows.
-    bound = (3 if SANITIZED else 1.5) * BIG
+    # Measured: idle 2 MiB, peak 202 MiB (hiredis's read buffer holds the bulk once; no
+    # reply copy, no worker copy); before this change 1.64 GiB (8x).  Under ASan, whose
+    # realloc copies as the buffer grows and whose quarantine keeps what was freed:
+    # 656 MiB (3.3x), so the bound there is looser.
+    bound = (5 if SANITIZED else 1.5) * BIG
     assert peak - idle < bound, f"peak RSS {peak >> 20} MiB (idle {idle >> 20} MiB)"
     jid = submit(r, ns, profile="p", output="o")
     assert wait_result(r, ns, jid, 20)["status"] == "succeeded"

@@ -10,7 +10,6 @@ Run: /usr/bin/python3 -m pytest -q tests/integration/test_lua.py
 """
 import time
 import uuid
-from pathlib import Path
 
 import msgpack
 import pytest
@@ -71,9 +70,9 @@ def started_event(jid: str, worker: str):
 
 def claim(r, ns, worker, payload, jid, now, dead_maxlen="0"):
     ev, so, ao = started_event(jid, worker)
-    return r.eval(script("claim"), 8, k(ns, "job", jid), k(ns, "active", worker), k(ns, "cancel"),
-                  k(ns, "log", jid), k(ns, "progress", jid), k(ns, "events"), k(ns, "result", jid),
-                  k(ns, "dead"), worker, payload, now, jid, ev, so, ao, "100", dead_maxlen)
+    return r.eval(script("claim"), 6, k(ns, "job", jid), k(ns, "active", worker), k(ns, "cancel"),
+                  k(ns, "log", jid), k(ns, "progress", jid), k(ns, "events"),
+                  worker, payload, now, jid, ev, so, ao, "100", dead_maxlen)
 
 
 def finish(r, ns, worker, attempt, payload, jid, status="succeeded", seq=2, retry_due="0"):

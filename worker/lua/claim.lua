@@ -6,8 +6,6 @@
 -- KEYS[4] {ns}:log:<id>
 -- KEYS[5] {ns}:progress:<id>
 -- KEYS[6] {ns}:events
--- KEYS[7] {ns}:result:<id>
--- KEYS[8] {ns}:dead
 -- ARGV[1] worker id
 -- ARGV[2] payload bytes
 -- ARGV[3] now (unix seconds): the claim's started_at
@@ -23,7 +21,8 @@
 -- 'ok' (lease taken, `started` sent), or {'duplicate', 0, 0, error}: the
 -- id belongs to another record; the payload went from our active list to
 -- {ns}:dead (reason duplicate_id) and nothing of that job was touched.
--- Sends `started` (and nothing for a duplicate).
+-- Sends `started` (and nothing for a duplicate).  {ns}:result:<id> and
+-- {ns}:dead are derived from KEYS[6]'s "{ns}:" (the same hash tag).
 --
 -- The same call again (sent anew because Redis's answer was lost) finds
 -- the lease already taken with its `now`, and answers as the first did.
@@ -36,6 +35,7 @@
 -- and no record at all (a plain LPUSH) is made here; both bind the digest.
 if not redis.call('LPOS', KEYS[2], ARGV[2]) then return {'gone', 0, 0} end
 local seq = lastseq(KEYS[4])
+local P = string.sub(KEYS[6], 1, #KEYS[6] - #'events')
 local h = redis.call('HMGET', KEYS[1], 'state', 'worker', 'started_at', 'attempt', 'digest')
 local digest = redis.sha1hex(ARGV[2])
 if h[1] == 'running' and h[2] == ARGV[1] and h[3] == ARGV[3] and h[5] == digest then
@@ -48,12 +48,12 @@ if h[5] and h[5] ~= digest then
 elseif h[1] and h[1] ~= 'queued' then
   dup = 'id ' .. ARGV[4] .. ' is already ' .. h[1] ..
     (h[5] and ' (this is a second copy of its payload)' or ' under another payload')
-elseif not h[1] and redis.call('EXISTS', KEYS[7]) == 1 then
+elseif not h[1] and redis.call('EXISTS', P .. 'result:' .. ARGV[4]) == 1 then
   dup = 'id ' .. ARGV[4] .. ' is already finished under another payload'
 end
 if dup then
   redis.call('LREM', KEYS[2], 1, ARGV[2])
-  deadpush(KEYS[8], deadentry('duplicate_id', dup, ARGV[2], ARGV[4], ARGV[1], tonumber(ARGV[3])),
+  deadpush(P .. 'dead', deadentry('duplicate_id', dup, ARGV[2], ARGV[4], ARGV[1], tonumber(ARGV[3])),
     ARGV[9])
   return {'duplicate', 0, 0, dup}
 end
