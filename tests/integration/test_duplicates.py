@@ -282,3 +282,48 @@ def test_oversized_payload_is_refused_small_and_the_worker_goes_on(fleet, r, ns,
     jid = submit(r, ns, profile="p", output="o")
     assert wait_result(r, ns, jid, 20)["status"] == "succeeded"
     assert w.alive()
+
+
+def test_retry_dead_requeues_only_a_payload_that_owns_its_record(fleet, r, ns, broot):
+    """retry-dead: a duplicate_id entry stays refused; so does a payload whose job
+    belongs to another digest; the owner's own dead letter goes back."""
+    ini = fleet.ini()
+
+    def retry(*args, check):
+        cp = subprocess.run([ENQUEUE_BIN, "-c", ini, "retry-dead", *args], capture_output=True,
+                            text=True, timeout=60 * SLOW)
+        assert cp.returncode == check, (args, cp.stdout, cp.stderr)
+        return cp
+
+    def entry(reason, payload, jid):
+        return pack({"reason": reason, "error": "x", "payload": payload, "worker": "w", "ts": 1.0,
+                     "id": jid})
+
+    real = pack({"id": "r1", "profile": "p", "output": "o"})
+    other = pack({"id": "r1", "profile": "p", "output": "o2"})
+    r.hset(k(ns, "job", "r1"), mapping={"state": "succeeded", "digest": hashlib.sha1(real).hexdigest()})
+    r.lpush(k(ns, "dead"), entry("duplicate_id", other, "r1"))
+    cp = retry("0", check=1)
+    assert "duplicate_id" in cp.stderr and "never requeued" in cp.stderr
+    r.delete(k(ns, "dead"))
+    r.lpush(k(ns, "dead"), entry("bad_path", other, "r1"))
+    cp = retry("0", check=1)
+    assert "job r1 belongs to another payload" in cp.stderr
+    assert r.llen(k(ns, "queue")) == 0 and r.hget(k(ns, "job", "r1"), "state") == b"succeeded"
+    assert r.llen(k(ns, "dead")) == 1
+
+    # the record's own payload, dead: it goes back, bound to its digest
+    bad = pack({"id": "r2", "profile": "gone", "output": "o"})
+    r.hset(k(ns, "job", "r2"), mapping={"state": "dead", "digest": hashlib.sha1(bad).hexdigest()})
+    r.lpush(k(ns, "dead"), entry("bad_path", bad, "r2"))
+    retry("--id", "r2", check=0)
+    assert r.lrange(k(ns, "queue"), 0, -1) == [bad]
+    h = r.hgetall(k(ns, "job", "r2"))
+    assert h[b"state"] == b"queued" and h[b"digest"].decode() == hashlib.sha1(bad).hexdigest()
+
+    # an oversized payload's entry kept only its hashes
+    r.lpush(k(ns, "dead"), pack({"reason": "payload_too_large", "error": "big", "payload_len": 5 << 20,
+                                 "payload_sha256": "0" * 64, "payload_prefix": b"\x81", "worker": "w",
+                                 "ts": 1.0}))
+    cp = retry("0", check=1)
+    assert "kept only the hashes of its 5242880-byte payload" in cp.stderr
