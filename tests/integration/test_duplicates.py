@@ -327,3 +327,28 @@ def test_retry_dead_requeues_only_a_payload_that_owns_its_record(fleet, r, ns, b
                                  "ts": 1.0}))
     cp = retry("0", check=1)
     assert "kept only the hashes of its 5242880-byte payload" in cp.stderr
+
+
+def test_payload_just_under_redis_bulk_limit_is_still_dead_lettered(tmp_path, ns, broot):
+    """Redis with proto-max-bulk-len 2mb: a payload just under it could not be
+    sent back inside a dead entry; the refusal builds the entry in Redis instead."""
+    srv = RedisServer(tmp_path / "redis", extra=["--proto-max-bulk-len", "2mb"]).start()
+    fl = Fleet(tmp_path, srv.url, ns, broot)
+    try:
+        r = srv.client()
+        make_profile(broot, "p")
+        w = fl.start(sandbox={"runtime": "exec", "command": "/bin/true"})
+        w.wait_log(r"redis fetch: connected", 20)
+        n = (2 << 20) - 64
+        big = b"\xc6" + (n - 5).to_bytes(4, "big") + b"z" * (n - 5)
+        push_raw(r, ns, big)
+        (e,) = poll(lambda: dead(r, ns), 30, "the dead letter")
+        assert e["reason"] == "payload_too_large" and e["payload_len"] == n
+        assert e["payload_sha256"] == hashlib.sha256(big).hexdigest()
+        assert not any(active_lists(r, ns).values())
+        assert "dead-lettering failed" not in w.log()
+        jid = submit(r, ns, profile="p", output="o")
+        assert wait_result(r, ns, jid, 20)["status"] == "succeeded"
+    finally:
+        fl.close()
+        srv.stop()
