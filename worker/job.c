@@ -800,19 +800,21 @@ job_fetched(const char *payload, size_t len, const char *sha1, const char *sha25
 	/*
 	 * A payload over max_payload is refused unread: the worker keeps its
 	 * hashes, not a copy (the refuse script finds it in our active list
-	 * by length and sha1, and keeps its sha256 and first bytes).
+	 * by length and sha1, and keeps its sha256 and first bytes).  The
+	 * fetch reader hashed it already (payload NULL), in hiredis's buffer.
 	 */
 	if (payload == NULL) {
 		snprintf(j->payload_sha1, sizeof j->payload_sha1, "%s", sha1);
 		snprintf(j->payload_sha256, sizeof j->payload_sha256, "%s", sha256);
-	} else
+	} else {
 		SHA1Data((const uint8_t *)payload, len, j->payload_sha1);
-	if (payload != NULL && len > c->max_payload)
-		SHA256Data((const uint8_t *)payload, len, j->payload_sha256);
-	else if (payload != NULL) {
-		j->payload = xmalloc(len + 1);
-		memcpy(j->payload, payload, len);
-		j->payload[len] = '\0';
+		if (len > c->max_payload)
+			SHA256Data((const uint8_t *)payload, len, j->payload_sha256);
+		else {
+			j->payload = xmalloc(len + 1);
+			memcpy(j->payload, payload, len);
+			j->payload[len] = '\0';
+		}
 	}
 	j->payload_len = len;
 	j->phase = -1;
