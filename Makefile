@@ -19,7 +19,7 @@ WARNINGS = -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototyp
 ifneq (,$(findstring clang,$(CC)))
 WARNINGS += -Wno-unknown-warning-option
 endif
-ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -Ishared $(WARNINGS) $(CFLAGS) $(SAN_CFLAGS)
+ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -Ishared -I$(B)/gen $(WARNINGS) $(CFLAGS) $(SAN_CFLAGS)
 ALL_LDFLAGS = $(LDFLAGS) $(SAN_CFLAGS)
 
 B ?= build
@@ -61,6 +61,25 @@ endif
 	uninstall clean format lint image docs
 
 all: $(WORKER_BIN) $(ENQUEUE_BIN) $(UNIT_BIN)
+
+# The Lua scripts, as C strings: each worker script is worker/lua/prelude.lua
+# followed by its own file (scripts/lua2c.awk); enqueue's stand alone.
+WORKER_LUA = claim emit finish refuse beat release
+WORKER_LUA_SRC = $(WORKER_LUA:%=worker/lua/%.lua)
+ENQUEUE_LUA_SRC = shared/lua/submit.lua enqueue/lua/retry_dead.lua
+
+$(B)/gen/worker_lua.h: worker/lua/prelude.lua $(WORKER_LUA_SRC) scripts/lua2c.awk
+	@mkdir -p $(dir $@)
+	$(say) GEN $@
+	$(Q)awk -v prelude=worker/lua/prelude.lua -f scripts/lua2c.awk $(WORKER_LUA_SRC) > $@.tmp && mv $@.tmp $@
+
+$(B)/gen/enqueue_lua.h: $(ENQUEUE_LUA_SRC) scripts/lua2c.awk
+	@mkdir -p $(dir $@)
+	$(say) GEN $@
+	$(Q)awk -f scripts/lua2c.awk $(ENQUEUE_LUA_SRC) > $@.tmp && mv $@.tmp $@
+
+$(WORKER_OBJ): $(B)/gen/worker_lua.h
+$(ENQUEUE_OBJ): $(B)/gen/enqueue_lua.h
 
 $(B)/%.o: %.c shared/debate.h $(wildcard worker/*.h) $(wildcard enqueue/*.h)
 	@mkdir -p $(dir $@)
@@ -151,6 +170,7 @@ install: all docs
 		install -m 640 worker.ini $(DESTDIR)$(SYSCONFDIR)/debate/worker.ini
 	install -m 644 scripts/Containerfile $(DESTDIR)$(DATADIR)/Containerfile
 	install -m 644 shared/PROTOCOL.md $(DESTDIR)$(DATADIR)/PROTOCOL.md
+	install -m 644 shared/lua/submit.lua $(DESTDIR)$(DATADIR)/submit.lua
 	sed -e 's|/usr/local/sbin/|$(SBINDIR)/|' -e 's|/etc/debate/|$(SYSCONFDIR)/debate/|g' \
 		scripts/debate-worker@.service > $(DESTDIR)$(UNITDIR)/debate-worker@.service
 	chmod 644 $(DESTDIR)$(UNITDIR)/debate-worker@.service
@@ -161,13 +181,17 @@ install: all docs
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/debate-worker $(DESTDIR)$(BINDIR)/enqueue \
 		$(DESTDIR)$(UNITDIR)/debate-worker@.service $(DESTDIR)$(DATADIR)/Containerfile \
-		$(DESTDIR)$(DATADIR)/PROTOCOL.md $(DESTDIR)$(MANDIR)/man1/enqueue.1 \
+		$(DESTDIR)$(DATADIR)/PROTOCOL.md $(DESTDIR)$(DATADIR)/submit.lua $(DESTDIR)$(MANDIR)/man1/enqueue.1 \
 		$(DESTDIR)$(MANDIR)/man5/worker.ini.5 $(DESTDIR)$(MANDIR)/man8/worker.8
 
 format:
 	clang-format -i shared/*.[ch] worker/*.[ch] enqueue/*.[ch] tests/unit/*.c
 
 lint:
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	for f in $(WORKER_LUA_SRC); do \
+		cat worker/lua/prelude.lua $$f > $$tmp/$$(basename $$f); luac5.1 -p $$tmp/$$(basename $$f); done; \
+	for f in $(ENQUEUE_LUA_SRC); do luac5.1 -p $$f; done
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability -Ishared shared worker enqueue
 
 clean:

@@ -4,34 +4,19 @@
  *
  * A retry removes the exact entry it read (LREM by value, so an index
  * that shifted because a worker pushed a new dead letter meanwhile does
- * not matter) and pushes the payload in one script, so two operators
- * retrying the same entry queue it once.
+ * not matter) and pushes the payload in one script
+ * (enqueue/lua/retry_dead.lua), so two operators retrying the same entry
+ * queue it once.  Only a payload that owns its job's record (its digest,
+ * or no record left) goes back; a duplicate_id entry never does.
  */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "enqueue.h"
+#include "enqueue_lua.h"
 
 enum { O_LIMIT = 1, O_ALL, O_ID };
-
-/*
- * KEYS dead, queue[, job]; ARGV entry, payload, now, error.  1 requeued,
- * 0 the entry is gone, -1 a job of that id is queued or running (a
- * duplicate id was refused while the real job ran: leave that one be).
- */
-static const char dead_script[] =
-	"if KEYS[3] then\n"
-	"  local st = redis.call('HGET', KEYS[3], 'state')\n"
-	"  if st == 'queued' or st == 'running' then return -1 end\n"
-	"end\n"
-	"if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end\n"
-	"redis.call('LPUSH', KEYS[2], ARGV[2])\n"
-	"if KEYS[3] then\n"
-	"  redis.call('DEL', KEYS[3])\n"
-	"  redis.call('HSET', KEYS[3], 'state', 'queued', 'enqueued_at', ARGV[3], 'last_error', ARGV[4])\n"
-	"end\n"
-	"return 1\n";
 
 /* One dead letter, decoded. */
 struct dead_entry {
@@ -41,7 +26,7 @@ struct dead_entry {
 	char error[1024];
 	double ts;
 	const char *payload;	/* into the unpacked entry */
-	size_t payload_len;
+	size_t payload_len;	/* also payload_len of an entry that kept no payload */
 	bool ok;		/* the entry was a readable map */
 };
 
@@ -61,6 +46,8 @@ dead_decode(const redisReply *e, msgpack_unpacked *u, struct dead_entry *d)
 	mp_get_str(&u->data, "worker", d->worker, sizeof d->worker);
 	mp_get_str(&u->data, "error", d->error, sizeof d->error);
 	mp_get_num(&u->data, "ts", &d->ts);
+	if ((p = mp_get(&u->data, "payload_len")) != NULL && p->type == MSGPACK_OBJECT_POSITIVE_INTEGER)
+		d->payload_len = (size_t)p->via.u64;	/* over max_payload: only its hashes were kept */
 	if ((p = mp_get(&u->data, "payload")) != NULL) {
 		if (p->type == MSGPACK_OBJECT_BIN) {
 			d->payload = p->via.bin.ptr;
@@ -160,25 +147,28 @@ dead_list(int argc, char **argv)
 	return EXIT_OK;
 }
 
-/* Put one entry's payload back: the script's answer (1, 0 or -1). */
+/* Put one entry's payload back: the script's answer (1, 0, -1 or -2). */
 static long long
 dead_requeue(const redisReply *e, const struct dead_entry *d)
 {
-	char kjob[KEY_MAX], now[32];
-	const char *argv[10];
-	size_t lens[10];
+	char kjob[KEY_MAX], kres[KEY_MAX], klog[KEY_MAX], now[32];
+	const char *argv[12];
+	size_t lens[12];
 	redisReply *r;
 	int argc = 0;
 	long long done;
 
 	snprintf(now, sizeof now, "%.6f", now_real());
 	argv[argc++] = "EVAL";
-	argv[argc++] = dead_script;
-	argv[argc++] = d->id[0] ? "3" : "2";
+	argv[argc++] = lua_retry_dead;
+	argv[argc++] = d->id[0] ? "5" : "2";
 	argv[argc++] = en->keys.dead;
 	argv[argc++] = en->keys.queue;
-	if (d->id[0])
+	if (d->id[0]) {
 		argv[argc++] = keys_id(&en->keys, "job", d->id, kjob, sizeof kjob);
+		argv[argc++] = keys_id(&en->keys, "result", d->id, kres, sizeof kres);
+		argv[argc++] = keys_id(&en->keys, "log", d->id, klog, sizeof klog);
+	}
 	for (int i = 0; i < argc; i++)
 		lens[i] = strlen(argv[i]);
 	lens[argc] = e->len;
@@ -277,11 +267,21 @@ dead_retry(int argc, char **argv)
 		} else {
 			dead_decode(r->element[i], &u, &d);
 			dead_payload_id(&d);
-			long long v = d.payload != NULL ? dead_requeue(r->element[i], &d) : 0;
-			if (d.payload == NULL)
+			bool dup = strcmp(d.reason, "duplicate_id") == 0;
+			long long v = d.payload != NULL && !dup ? dead_requeue(r->element[i], &d) : 0;
+			if (dup)
+				enq_warn("dead letter %zu is a second payload with the id of job %s (duplicate_id): "
+				    "it is never requeued; submit it under a new id", i, d.id);
+			else if (d.payload == NULL && d.payload_len > 0)
+				enq_warn("dead letter %zu kept only the hashes of its %zu-byte payload; left alone",
+				    i, d.payload_len);
+			else if (d.payload == NULL)
 				enq_warn("dead letter %zu has no payload; left alone", i);
-			else if (v < 0)
+			else if (v == -1)
 				enq_warn("dead letter %zu: job %s is queued or running; left alone", i, d.id);
+			else if (v < 0)
+				enq_warn("dead letter %zu: job %s belongs to another payload; left alone "
+				    "(submit it under a new id)", i, d.id);
 			else if (v == 0)
 				enq_warn("dead letter %zu was removed meanwhile; skipped", i);
 			else if (!en->json)

@@ -4,9 +4,10 @@
  * The job is built with job_encode() and then put through job_decode()
  * against the same worker.ini, so a job the worker would refuse is
  * refused here first, with the worker's own message, before anything
- * reaches Redis.  Then one MULTI/EXEC resets the job's keys, marks it
- * queued and pushes the payload.  --wait blocks for the result and
- * exits by its status; --follow prints the events as they come.
+ * reaches Redis.  Then shared/lua/submit.lua marks it queued with the
+ * payload's digest and pushes it, refusing an id already known (--rerun:
+ * one that finished).  --wait blocks for the result and exits by its
+ * status; --follow prints the events as they come.
  */
 #include <errno.h>
 #include <math.h>
@@ -18,11 +19,12 @@
 #include <unistd.h>
 
 #include "enqueue.h"
+#include "enqueue_lua.h"
 
 
 enum {
 	O_PROFILE = 1, O_OUTPUT, O_ID, O_MEMORY, O_CPUS, O_TIMEOUT, O_WARNING, O_IMAGE, O_EPOCH,
-	O_RETRIES, O_META, O_WAIT, O_WAIT_TIMEOUT, O_FOLLOW,
+	O_RETRIES, O_META, O_WAIT, O_WAIT_TIMEOUT, O_FOLLOW, O_RERUN,
 };
 
 static const struct opt submit_opts[] = {
@@ -31,7 +33,7 @@ static const struct opt submit_opts[] = {
 	{ "warning", 0, true, O_WARNING }, { "image", 0, true, O_IMAGE }, { "epoch", 0, true, O_EPOCH },
 	{ "retries", 0, true, O_RETRIES }, { "meta", 0, true, O_META }, { "wait", 0, false, O_WAIT },
 	{ "wait-timeout", 0, true, O_WAIT_TIMEOUT }, { "follow", 0, false, O_FOLLOW },
-	{ NULL, 0, false, 0 },
+	{ "rerun", 0, false, O_RERUN }, { NULL, 0, false, 0 },
 };
 
 static int submit_wait(const char *id, double timeout);
@@ -40,7 +42,7 @@ struct submit_args {
 	const char *profile, *output, *id, *memory, *cpus, *timeout, *warning, *image, *epoch,
 	    *retries;
 	struct strv meta;	/* "KEY=VALUE" each */
-	bool wait, follow;
+	bool wait, follow, rerun;
 	double wait_timeout;
 };
 
@@ -196,51 +198,50 @@ submit_check_local(const struct job_spec *js)
 		enq_warn("profile %s (checked on this host)", err);
 }
 
-/* Reset the job's keys, mark it queued and push the payload, atomically. */
+/*
+ * Queue the payload through shared/lua/submit.lua, the producers' one
+ * script: a new id only, or with --rerun a finished job again.  The
+ * script binds the payload's digest to the job hash; a second payload
+ * with the id would be dead-lettered by the worker (duplicate_id).
+ */
 static void
-submit_push(const char *id, const msgpack_sbuffer *job, double enqueued_at)
+submit_push(const char *id, const msgpack_sbuffer *job, double enqueued_at, bool rerun)
 {
-	char kjob[KEY_MAX], kres[KEY_MAX], klog[KEY_MAX], ts[32];
-	const char *argv[3];
-	size_t lens[3];
+	char kjob[KEY_MAX], kres[KEY_MAX], klog[KEY_MAX], ts[32], verdict[16] = "", state[32] = "";
+	const char *argv[10];
+	size_t lens[10];
 	redisReply *r;
-	const char *state;
 
-	keys_id(&en->keys, "job", id, kjob, sizeof kjob);
-	keys_id(&en->keys, "result", id, kres, sizeof kres);
-	keys_id(&en->keys, "log", id, klog, sizeof klog);
 	snprintf(ts, sizeof ts, "%.6f", enqueued_at);
-	freeReplyObject(redis_commandv(en->rc, "WATCH", kjob));
-	r = redis_commandv(en->rc, "HGET", kjob, "state");
-	state = r->type == REDIS_REPLY_STRING ? r->str : NULL;
-	if (state != NULL && (strcmp(state, "queued") == 0 || strcmp(state, "running") == 0)) {
-		char s[32];
-		snprintf(s, sizeof s, "%s", state);
-		freeReplyObject(r);
-		freeReplyObject(redis_commandv(en->rc, "UNWATCH"));
-		enq_die(EXIT_USAGE, "job %s is already %s: pick another --id (or cancel it first)", id, s);
+	argv[0] = "EVAL";
+	argv[1] = lua_submit;
+	argv[2] = "4";
+	argv[3] = keys_id(&en->keys, "job", id, kjob, sizeof kjob);
+	argv[4] = en->keys.queue;
+	argv[5] = keys_id(&en->keys, "result", id, kres, sizeof kres);
+	argv[6] = keys_id(&en->keys, "log", id, klog, sizeof klog);
+	argv[7] = job->data;
+	argv[8] = ts;
+	argv[9] = rerun ? "rerun" : "new";
+	for (int i = 0; i < 10; i++)
+		lens[i] = i == 7 ? job->size : strlen(argv[i]);
+	r = redis_command(en->rc, 10, argv, lens);
+	if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[0]->type == REDIS_REPLY_STRING &&
+	    r->element[1]->type == REDIS_REPLY_STRING) {
+		snprintf(verdict, sizeof verdict, "%s", r->element[0]->str);
+		snprintf(state, sizeof state, "%s", r->element[1]->str);
 	}
 	freeReplyObject(r);
-	freeReplyObject(redis_commandv(en->rc, "MULTI"));
-	freeReplyObject(redis_commandv(en->rc, "DEL", kjob, kres, klog));
-	freeReplyObject(redis_commandv(en->rc, "HDEL", en->keys.cancel, id));
-	freeReplyObject(redis_commandv(en->rc, "HSET", kjob, "state", "queued", "enqueued_at", ts));
-	argv[0] = "LPUSH";
-	argv[1] = en->keys.queue;
-	argv[2] = job->data;
-	lens[0] = 5;
-	lens[1] = strlen(en->keys.queue);
-	lens[2] = job->size;
-	freeReplyObject(redis_command(en->rc, 3, argv, lens));
-	r = redis_commandv(en->rc, "EXEC");
-	if (r->type != REDIS_REPLY_ARRAY) {
-		freeReplyObject(r);
-		enq_die(EXIT_REDIS, "job %s changed while it was being submitted; try again", id);
-	}
-	for (size_t i = 0; i < r->elements; i++)
-		if (r->element[i]->type == REDIS_REPLY_ERROR)
-			enq_die(EXIT_REDIS, "redis: EXEC: %s", r->element[i]->str);
-	freeReplyObject(r);
+	if (strcmp(verdict, "ok") == 0)
+		return;
+	if (strcmp(verdict, "exists") == 0)
+		enq_die(EXIT_USAGE, "job %s is already %s: pick another --id%s", id, state,
+		    strcmp(state, "queued") == 0 || strcmp(state, "running") == 0 ? " (or cancel it first)" :
+		    ", or run it again with --rerun");
+	if (strcmp(verdict, "busy") == 0)
+		enq_die(EXIT_USAGE, "job %s is already %s: --rerun waits for it to finish (or cancel it first)",
+		    id, state);
+	enq_die(EXIT_REDIS, "job %s: unexpected answer from submit.lua", id);
 }
 
 /* Parse submit's options. */
@@ -269,6 +270,7 @@ submit_parse(int argc, char **argv, struct submit_args *a)
 		case O_META: strv_push(&a->meta, arg); break;
 		case O_WAIT: a->wait = true; break;
 		case O_FOLLOW: a->follow = true; break;
+		case O_RERUN: a->rerun = true; break;
 		case O_WAIT_TIMEOUT:
 			if (parse_seconds(arg, &a->wait_timeout, err, sizeof err) != 0)
 				enq_die(EXIT_USAGE, "--wait-timeout: %s", err);
@@ -312,7 +314,7 @@ submit_main(int argc, char **argv)
 	job_spec_free(&js);
 
 	en->rc = redis_connect(&en->conf);
-	submit_push(id, &job, now);
+	submit_push(id, &job, now, a.rerun);
 	msgpack_sbuffer_destroy(&job);
 	if (!en->json) {
 		printf("%s\n", id);

@@ -107,6 +107,7 @@ config_defaults(struct config *c)
 	c->namespace = xstrdup("debate");
 	c->result_ttl = 86400;
 	c->log_maxlen = 10000;
+	c->dead_maxlen = 10000;
 	c->max_payload = 1 << 20;
 	c->max_attempts = 3;
 	c->retry_backoff = 5;
@@ -407,6 +408,7 @@ config_check(const struct config *c, char *err, size_t errlen)
 		snprintf(err, errlen, "%s: reaper_interval, stats_interval and log_batch_interval must be above 0", p);
 		return -1;
 	}
+	/* 64m: a dead letter holding the whole payload stays far below Redis's 512 MB bulk limit. */
 	if (c->max_payload < 64 || c->max_payload > (64 << 20)) {
 		snprintf(err, errlen, "%s: max_payload must be between 64 bytes and 64m", p);
 		return -1;

@@ -145,7 +145,7 @@ struct config {
 	char *namespace;
 	long result_ttl;		/* seconds {ns}:result:<id> lives */
 	long log_maxlen;		/* XADD MAXLEN ~ */
-	long dead_maxlen;		/* LTRIM of {ns}:dead, 0 = unbounded */
+	long dead_maxlen;		/* LTRIM of {ns}:dead (10000), 0 = unbounded */
 	uint64_t max_payload;
 	long max_attempts;
 	double retry_backoff;		/* seconds, doubled per attempt */

@@ -40,8 +40,8 @@ void
 beat_now(void)
 {
 	char kwork[KEY_MAX], korph[KEY_MAX], now[32], ttlms[24], reapms[24], maxatt[24], pid[24];
-	char started[32], conc[24], running[24], maxlen[24], ttl[24], *prefix, *jobs;
-	const char *args[22];
+	char started[32], conc[24], running[24], maxlen[24], ttl[24], deadmax[24], *prefix, *jobs;
+	const char *args[23];
 	size_t jl = 0, nrun = 0;
 	struct job *j;
 
@@ -86,7 +86,9 @@ beat_now(void)
 	args[19] = jobs;
 	args[20] = maxlen;
 	args[21] = ttl;
-	script_call(wk->cmd, SCRIPT_BEAT, RQ_ONCE, beat_reply, NULL, 7, 22, args, NULL);
+	snprintf(deadmax, sizeof deadmax, "%ld", wk->conf->dead_maxlen);
+	args[22] = deadmax;
+	script_call(wk->cmd, SCRIPT_BEAT, RQ_ONCE, beat_reply, NULL, 7, 23, args, NULL);
 	free(prefix);
 	free(jobs);
 }
@@ -170,14 +172,18 @@ beat_release(bool all, void (*done)(bool ok))
 	for (size_t i = 0; i < n; i++)
 		lens[i] = strlen(args[i]);
 	if (!all) {
+		/* What we hold, as "<length>:<sha1>": the payloads need not be sent. */
 		TAILQ_FOREACH(j, &wk->jobs, entry) {
-			lens[n] = j->payload_len;
-			args[n++] = j->payload;
+			args[n] = xasprintf("%zu:%s", j->payload_len, j->payload_sha1);
+			lens[n] = strlen(args[n]);
+			n++;
 		}
 	}
 	rel = xmalloc(sizeof *rel);
 	rel->done = done;
 	script_call(wk->cmd, SCRIPT_RELEASE, RQ_KEEP, beat_released, rel, 4, (int)n, args, lens);
+	for (size_t i = 9; i < n; i++)
+		free((char *)(uintptr_t)args[i]);
 	free(prefix);
 	free(args);
 	free(lens);

@@ -13,6 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <hiredis/read.h>
+#include <sha1.h>
+#include <sha2.h>
+
 #include "worker.h"
 
 #define FETCH_BLOCK_SECONDS "30"
@@ -21,6 +25,53 @@ static bool fetch_inflight;
 static bool fetch_recover_needed = true;
 static bool fetch_recovering;
 static ev_timer fetch_again_timer;	/* a failed release is tried again later */
+
+/*
+ * hiredis 0.14.1 reads a whole bulk reply into its read buffer before it
+ * makes the reply object, and then copies the bytes into it: a payload
+ * costs twice its size.  The fetch connection's reader makes a string
+ * over max_payload empty instead, keeping only what its refusal needs
+ * (length, sha1, sha256), computed from hiredis's buffer in place, so
+ * such a payload costs its size once, in hiredis's buffer, and no copy.
+ * Only BLMOVE runs on this connection, one at a time: the one answer in
+ * the making is the one fetch_reply() gets next.
+ */
+static redisReplyObjectFunctions fetch_fns;
+static void *(*fetch_make_string)(const redisReadTask *, char *, size_t);
+static struct {
+	bool pending;
+	size_t len;
+	char sha1[41], sha256[65];
+} fetch_big;
+
+/* hiredis's createString on the fetch connection. */
+static void *
+fetch_create_string(const redisReadTask *task, char *str, size_t len)
+{
+	if (task->type != REDIS_REPLY_STRING || task->parent != NULL || len <= wk->conf->max_payload)
+		return fetch_make_string(task, str, len);
+	fetch_big.pending = true;
+	fetch_big.len = len;
+	SHA1Data((const uint8_t *)str, len, fetch_big.sha1);
+	SHA256Data((const uint8_t *)str, len, fetch_big.sha256);
+	return fetch_make_string(task, str, 0);
+}
+
+/* Make the fetch connection's reader use fetch_create_string(). */
+static void
+fetch_hook_reader(redisAsyncContext *ac)
+{
+	redisReader *rd = ac->c.reader;
+
+	if (rd->fn == &fetch_fns)
+		return;
+	if (fetch_make_string == NULL) {
+		fetch_fns = *rd->fn;
+		fetch_make_string = fetch_fns.createString;
+		fetch_fns.createString = fetch_create_string;
+	}
+	rd->fn = &fetch_fns;
+}
 
 /* BLMOVE's answer: a payload, or nil after the block time. */
 static void
@@ -31,8 +82,10 @@ fetch_reply(redisAsyncContext *ac, void *reply, void *priv)
 	(void)ac;
 	(void)priv;
 	fetch_inflight = false;
-	if (r == NULL || wk->fetch == NULL || rconn_ctx(wk->fetch) != ac)
+	if (r == NULL || wk->fetch == NULL || rconn_ctx(wk->fetch) != ac) {
+		fetch_big.pending = false;
 		return;	/* the connection went; its up callback fetches again */
+	}
 	if (r->type == REDIS_REPLY_ERROR) {
 		/*
 		 * Not BLMOVE again at once, which would spin while the error
@@ -45,8 +98,11 @@ fetch_reply(redisAsyncContext *ac, void *reply, void *priv)
 		return;
 	}
 	rconn_ok(wk->fetch);
-	if (r->type == REDIS_REPLY_STRING)
-		job_fetched(r->str, r->len);
+	if (r->type == REDIS_REPLY_STRING && fetch_big.pending) {
+		fetch_big.pending = false;
+		job_fetched(NULL, fetch_big.len, fetch_big.sha1, fetch_big.sha256);
+	} else if (r->type == REDIS_REPLY_STRING)
+		job_fetched(r->str, r->len, NULL, NULL);
 	fetch_kick();
 }
 
@@ -111,6 +167,8 @@ fetch_kick(void)
 	argv[3] = "RIGHT";
 	argv[4] = "LEFT";
 	argv[5] = FETCH_BLOCK_SECONDS;
+	fetch_hook_reader(rconn_ctx(wk->fetch));
+	fetch_big.pending = false;
 	if (redisAsyncCommandArgv(rconn_ctx(wk->fetch), fetch_reply, NULL, 6, argv, NULL) == REDIS_OK)
 		fetch_inflight = true;
 }
@@ -164,18 +222,22 @@ fetch_refused(redisReply *r, void *arg)
 		return;
 	if (r->type == REDIS_REPLY_ERROR)
 		log_err("job %s: dead-lettering failed: %s", j->id[0] ? j->id : "?", r->str);
+	else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+		log_info("job %s: the refused payload had left our active list already", j->id[0] ? j->id : "?");
 	job_done_refused(j);
 }
 
-/* Dead-letter a payload: the original bytes, the reason and the message. */
+/*
+ * Dead-letter a payload: the reason and the message.  The script finds
+ * the payload in our active list by length and sha1 and builds the entry
+ * itself, so the bytes are not sent back (a payload just under Redis's
+ * bulk limit could not be, twice over), and the worker's copy goes now.
+ */
 void
 fetch_refuse(struct job *j, enum refusal r, const char *msg)
 {
-	char now[32], maxlen[24], deadmax[24], kact[KEY_MAX], *prefix, clean[ERR_MAX];
-	msgpack_sbuffer sb;
-	msgpack_packer pk;
-	const char *args[12];
-	size_t lens[12];
+	char now[32], maxlen[24], deadmax[24], plen[24], kact[KEY_MAX], *prefix, clean[ERR_MAX];
+	const char *args[13];
 
 	str_printable(clean, sizeof clean, msg);
 	msg = clean;
@@ -183,27 +245,17 @@ fetch_refuse(struct job *j, enum refusal r, const char *msg)
 	log_warn("refused a job%s%s: %s: %s", j->id[0] ? " " : "", j->id, refusal_name(r), msg);
 	job_set_state(j, JOB_REFUSING);
 	snprintf(j->error, sizeof j->error, "%s", msg);
-
-	msgpack_sbuffer_init(&sb);
-	msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-	msgpack_pack_map(&pk, j->id[0] ? 6 : 5);
-	mp_kv_str(&pk, "reason", refusal_name(r));
-	mp_kv_str(&pk, "error", msg);
-	mp_str(&pk, "payload");
-	msgpack_pack_bin(&pk, j->payload_len);
-	msgpack_pack_bin_body(&pk, j->payload, j->payload_len);
-	mp_kv_str(&pk, "worker", wk->id);
-	mp_kv_double(&pk, "ts", now_real());
-	if (j->id[0])
-		mp_kv_str(&pk, "id", j->id);
+	free(j->payload);
+	j->payload = NULL;
 
 	snprintf(now, sizeof now, "%.6f", now_real());
 	snprintf(maxlen, sizeof maxlen, "%ld", wk->conf->log_maxlen);
 	snprintf(deadmax, sizeof deadmax, "%ld", wk->conf->dead_maxlen);
+	snprintf(plen, sizeof plen, "%zu", j->payload_len);
 	args[0] = wk->keys.dead;
 	args[1] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);
-	args[2] = j->payload;
-	args[3] = sb.data;
+	args[2] = plen;
+	args[3] = j->payload_sha1;
 	args[4] = j->id;
 	args[5] = msg;
 	args[6] = prefix = xasprintf("{%s}:", wk->keys.ns);
@@ -212,11 +264,7 @@ fetch_refuse(struct job *j, enum refusal r, const char *msg)
 	args[9] = refusal_name(r);
 	args[10] = wk->id;
 	args[11] = deadmax;
-	for (int i = 0; i < 12; i++)
-		lens[i] = (i == 2 || i == 3) ? 0 : strlen(args[i]);
-	lens[2] = j->payload_len;
-	lens[3] = sb.size;
-	script_call(wk->cmd, SCRIPT_REFUSE, RQ_KEEP, fetch_refused, j, 2, 12, args, lens);
+	args[12] = r == REFUSE_TOO_LARGE ? j->payload_sha256 : "";
+	script_call(wk->cmd, SCRIPT_REFUSE, RQ_KEEP, fetch_refused, j, 2, 13, args, NULL);
 	free(prefix);
-	msgpack_sbuffer_destroy(&sb);
 }

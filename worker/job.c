@@ -22,6 +22,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <sha1.h>
+#include <sha2.h>
+
 #include "worker.h"
 
 extern char **environ;
@@ -913,7 +916,7 @@ job_claimed(redisReply *r, void *arg)
 
 	if (r == NULL)
 		return;	/* only at exit */
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING) {
+	if (r->type != REDIS_REPLY_ARRAY || r->elements < 3 || r->element[0]->type != REDIS_REPLY_STRING) {
 		/*
 		 * Transient errors (BUSY, OOM, MISCONF, NOSCRIPT, LOADING...) never
 		 * get here: the outbox sends the claim again.  This one lasts (a
@@ -936,6 +939,14 @@ job_claimed(redisReply *r, void *arg)
 	j->seq = (uint64_t)r->element[2]->integer;
 	if (strcmp(verdict, "gone") == 0) {
 		log_info("job %s: no longer in our active list; skipping it", j->id);
+		job_done(j);
+		return;
+	}
+	if (strcmp(verdict, "duplicate") == 0) {
+		/* The claim script dead-lettered it and left the real job alone. */
+		wk->m.refused++;
+		log_warn("refused a job %s: duplicate_id: %s", j->id, r->elements > 3 &&
+		    r->element[3]->type == REDIS_REPLY_STRING ? r->element[3]->str : "id already in use");
 		job_done(j);
 		return;
 	}
@@ -973,20 +984,36 @@ job_claimed(redisReply *r, void *arg)
 
 /* A payload arrived from BLMOVE: validate, resolve paths, claim. */
 void
-job_fetched(const char *payload, size_t len)
+job_fetched(const char *payload, size_t len, const char *sha1, const char *sha256)
 {
 	const struct config *c = wk->conf;
 	struct job *j = xcalloc(1, sizeof *j);
-	char err[ERR_MAX], e2[ERR_MAX], seqoff[24], attoff[24], maxlen[24];
+	char err[ERR_MAX], e2[ERR_MAX], seqoff[24], attoff[24], maxlen[24], deadmax[24];
 	char kjob[KEY_MAX], kact[KEY_MAX], klog[KEY_MAX], kprog[KEY_MAX], now[32];
-	const char *args[14];
-	size_t lens[14], so, ao;
+	const char *args[15];
+	size_t lens[15], so, ao;
 	msgpack_sbuffer started;
 	enum refusal r;
 
-	j->payload = xmalloc(len + 1);
-	memcpy(j->payload, payload, len);
-	j->payload[len] = '\0';
+	/*
+	 * A payload over max_payload is refused unread: the worker keeps its
+	 * hashes, not a copy (the refuse script finds it in our active list
+	 * by length and sha1, and keeps its sha256 and first bytes).  The
+	 * fetch reader hashed it already (payload NULL), in hiredis's buffer.
+	 */
+	if (payload == NULL) {
+		snprintf(j->payload_sha1, sizeof j->payload_sha1, "%s", sha1);
+		snprintf(j->payload_sha256, sizeof j->payload_sha256, "%s", sha256);
+	} else {
+		SHA1Data((const uint8_t *)payload, len, j->payload_sha1);
+		if (len > c->max_payload)
+			SHA256Data((const uint8_t *)payload, len, j->payload_sha256);
+		else {
+			j->payload = xmalloc(len + 1);
+			memcpy(j->payload, payload, len);
+			j->payload[len] = '\0';
+		}
+	}
 	j->payload_len = len;
 	j->phase = -1;
 	j->exit_code = -1;
@@ -1036,6 +1063,7 @@ job_fetched(const char *payload, size_t len)
 	snprintf(seqoff, sizeof seqoff, "%zu", so);
 	snprintf(attoff, sizeof attoff, "%zu", ao);
 	snprintf(maxlen, sizeof maxlen, "%ld", c->log_maxlen);
+	snprintf(deadmax, sizeof deadmax, "%ld", c->dead_maxlen);
 	args[0] = keys_id(&wk->keys, "job", j->id, kjob, sizeof kjob);
 	args[1] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);
 	args[2] = wk->keys.cancel;
@@ -1050,8 +1078,9 @@ job_fetched(const char *payload, size_t len)
 	args[11] = seqoff;
 	args[12] = attoff;
 	args[13] = maxlen;
-	for (int i = 0; i < 14; i++)
+	args[14] = deadmax;
+	for (int i = 0; i < 15; i++)
 		lens[i] = i == 7 ? len : i == 10 ? started.size : strlen(args[i]);
-	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 6, 14, args, lens);
+	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 6, 15, args, lens);
 	msgpack_sbuffer_destroy(&started);
 }

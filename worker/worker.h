@@ -258,8 +258,10 @@ enum stop_reason { STOP_NONE, STOP_TIMEOUT, STOP_CANCEL, STOP_DRAIN, STOP_LEASE 
 struct job {
 	TAILQ_ENTRY(job) entry;
 	enum job_state state;
-	char *payload;		/* the exact bytes in our active list */
+	char *payload;		/* the exact bytes in our active list; NULL when over max_payload */
 	size_t payload_len;
+	char payload_sha1[41];	/* how release and refuse find it in our active list */
+	char payload_sha256[65];	/* over max_payload: what its dead letter keeps */
 	struct job_spec spec;
 	char id[ID_MAX + 1];	/* spec.id, or "" while unknown */
 	long attempt;
@@ -308,7 +310,8 @@ struct job {
 
 TAILQ_HEAD(jobs, job);
 
-void job_fetched(const char *payload, size_t len);
+/* A payload BLMOVE gave us; NULL (with its hashes) when it was over max_payload. */
+void job_fetched(const char *payload, size_t len, const char *sha1, const char *sha256);
 void job_set_state(struct job *j, enum job_state s);
 const char *job_state_name(enum job_state s);
 /* Exit status, flags and signals to one status (pure, unit tested). */

@@ -4,6 +4,7 @@ backend and the dashboards see Redis: with redis-py and msgpack.
 Run: /usr/bin/python3 -m pytest -q tests/integration/test_enqueue.py
 (ENQUEUE_BIN=build/asan/enqueue/enqueue for the sanitizer build).
 """
+import hashlib
 import json
 import os
 import re
@@ -145,21 +146,32 @@ def test_submit_image_from_allow_list(make_ini, enqueue, r, profile):
     assert queued_jobs(r, ini.ns)[0]["image"] == "img:c"
 
 
-def test_resubmit_starts_clean_but_never_twice_at_once(enqueue, ini, r, profile):
+def test_resubmit_needs_rerun_starts_clean_but_never_twice_at_once(enqueue, ini, r, profile):
+    """A known id is refused; --rerun (shared/lua/submit.lua mode rerun) runs a
+    finished one again: its result and old outcome go, its stream stays."""
     jk = k(ini.ns, "job", "again")
     r.hset(jk, mapping={"state": "failed", "worker": "w1", "attempt": 3, "exit_code": 1,
                         "error": "boom", "lost": 1, "phase": "iso"})
     r.expire(jk, 100)
     r.lpush(k(ini.ns, "result", "again"), msgpack.packb(result_map("again", "failed", 1)))
     r.xadd(k(ini.ns, "log", "again"), {"seq": 1, "type": "started", "event": b"\x80"})
+    r.expire(k(ini.ns, "log", "again"), 100)
     r.hset(k(ini.ns, "cancel"), "again", time.time())
-    enqueue("submit", "--profile", profile, "--output", "o", "--id", "again", check=0)
+    cp = enqueue("submit", "--profile", profile, "--output", "o", "--id", "again", check=2)
+    assert "job again is already failed" in cp.stderr and "--rerun" in cp.stderr
+    assert r.hget(jk, "state") == b"failed" and r.llen(k(ini.ns, "queue")) == 0
+    enqueue("submit", "--profile", profile, "--output", "o", "--id", "again", "--rerun", check=0)
     h = r.hgetall(jk)
-    assert set(h) == {b"state", b"enqueued_at"} and h[b"state"] == b"queued"
-    assert r.ttl(jk) == -1
-    assert not r.exists(k(ini.ns, "result", "again"), k(ini.ns, "log", "again"))
+    assert set(h) == {b"state", b"enqueued_at", b"digest", b"worker", b"attempt"} and h[b"state"] == b"queued"
+    assert h[b"attempt"] == b"3"
+    assert h[b"digest"].decode() == hashlib.sha1(r.lindex(k(ini.ns, "queue"), 0)).hexdigest()
+    assert r.ttl(jk) == -1 and r.ttl(k(ini.ns, "log", "again")) == -1
+    assert not r.exists(k(ini.ns, "result", "again"))
+    assert r.xlen(k(ini.ns, "log", "again")) == 1
     assert not r.hexists(k(ini.ns, "cancel"), "again")
     cp = enqueue("submit", "--profile", profile, "--output", "o", "--id", "again", check=2)
+    assert "already queued" in cp.stderr
+    cp = enqueue("submit", "--profile", profile, "--output", "o", "--id", "again", "--rerun", check=2)
     assert "already queued" in cp.stderr
     assert r.llen(k(ini.ns, "queue")) == 1
 

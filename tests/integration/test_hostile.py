@@ -8,6 +8,7 @@ The table (CASES) is checked one case per test against a single run of the
 worker (the module fixture `run`); the tests after it check the run as a
 whole, and the last two start their own workers.
 """
+import hashlib
 import math
 import os
 import re
@@ -434,8 +435,11 @@ def run(tmp_path_factory):
         took = time.time() - t0
         entries = [decode_dead(x) for x in r.lrange(f"{{{ns}}}:dead", 0, -1)]
         by_payload = {}
+        by_sha256 = {hashlib.sha256(p).hexdigest(): p for _, p in payloads}
         for e, err in entries:
             p = e.get("payload", e.get(b"payload"))
+            if p is None and "payload_sha256" in e:     # over max_payload: only its hashes kept
+                p = by_sha256.get(e["payload_sha256"])
             by_payload.setdefault(p, []).append((e, err))
         hb = r.hgetall(f"{{{ns}}}:worker:{wid}")
         yield {
@@ -462,16 +466,23 @@ def test_hostile_payload(run, case):
     assert d["reason"] == case.reason, d
     for s in case.subs:
         assert s in d["error"], f"error {d['error']!r} does not contain {s!r}"
-    assert isinstance(d["payload"], bytes) and d["payload"] == payload
+    if case.reason == "payload_too_large":
+        # the entry keeps the payload's length, sha256 and first 256 bytes, not the bytes
+        assert d["payload_len"] == len(payload) and d["payload_prefix"] == payload[:256]
+        assert d["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+        fields = {"reason", "error", "payload_len", "payload_sha256", "payload_prefix", "worker", "ts"}
+    else:
+        assert isinstance(d["payload"], bytes) and d["payload"] == payload
+        fields = {"reason", "error", "payload", "worker", "ts"}
     assert d["worker"] == run["wid"] and isinstance(d["ts"], float)
     # printable text only: a message may not carry control bytes or line breaks into logs
     assert not [ch for ch in d["error"] if unicodedata.category(ch) in ("Cc", "Zl", "Zp")], repr(d["error"])
     if case.id is None:
         assert "id" not in d, d
-        assert set(d) == {"reason", "error", "payload", "worker", "ts"}
+        assert set(d) == fields
     else:
         assert d.get("id") == case.id
-        assert set(d) == {"reason", "error", "payload", "worker", "ts", "id"}
+        assert set(d) == fields | {"id"}
         h = r.hgetall(f"{{{ns}}}:job:{case.id}")
         assert h[b"state"] == b"dead", h
         assert h[b"error"].decode() == d["error"]

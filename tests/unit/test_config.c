@@ -102,7 +102,7 @@ test_defaults(void **state)
 	assert_string_equal(c.namespace, "debate");
 	assert_int_equal(c.result_ttl, 86400);
 	assert_int_equal(c.log_maxlen, 10000);
-	assert_int_equal(c.dead_maxlen, 0);
+	assert_int_equal(c.dead_maxlen, 10000);
 	assert_int_equal(c.max_payload, 1 << 20);
 	assert_int_equal(c.max_attempts, 3);
 	assert_true(c.retry_backoff == 5);

@@ -1,0 +1,488 @@
+"""The worker's Lua scripts, EVALed directly against a real redis-server.
+
+Each script is read the way the build reads it (Makefile, scripts/lua2c.awk):
+worker/lua/prelude.lua followed by the script's own file, byte for byte.
+These are the edge cases a whole worker reaches only by luck: a claim
+replayed after its answer was lost, a finish from a lease that moved on,
+the reaper after an outage.
+
+Run: /usr/bin/python3 -m pytest -q tests/integration/test_lua.py
+"""
+import time
+import uuid
+
+import msgpack
+import pytest
+
+from conftest import REPO
+
+LUA = REPO / "worker" / "lua"
+
+
+def script(name: str) -> str:
+    """A worker script as the build makes it: prelude.lua + NAME.lua."""
+    prelude = (LUA / "prelude.lua").read_text()
+    body = (LUA / f"{name}.lua").read_text()
+    assert prelude.endswith("\n") and body.endswith("\n")
+    return prelude + body
+
+
+def shared_script(path: str) -> str:
+    """A script that stands alone (enqueue's, the producers')."""
+    text = (REPO / path).read_text()
+    assert text.endswith("\n")
+    return text
+
+
+@pytest.fixture
+def r(redis_server):
+    return redis_server.client()
+
+
+@pytest.fixture
+def ns():
+    return "l" + uuid.uuid4().hex[:10]
+
+
+def k(ns: str, *parts: str) -> str:
+    return "{" + ns + "}:" + ":".join(parts)
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def job_payload(jid: str, **extra) -> bytes:
+    return pack({"id": jid, "profile": "p", "output": "o", **extra})
+
+
+def started_event(jid: str, worker: str):
+    """A started event with the uint32 placeholders the claim patches."""
+    ph = b"\xce\x00\x00\x00\x00"
+    head = msgpack.packb({"id": jid})[1:]           # without the map header
+    ev = bytearray(b"\x86" + head + pack("seq"))
+    seq_off = len(ev)
+    ev += ph + pack("ts") + pack(time.time()) + pack("type") + pack("started") + pack("attempt")
+    att_off = len(ev)
+    ev += ph + pack("worker") + pack(worker)
+    return bytes(ev), seq_off, att_off
+
+
+def claim(r, ns, worker, payload, jid, now, dead_maxlen="0"):
+    ev, so, ao = started_event(jid, worker)
+    return r.eval(script("claim"), 6, k(ns, "job", jid), k(ns, "active", worker), k(ns, "cancel"),
+                  k(ns, "log", jid), k(ns, "progress", jid), k(ns, "events"),
+                  worker, payload, now, jid, ev, so, ao, "100", dead_maxlen)
+
+
+def finish(r, ns, worker, attempt, payload, jid, status="succeeded", seq=2, retry_due="0"):
+    res = pack({"id": jid, "status": status, "attempt": attempt, "worker": worker})
+    fin = pack({"id": jid, "seq": seq, "type": "finished", "attempt": attempt, "result": {}})
+    return r.eval(script("finish"), 9, k(ns, "job", jid), k(ns, "active", worker), k(ns, "results"),
+                  k(ns, "result", jid), k(ns, "progress", jid), k(ns, "events"), k(ns, "log", jid),
+                  k(ns, "cancel"), k(ns, "delayed"),
+                  worker, attempt, payload, res, fin, seq, status, "0", f"{time.time():.6f}", "",
+                  "3600", "100", jid, retry_due, b"")
+
+
+def beat(r, ns, worker, now, ttl=3.0, max_attempts=3, host="h"):
+    return r.eval(script("beat"), 7, k(ns, "worker", worker), k(ns, "workers"), k(ns, "reaper"),
+                  k(ns, "delayed"), k(ns, "queue"), k(ns, "dead"), k(ns, "orphans", host),
+                  worker, f"{now:.3f}", str(int(ttl * 1000)), "1", "{" + ns + "}:", max_attempts,
+                  host, "1", "1.0.0", f"{now:.3f}", "1", "0", "", "100", f"{ttl:.3f}", "0")
+
+
+def events(r, ns, jid):
+    return [msgpack.unpackb(f[b"event"]) for _, f in r.xrange(k(ns, "log", jid))]
+
+
+def queue_job(r, ns, jid, payload, **fields):
+    """A job the way the backend queues it (hash then LPUSH), already BLMOVEd to worker."""
+    r.hset(k(ns, "job", jid), mapping={"state": "queued", "enqueued_at": time.time(), **fields})
+
+
+# ---------------------------------------------------------------- claim
+
+def test_every_script_text_is_prelude_plus_file():
+    for name in ("claim", "emit", "finish", "refuse", "beat", "release"):
+        text = script(name)
+        assert text.startswith("-- prelude.lua") and f"-- {name}.lua" in text
+
+
+def test_replayed_claim_answers_as_the_first(r, ns):
+    """The same claim sent twice (its answer lost): one attempt, one started."""
+    p = job_payload("j1")
+    queue_job(r, ns, "j1", p)
+    r.lpush(k(ns, "active", "w1"), p)
+    now = f"{time.time():.6f}"
+    first = claim(r, ns, "w1", p, "j1", now)
+    again = claim(r, ns, "w1", p, "j1", now)
+    assert first == [b"ok", 1, 1] and again == first
+    h = r.hgetall(k(ns, "job", "j1"))
+    assert h[b"attempt"] == b"1" and h[b"state"] == b"running" and h[b"worker"] == b"w1"
+    assert [e["type"] for e in events(r, ns, "j1")] == ["started"]
+    # a new claim (another now) is a new attempt, continuing the seq
+    r.hset(k(ns, "job", "j1"), "state", "queued")
+    assert claim(r, ns, "w1", p, "j1", f"{time.time() + 1:.6f}") == [b"ok", 2, 2]
+
+
+def test_claim_of_a_payload_no_longer_ours_is_gone(r, ns):
+    p = job_payload("j2")
+    queue_job(r, ns, "j2", p)
+    assert claim(r, ns, "w1", p, "j2", f"{time.time():.6f}") == [b"gone", 0, 0]
+    assert r.hget(k(ns, "job", "j2"), "state") == b"queued"
+    assert events(r, ns, "j2") == []
+
+
+# ---------------------------------------------------------------- finish
+
+def test_stale_finish_is_refused(r, ns):
+    """A worker whose lease moved on (the reaper gave the job to w2) records nothing."""
+    p = job_payload("j3")
+    queue_job(r, ns, "j3", p)
+    r.lpush(k(ns, "active", "w1"), p)
+    assert claim(r, ns, "w1", p, "j3", f"{time.time():.6f}")[0] == b"ok"
+    # w1 is reaped; w2 takes the job: attempt 2
+    r.lrem(k(ns, "active", "w1"), 1, p)
+    r.hset(k(ns, "job", "j3"), "state", "queued")
+    r.lpush(k(ns, "active", "w2"), p)
+    assert claim(r, ns, "w2", p, "j3", f"{time.time():.6f}")[:2] == [b"ok", 2]
+    r.lpush(k(ns, "active", "w1"), p)          # even with the payload back in w1's list
+    assert finish(r, ns, "w1", 1, p, "j3") == b"stale"
+    assert r.llen(k(ns, "results")) == 0 and not r.exists(k(ns, "result", "j3"))
+    assert finish(r, ns, "w2", 2, p, "j3", seq=3) == b"ok"
+    assert finish(r, ns, "w2", 2, p, "j3", seq=3) == b"dup"      # replayed: recognised
+    assert r.llen(k(ns, "results")) == 1
+    assert r.hget(k(ns, "job", "j3"), "state") == b"succeeded"
+    assert r.lrange(k(ns, "active", "w2"), 0, -1) == []
+
+
+# ---------------------------------------------------------------- the reaper
+
+def test_reaper_respects_the_outage_gap(r, ns):
+    """After a gap in beats longer than the ttl (Redis was away), nobody is
+    reaped until the fleet had a ttl to beat again; then the dead one is."""
+    p = job_payload("j4")
+    t0 = time.time()
+    queue_job(r, ns, "j4", p)
+    r.lpush(k(ns, "active", "dead1"), p)
+    r.zadd(k(ns, "workers"), {"dead1": t0 - 100})
+    r.hset(k(ns, "job", "j4"), mapping={"state": "running", "worker": "dead1", "attempt": 1})
+    r.hset(k(ns, "clock"), "beat", f"{t0 - 60:.3f}")     # the last beat: a minute ago
+
+    got = beat(r, ns, "w1", t0)
+    assert got[0] == [] and r.llen(k(ns, "active", "dead1")) == 1
+    assert float(r.hget(k(ns, "clock"), "back")) == pytest.approx(t0, abs=0.01)
+    r.delete(k(ns, "reaper"))
+    got = beat(r, ns, "w1", t0 + 2.9)                     # still within the ttl after coming back
+    assert got[0] == [] and r.llen(k(ns, "active", "dead1")) == 1
+    r.delete(k(ns, "reaper"))
+    got = beat(r, ns, "w1", t0 + 3.5)
+    assert got[0] == [b"dead1", b"1"]
+    assert r.lrange(k(ns, "queue"), 0, -1) == [p]
+    h = r.hgetall(k(ns, "job", "j4"))
+    assert h[b"state"] == b"queued" and h[b"lost"] == b"1"
+    ev = events(r, ns, "j4")
+    assert [e["type"] for e in ev] == ["requeued"] and ev[0]["reason"] == "worker_lost"
+
+
+# ---------------------------------------------------------------- duplicate ids (issue 10, item 1)
+
+def sha1(b: bytes) -> str:
+    import hashlib
+    return hashlib.sha1(b).hexdigest()
+
+
+def snapshot(r, ns, jid):
+    """Everything of a job a duplicate must not touch."""
+    return (r.hgetall(k(ns, "job", jid)), r.xrange(k(ns, "log", jid)),
+            r.lrange(k(ns, "result", jid), 0, -1), r.ttl(k(ns, "job", jid)))
+
+
+def running_job(r, ns, jid, worker="w1", **extra):
+    p = job_payload(jid, **extra)
+    queue_job(r, ns, jid, p)
+    r.lpush(k(ns, "active", worker), p)
+    assert claim(r, ns, worker, p, jid, f"{time.time():.6f}")[0] == b"ok"
+    return p
+
+
+def test_claim_binds_the_digest_of_the_first_payload(r, ns):
+    p = running_job(r, ns, "d0")
+    assert r.hget(k(ns, "job", "d0"), "digest").decode() == sha1(p)
+    # a plain LPUSH with no job hash at all: the claim makes the record
+    q = job_payload("d0b")
+    r.lpush(k(ns, "active", "w1"), q)
+    assert claim(r, ns, "w1", q, "d0b", f"{time.time():.6f}")[:2] == [b"ok", 1]
+    h = r.hgetall(k(ns, "job", "d0b"))
+    assert h[b"state"] == b"running" and h[b"digest"].decode() == sha1(q)
+
+
+@pytest.mark.parametrize("same_bytes", [False, True])
+def test_duplicate_of_a_running_job_is_dead_lettered_and_touches_nothing(r, ns, same_bytes):
+    p = running_job(r, ns, "d1", meta={"real": True})
+    before = snapshot(r, ns, "d1")
+    dup = p if same_bytes else job_payload("d1", output="elsewhere", meta={"real": False})
+    r.lpush(k(ns, "active", "w2"), dup)
+    got = claim(r, ns, "w2", dup, "d1", f"{time.time():.6f}", dead_maxlen="5")
+    assert got[:3] == [b"duplicate", 0, 0]
+    assert b"already running" in got[3]
+    assert snapshot(r, ns, "d1") == before
+    assert r.lrange(k(ns, "active", "w2"), 0, -1) == []
+    assert r.lrange(k(ns, "active", "w1"), 0, -1) == [p]
+    (entry,) = [msgpack.unpackb(x) for x in r.lrange(k(ns, "dead"), 0, -1)]
+    assert entry["reason"] == "duplicate_id" and entry["payload"] == dup and entry["id"] == "d1"
+    assert entry["worker"] == "w2" and "id d1 is already running" in entry["error"]
+    assert ("second copy" in entry["error"]) == same_bytes
+    assert ("under another payload" in entry["error"]) != same_bytes
+    # the real job still finishes, once
+    assert finish(r, ns, "w1", 1, p, "d1") == b"ok"
+    assert r.hget(k(ns, "job", "d1"), "state") == b"succeeded"
+
+
+@pytest.mark.parametrize("case", ["finished", "only_result", "queued_other", "legacy_final"])
+def test_duplicate_of_a_known_id_is_refused(r, ns, case):
+    jid = "d2" + case
+    if case in ("finished", "only_result"):
+        p = running_job(r, ns, jid)
+        assert finish(r, ns, "w1", 1, p, jid) == b"ok"
+        if case == "only_result":
+            r.delete(k(ns, "job", jid))
+    elif case == "queued_other":
+        p = job_payload(jid)
+        r.hset(k(ns, "job", jid), mapping={"state": "queued", "digest": sha1(p)})
+    else:
+        r.hset(k(ns, "job", jid), mapping={"state": "failed"})      # an old producer's record
+    before = snapshot(r, ns, jid)
+    dup = job_payload(jid, profile="other")
+    r.lpush(k(ns, "active", "w2"), dup)
+    got = claim(r, ns, "w2", dup, jid, f"{time.time():.6f}")
+    assert got[0] == b"duplicate", got
+    want = {"finished": "succeeded", "only_result": "finished", "queued_other": "queued",
+            "legacy_final": "failed"}[case]
+    assert f"is already {want} under another payload".encode() in got[3]
+    assert snapshot(r, ns, jid) == before
+    assert r.llen(k(ns, "active", "w2")) == 0
+    assert msgpack.unpackb(r.lindex(k(ns, "dead"), 0))["reason"] == "duplicate_id"
+
+
+def test_an_old_producers_queued_record_is_taken_and_bound(r, ns):
+    p = job_payload("d3")
+    r.hset(k(ns, "job", "d3"), mapping={"state": "queued", "enqueued_at": 1})   # no digest
+    r.lpush(k(ns, "active", "w1"), p)
+    assert claim(r, ns, "w1", p, "d3", f"{time.time():.6f}")[0] == b"ok"
+    assert r.hget(k(ns, "job", "d3"), "digest").decode() == sha1(p)
+
+
+def test_requeued_job_is_claimed_again_not_a_duplicate(r, ns):
+    """The reaper (or a drain, or a retry) sets state=queued with the digest kept."""
+    p = running_job(r, ns, "d4")
+    r.lrem(k(ns, "active", "w1"), 1, p)
+    r.hset(k(ns, "job", "d4"), "state", "queued")
+    r.lpush(k(ns, "active", "w2"), p)
+    assert claim(r, ns, "w2", p, "d4", f"{time.time():.6f}")[:2] == [b"ok", 2]
+
+
+def refuse(r, ns, worker, payload, jid="", reason="bad_path", err="profile: gone", sha256=""):
+    return r.eval(script("refuse"), 2, k(ns, "dead"), k(ns, "active", worker),
+                  len(payload), sha1(payload), jid, err, "{" + ns + "}:", f"{time.time():.6f}",
+                  "100", reason, worker, "3", sha256)
+
+
+def test_refused_duplicate_of_a_finished_job_leaves_it_alone(r, ns):
+    p = running_job(r, ns, "d5")
+    assert finish(r, ns, "w1", 1, p, "d5") == b"ok"
+    before = snapshot(r, ns, "d5")
+    bad = job_payload("d5", image="evil:latest")
+    r.lpush(k(ns, "active", "w2"), bad)
+    assert refuse(r, ns, "w2", bad, "d5", "image_not_allowed", "image: not allowed") == 1
+    assert snapshot(r, ns, "d5") == before
+    assert [e["type"] for e in events(r, ns, "d5")][-1] == "finished"
+    entry = msgpack.unpackb(r.lindex(k(ns, "dead"), 0))
+    assert entry["reason"] == "image_not_allowed" and entry["payload"] == bad
+
+
+def test_refuse_finds_the_payload_by_length_and_sha1(r, ns):
+    bad = job_payload("d6", profile="../etc")
+    other = job_payload("d6x")
+    r.lpush(k(ns, "active", "w1"), other, bad, other)
+    assert refuse(r, ns, "w1", bad, "d6") == 1
+    assert r.lrange(k(ns, "active", "w1"), 0, -1) == [other, other]
+    h = r.hgetall(k(ns, "job", "d6"))        # no record before: this payload owns it
+    assert h[b"state"] == b"dead" and h[b"digest"].decode() == sha1(bad)
+    assert [e["type"] for e in events(r, ns, "d6")] == ["dead"]
+    # a replay of the same call: nothing is pushed twice
+    assert refuse(r, ns, "w1", bad, "d6") == 0
+    assert r.llen(k(ns, "dead")) == 1
+
+
+def test_refuse_of_a_payload_over_max_payload_keeps_its_hashes(r, ns):
+    import hashlib
+    big = b"\xdb" + (3 << 20).to_bytes(4, "big") + b"x" * (3 << 20)
+    r.lpush(k(ns, "active", "w1"), big)
+    digest = hashlib.sha256(big).hexdigest()
+    assert refuse(r, ns, "w1", big, "", "payload_too_large", "too big", sha256=digest) == 1
+    assert r.llen(k(ns, "active", "w1")) == 0
+    entry = msgpack.unpackb(r.lindex(k(ns, "dead"), 0))
+    assert "payload" not in entry
+    assert entry["payload_len"] == len(big) and entry["payload_sha256"] == digest
+    assert entry["payload_prefix"] == big[:256] and isinstance(entry["payload_prefix"], bytes)
+    assert len(r.lindex(k(ns, "dead"), 0)) < 1024
+
+
+def test_dead_maxlen_trims_the_dead_list(r, ns):
+    for i in range(5):
+        p = job_payload(f"t{i}", profile="../x")
+        r.lpush(k(ns, "active", "w1"), p)
+        refuse(r, ns, "w1", p, f"t{i}")
+    assert r.llen(k(ns, "dead")) == 3                      # refuse() passes dead_maxlen 3
+    assert msgpack.unpackb(r.lindex(k(ns, "dead"), 0))["id"] == "t4"
+
+
+# ---------------------------------------------------------------- the reaper and release
+
+def dead_worker(r, ns, w, t0):
+    r.zadd(k(ns, "workers"), {w: t0 - 100})
+    r.hset(k(ns, "clock"), "beat", f"{t0 - 1:.3f}")
+
+
+def test_reaper_moves_a_duplicate_without_touching_the_real_job(r, ns):
+    t0 = time.time()
+    p = running_job(r, ns, "d7", worker="live")
+    r.hset(k(ns, "worker", "live"), "id", "live")       # alive: its heartbeat is there
+    before = snapshot(r, ns, "d7")
+    dup = job_payload("d7", output="x")
+    r.lpush(k(ns, "active", "gone1"), dup, p)            # a copy too: bytes equal, another lease
+    dead_worker(r, ns, "gone1", t0)
+    got = beat(r, ns, "w1", t0)
+    assert got[0] == [b"gone1", b"2"]
+    assert sorted(r.lrange(k(ns, "queue"), 0, -1)) == sorted([dup, p])
+    assert snapshot(r, ns, "d7") == before
+
+
+def test_release_keeps_what_we_hold_by_length_and_sha1(r, ns):
+    held = running_job(r, ns, "d8", worker="w1")
+    stray = job_payload("d9")
+    queue_job(r, ns, "d9", stray)
+    r.lpush(k(ns, "active", "w1"), stray)
+    n = r.eval(script("release"), 4, k(ns, "active", "w1"), k(ns, "queue"), k(ns, "worker", "w1"),
+               k(ns, "workers"), "{" + ns + "}:", f"{time.time():.3f}", "100", "recovered", "0",
+               f"{len(held)}:{sha1(held)}")
+    assert n == 1
+    assert r.lrange(k(ns, "active", "w1"), 0, -1) == [held]
+    assert r.lrange(k(ns, "queue"), 0, -1) == [stray]
+    assert r.hget(k(ns, "job", "d9"), "requeues") == b"1"
+    assert r.hget(k(ns, "job", "d8"), "state") == b"running"
+
+
+# ---------------------------------------------------------------- the msgpack scanner (item 8)
+
+def scan(r, p):
+    return r.eval((LUA / "prelude.lua").read_text() + "return payload_id(ARGV[1]) or false\n", 0, p)
+
+
+def ext(code, data):
+    return msgpack.ExtType(code, data)
+
+
+SCAN_OK = [
+    {"id": "a1", "meta": {"b": b"\x00\xff" * 10, "b16": b"x" * 300, "b32": b"y" * 70000}},
+    {"meta": [ext(1, b"1"), ext(2, b"22"), ext(3, b"4444"), ext(4, b"8" * 8), ext(5, b"6" * 16),
+              ext(6, b"three"), ext(7, b"z" * 300), ext(8, b"w" * 70000)], "id": "a1"},
+    {"n": None, "t": True, "f": False, "i": [0, 127, -1, -32, 200, -100, 40000, -40000, 1 << 33,
+                                           -(1 << 33), 1 << 63], "x": 1.5, "id": "a1"},
+    {"s": "é" * 40, "s16": "q" * 300, "s32": "r" * 70000, "m": {"id": "inner"}, "id": "a1"},
+    {"deep": [[[[[[[[[[[[[[1]]]]]]]]]]]]]], "id": "a1"},       # 15 containers in all
+]
+
+
+def test_scanner_reads_what_job_decode_accepts(r):
+    for obj in SCAN_OK:
+        assert scan(r, pack(obj)) == b"a1", obj
+    ts = msgpack.Timestamp(1700000000, 5)
+    assert scan(r, pack({"id": "a1", "at": ts})) == b"a1"
+    assert scan(r, pack({"id": "a1", "f32": 0.0}).replace(b"\xcb" + bytes(8), b"\xca" + bytes(4))) == b"a1"
+    big = {str(i): i for i in range(20)}
+    big["id"] = "a1"
+    assert scan(r, pack(big)) == b"a1"                   # map16
+
+
+def test_scanner_refuses_what_job_decode_refuses(r):
+    ok = pack({"id": "a1", "x": [1, 2]})
+    bad = [
+        ok[:-1],                                           # cut off
+        ok + b"\x00",                                      # trailing
+        b"\x92\xa2id\xa2a1",                               # not a map
+        pack({"id": 7}),                                   # not a str
+        pack({"id": "../x"}),                              # not the pattern
+        pack({"id": "a" * 65}),
+        b"\x82\xa2id\xa2a1\xa2id\xa2a2",                   # id twice
+        b"\x82\xa2id\xa2a1\xa1x\xdd\xff\xff\xff\xff",      # array32 announcing 4G elements
+        b"\x81\xa2id\xc1",                                 # 0xc1
+        pack({"deep": [[[[[[[[[[[[[[[1]]]]]]]]]]]]]]], "id": "a1"}),   # 16 containers
+        pack({"x": 1}),
+        b"",
+    ]
+    for p in bad:
+        assert scan(r, p) is None, p
+
+
+def test_reaper_counts_a_lost_job_with_bin_and_ext_meta(r, ns):
+    """cmsgpack refuses bin and ext: such a payload still counts as lost, and goes dead."""
+    p = pack({"id": "e1", "profile": "p", "output": "o",
+              "meta": {"bin": b"\x00\x01", "ext": ext(5, b"zz"), "ts": msgpack.Timestamp(1, 2)}})
+    queue_job(r, ns, "e1", p)
+    t0 = time.time()
+    for n in (1, 2, 3):
+        r.lpush(k(ns, "active", "gone2"), p)
+        assert claim(r, ns, "gone2", p, "e1", f"{t0 + n:.6f}")[0] == b"ok"
+        dead_worker(r, ns, "gone2", t0 + 10 * n)
+        r.delete(k(ns, "reaper"))
+        assert beat(r, ns, "w1", t0 + 10 * n, max_attempts=3)[0] == [b"gone2", b"1"]
+        if n < 3:
+            assert r.lrange(k(ns, "queue"), 0, -1) == [p]
+            r.delete(k(ns, "queue"))
+    h = r.hgetall(k(ns, "job", "e1"))
+    assert h[b"lost"] == b"3" and h[b"state"] == b"dead"
+    assert [e["type"] for e in events(r, ns, "e1")].count("requeued") == 2
+    entry = msgpack.unpackb(r.lindex(k(ns, "dead"), 0))
+    assert entry["reason"] == "worker_lost" and entry["payload"] == p
+
+
+# ---------------------------------------------------------------- submit.lua
+
+def submit_lua(r, ns, jid, payload, mode="new"):
+    return r.eval(shared_script("shared/lua/submit.lua"), 4, k(ns, "job", jid), k(ns, "queue"),
+                  k(ns, "result", jid), k(ns, "log", jid), payload, f"{time.time():.6f}", mode)
+
+
+def test_submit_new_then_exists_then_rerun(r, ns):
+    p = job_payload("s1")
+    assert submit_lua(r, ns, "s1", p) == [b"ok", sha1(p).encode()]
+    h = r.hgetall(k(ns, "job", "s1"))
+    assert h[b"state"] == b"queued" and h[b"digest"].decode() == sha1(p)
+    assert submit_lua(r, ns, "s1", job_payload("s1", x=1)) == [b"exists", b"queued"]
+    assert submit_lua(r, ns, "s1", p, "rerun") == [b"busy", b"queued"]
+    # it runs and finishes
+    r.rpoplpush(k(ns, "queue"), k(ns, "active", "w1"))
+    assert claim(r, ns, "w1", p, "s1", f"{time.time():.6f}")[0] == b"ok"
+    assert submit_lua(r, ns, "s1", p, "rerun") == [b"busy", b"running"]
+    assert finish(r, ns, "w1", 1, p, "s1") == b"ok"
+    assert submit_lua(r, ns, "s1", p) == [b"exists", b"succeeded"]
+    r.hset(k(ns, "cancel"), "s1", 1)
+    q = job_payload("s1", meta={"second": 1})
+    assert submit_lua(r, ns, "s1", q, "rerun") == [b"ok", sha1(q).encode()]
+    h = r.hgetall(k(ns, "job", "s1"))
+    assert h[b"state"] == b"queued" and h[b"digest"].decode() == sha1(q) and h[b"attempt"] == b"1"
+    assert not ({b"finished_at", b"exit_code", b"error"} & set(h))
+    assert r.ttl(k(ns, "job", "s1")) == -1 and r.ttl(k(ns, "log", "s1")) == -1
+    assert not r.exists(k(ns, "result", "s1")) and not r.hexists(k(ns, "cancel"), "s1")
+    r.rpoplpush(k(ns, "queue"), k(ns, "active", "w1"))
+    assert claim(r, ns, "w1", q, "s1", f"{time.time():.6f}")[:3] == [b"ok", 2, 3]
+    # only the result left (the hash deleted by hand): still known
+    assert submit_lua(r, ns, "s2", job_payload("s2")) [0] == b"ok"
+    r.delete(k(ns, "job", "s2"))
+    r.lpush(k(ns, "result", "s2"), b"x")
+    assert submit_lua(r, ns, "s2", job_payload("s2")) == [b"exists", b"finished"]
+    with pytest.raises(Exception, match="new.*rerun"):
+        submit_lua(r, ns, "s3", job_payload("s3"), "again")

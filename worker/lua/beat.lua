@@ -1,0 +1,98 @@
+-- beat.lua: the heartbeat; the lock holder also promotes due retries and
+-- reaps workers whose heartbeat lapsed.
+--
+-- KEYS[1] {ns}:worker:<worker>
+-- KEYS[2] {ns}:workers
+-- KEYS[3] {ns}:reaper
+-- KEYS[4] {ns}:delayed
+-- KEYS[5] {ns}:queue
+-- KEYS[6] {ns}:dead
+-- KEYS[7] {ns}:orphans:<host>
+-- ARGV[1] worker id
+-- ARGV[2] now
+-- ARGV[3] heartbeat ttl, ms
+-- ARGV[4] reaper_interval, ms
+-- ARGV[5] key prefix "{ns}:"
+-- ARGV[6] max_attempts
+-- ARGV[7] host
+-- ARGV[8] pid
+-- ARGV[9] version
+-- ARGV[10] started_at
+-- ARGV[11] concurrency
+-- ARGV[12] jobs running
+-- ARGV[13] their ids, comma-separated
+-- ARGV[14] log_maxlen
+-- ARGV[15] heartbeat ttl, s
+-- ARGV[16] dead_maxlen ('0': untrimmed)
+--
+-- Returns {reaped workers and how many payloads each held (flat), dead
+-- workers whose containers this host should remove, queue length}.
+-- Sends `requeued` (reason worker_lost) or `dead` for each reaped job.
+--
+-- A reaped payload that does not own its job's record (a duplicate id
+-- BLMOVEd but not claimed yet) only goes back to the queue, where the
+-- next claim dead-letters it; the record, its `lost` count and its
+-- stream belong to the real job.  Ids are read by the prelude's msgpack
+-- scanner, so payloads with bin, ext or timestamps count too.
+--
+-- {ns}:clock keeps the last beat of any worker and when beats came back
+-- after a gap longer than the ttl (Redis, or every worker, was away): no
+-- one is reaped until the fleet has had a ttl to beat again, so an outage
+-- does not make live workers look dead.
+local P = ARGV[5]
+local now = tonumber(ARGV[2])
+local last = tonumber(redis.call('HGET', P .. 'clock', 'beat') or '0')
+if now - last > tonumber(ARGV[15]) then redis.call('HSET', P .. 'clock', 'back', ARGV[2]) end
+if now > last then redis.call('HSET', P .. 'clock', 'beat', ARGV[2]) end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'host', ARGV[7], 'pid', ARGV[8], 'version', ARGV[9],
+  'started_at', ARGV[10], 'beat', ARGV[2], 'concurrency', ARGV[11], 'running', ARGV[12],
+  'jobs', ARGV[13])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+redis.call('HSET', P .. 'hosts', ARGV[1], ARGV[7])
+local reaped = {}
+if redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[4]) then
+  for _, p in ipairs(redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, 1000)) do
+    redis.call('ZREM', KEYS[4], p)
+    redis.call('RPUSH', KEYS[5], p)
+  end
+  local cutoff = now - tonumber(ARGV[15])
+  if tonumber(redis.call('HGET', P .. 'clock', 'back') or '0') > cutoff then cutoff = 0 end
+  for _, w in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', cutoff)) do
+    if w ~= ARGV[1] and redis.call('EXISTS', P .. 'worker:' .. w) == 0 then
+      local ak = P .. 'active:' .. w
+      local n = 0
+      while true do
+        local p = redis.call('RPOP', ak)
+        if not p then break end
+        n = n + 1
+        local id = payload_id(p)
+        if id and owns(P, id, p, w) then
+          local jk = P .. 'job:' .. id
+          local lost = redis.call('HINCRBY', jk, 'lost', 1)
+          local att = tonumber(redis.call('HGET', jk, 'attempt') or '0')
+          if lost >= tonumber(ARGV[6]) then
+            local msg = 'lost with its worker ' .. lost .. ' times (last: ' .. w .. ')'
+            deadpush(KEYS[6], deadentry('worker_lost', msg, p, id, ARGV[1], now), ARGV[16])
+            redis.call('HSET', jk, 'state', 'dead', 'error', msg, 'finished_at', ARGV[2])
+            event(P, id, 'dead', {reason = 'worker_lost', error = msg}, ARGV[14], now, att)
+          else
+            redis.call('RPUSH', KEYS[5], p)
+            redis.call('HSET', jk, 'state', 'queued')
+            event(P, id, 'requeued', {reason = 'worker_lost', worker = w}, ARGV[14], now, att)
+          end
+        else
+          redis.call('RPUSH', KEYS[5], p)
+        end
+      end
+      redis.call('ZREM', KEYS[2], w)
+      local host = redis.call('HGET', P .. 'hosts', w)
+      redis.call('HDEL', P .. 'hosts', w)
+      if host then redis.call('SADD', P .. 'orphans:' .. host, w) end
+      table.insert(reaped, w)
+      table.insert(reaped, tostring(n))
+    end
+  end
+end
+local orphans = redis.call('SPOP', KEYS[7], 100)
+return {reaped, orphans, redis.call('LLEN', KEYS[5])}

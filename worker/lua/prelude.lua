@@ -1,0 +1,181 @@
+-- prelude.lua: helpers every worker script starts with.
+--
+-- The build prepends this file to each script of worker/lua/ (Makefile,
+-- scripts/lua2c.awk), so a script is prelude.lua followed by its own
+-- file, byte for byte.  Nothing here touches a key by itself.
+
+-- The seq of the last event in the stream logkey, or 0.
+local function lastseq(logkey)
+  local last = redis.call('XREVRANGE', logkey, '+', '-', 'COUNT', 1)
+  if last[1] then
+    local f = last[1][2]
+    for i = 1, #f, 2 do if f[i] == 'seq' then return tonumber(f[i+1]) end end
+  end
+  return 0
+end
+
+-- Append one event to the stream, trimmed to maxlen ('0': untrimmed).
+local function xadd(logkey, maxlen, seq, typ, ev)
+  if maxlen == '0' then
+    redis.call('XADD', logkey, '*', 'seq', seq, 'type', typ, 'event', ev)
+  else
+    redis.call('XADD', logkey, 'MAXLEN', '~', maxlen, '*', 'seq', seq, 'type', typ, 'event', ev)
+  end
+end
+
+-- msgpack, for the scanner below: bytes after the type byte of the
+-- fixed-size types; the width of the length of str, bin and ext; the
+-- width of the count of arrays and maps.
+local MP_FIXED = {[0xca] = 4, [0xcb] = 8, [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8,
+  [0xd0] = 1, [0xd1] = 2, [0xd2] = 4, [0xd3] = 8,
+  [0xd4] = 2, [0xd5] = 3, [0xd6] = 5, [0xd7] = 9, [0xd8] = 17}
+local MP_STR = {[0xd9] = 1, [0xda] = 2, [0xdb] = 4}
+local MP_BIN = {[0xc4] = 1, [0xc5] = 2, [0xc6] = 4}
+local MP_EXT = {[0xc7] = 1, [0xc8] = 2, [0xc9] = 4}
+local MP_ARRAY = {[0xdc] = 2, [0xdd] = 4}
+local MP_MAP = {[0xde] = 2, [0xdf] = 4}
+
+-- The big-endian unsigned integer of w bytes at pos in s, or nil past its end.
+local function mp_uint(s, pos, w)
+  if pos + w - 1 > #s then return nil end
+  local v = 0
+  for i = pos, pos + w - 1 do v = v * 256 + string.byte(s, i) end
+  return v
+end
+
+-- The head of the msgpack object at pos in s: its kind and two numbers.
+-- 'atom' (nil, bool, int, float, fixext: the position after it);
+-- 'str' and 'blob' (bin, ext: where the data starts, its length);
+-- 'array' and 'map' (the position after the head, the count of elements
+-- or pairs).  nil for a byte that starts no object, or a cut-off head.
+local function mp_head(s, pos)
+  local b = string.byte(s, pos)
+  if not b then return nil end
+  if b <= 0x7f or b >= 0xe0 or b == 0xc0 or b == 0xc2 or b == 0xc3 then return 'atom', pos + 1 end
+  if b <= 0x8f then return 'map', pos + 1, b - 0x80 end
+  if b <= 0x9f then return 'array', pos + 1, b - 0x90 end
+  if b <= 0xbf then return 'str', pos + 1, b - 0xa0 end
+  if MP_FIXED[b] then return 'atom', pos + 1 + MP_FIXED[b] end
+  local w = MP_STR[b] or MP_BIN[b] or MP_EXT[b] or MP_ARRAY[b] or MP_MAP[b]
+  if not w then return nil end  -- 0xc1
+  local n = mp_uint(s, pos + 1, w)
+  if not n then return nil end
+  if MP_STR[b] then return 'str', pos + 1 + w, n end
+  if MP_BIN[b] then return 'blob', pos + 1 + w, n end
+  if MP_EXT[b] then return 'blob', pos + 2 + w, n end  -- the ext's type byte first
+  if MP_ARRAY[b] then return 'array', pos + 1 + w, n end
+  return 'map', pos + 1 + w, n
+end
+
+-- The position after the msgpack object at pos in s, or nil when it is
+-- cut off, invalid, or has containers nested more than depth deep.  A
+-- container announcing more elements than bytes remain is refused before
+-- its elements are walked, so the work is bounded by #s.
+local function mp_skip(s, pos, depth)
+  local kind, at, n = mp_head(s, pos)
+  if kind == 'atom' then return at <= #s + 1 and at or nil end
+  if kind == 'str' or kind == 'blob' then return at + n <= #s + 1 and at + n or nil end
+  if not kind or depth < 1 then return nil end
+  if kind == 'map' then n = n * 2 end
+  if n > #s + 1 - at then return nil end
+  for _ = 1, n do
+    at = mp_skip(s, at, depth - 1)
+    if not at then return nil end
+  end
+  return at
+end
+
+-- The id of a payload, or nil when it has no valid one.  A scanner, not
+-- cmsgpack (which refuses bin, ext and timestamps): it walks the
+-- top-level map only, skipping every value, so it reads whatever the
+-- worker's job_decode() accepts (containers up to 15 deep in all, no
+-- trailing bytes, `id` once, a str matching the id pattern).
+local function payload_id(p)
+  local kind, at, n = mp_head(p, 1)
+  if kind ~= 'map' or n * 2 > #p then return nil end
+  local id
+  for _ = 1, n do
+    local kk, kat, kn = mp_head(p, at)
+    local isid = kk == 'str' and kn == 2 and string.sub(p, kat, kat + 1) == 'id'
+    at = mp_skip(p, at, 14)
+    if not at then return nil end
+    if isid then
+      local vk, vat, vn = mp_head(p, at)
+      if id or vk ~= 'str' or vat + vn > #p + 1 then return nil end
+      id = string.sub(p, vat, vat + vn - 1)
+    end
+    at = mp_skip(p, at, 14)
+    if not at then return nil end
+  end
+  if at ~= #p + 1 or not id then return nil end
+  if #id > 64 or not string.match(id, '^[%w][%w_%.%-]*$') then return nil end
+  return id
+end
+
+-- Whether payload p owns the record of job id (PROTOCOL.md "Duplicate
+-- ids"): there is no record (no job hash, no result), or the record is
+-- queued, or running under worker w (when w is given), with p's digest
+-- (or with none: a producer that sets no digest, before a claim bound
+-- one).  A payload that does not own the record must not touch it.
+local function owns(P, id, p, w)
+  local h = redis.call('HMGET', P .. 'job:' .. id, 'state', 'digest', 'worker')
+  if not h[1] and not h[2] then return redis.call('EXISTS', P .. 'result:' .. id) == 0 end
+  if h[2] and h[2] ~= redis.sha1hex(p) then return false end
+  return h[1] == 'queued' or (w ~= nil and h[1] == 'running' and h[3] == w)
+end
+
+-- Send an event the script makes itself: both channels and the stream.
+local function event(prefix, id, typ, fields, maxlen, now, attempt)
+  local lk = prefix .. 'log:' .. id
+  local seq = lastseq(lk) + 1
+  fields.id = id; fields.seq = seq; fields.ts = now; fields.type = typ
+  fields.attempt = attempt
+  local ev = cmsgpack.pack(fields)
+  redis.call('PUBLISH', prefix .. 'progress:' .. id, ev)
+  redis.call('PUBLISH', prefix .. 'events', ev)
+  xadd(lk, maxlen, seq, typ, ev)
+end
+
+-- n as 4 big-endian bytes.
+local function be32(n)
+  return string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256)
+end
+
+-- s with the 4 bytes after offset off (0-based, past a 1-byte tag) set to v.
+local function patch32(s, off, v)
+  return string.sub(s, 1, off + 1) .. be32(v) .. string.sub(s, off + 6)
+end
+
+-- s as a msgpack bin.
+local function mp_bin(s)
+  local n = #s
+  if n < 256 then return string.char(0xc4, n) .. s end
+  if n < 65536 then return string.char(0xc5, math.floor(n / 256), n % 256) .. s end
+  return string.char(0xc6) .. be32(n) .. s
+end
+
+-- A dead letter (PROTOCOL.md "Dead letters"): the payload as bin, or, when
+-- sha256 is given (a payload over max_payload), only payload_len,
+-- payload_sha256 and payload_prefix (its first 256 bytes, bin).
+local function deadentry(reason, err, p, id, worker, now, sha256)
+  local n = (id and 6 or 5) + (sha256 and 2 or 0)
+  local s = string.char(0x80 + n) .. cmsgpack.pack('reason') .. cmsgpack.pack(reason)
+    .. cmsgpack.pack('error') .. cmsgpack.pack(err)
+  if sha256 then
+    s = s .. cmsgpack.pack('payload_len') .. cmsgpack.pack(#p)
+      .. cmsgpack.pack('payload_sha256') .. cmsgpack.pack(sha256)
+      .. cmsgpack.pack('payload_prefix') .. mp_bin(string.sub(p, 1, 256))
+  else
+    s = s .. cmsgpack.pack('payload') .. mp_bin(p)
+  end
+  s = s .. cmsgpack.pack('worker') .. cmsgpack.pack(worker) .. cmsgpack.pack('ts') .. cmsgpack.pack(now)
+  if id then s = s .. cmsgpack.pack('id') .. cmsgpack.pack(id) end
+  return s
+end
+
+-- Push a dead letter, keeping at most maxlen ('0': all).
+local function deadpush(deadkey, entry, maxlen)
+  redis.call('LPUSH', deadkey, entry)
+  if maxlen ~= '0' then redis.call('LTRIM', deadkey, 0, tonumber(maxlen) - 1) end
+end
