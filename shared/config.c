@@ -75,7 +75,7 @@ static const struct conf_key conf_keys[] = {
 	K("sandbox", "stop_grace", T_SECS, stop_grace),
 	K("sandbox", "collect_max_bytes", T_SIZE, collect_max_bytes),
 	KI("sandbox", "collect_max_files", collect_max_files, 1, 100000000),
-	KI("sandbox", "collect_max_depth", collect_max_depth, 1, 1024),
+	KI("sandbox", "collect_max_depth", collect_max_depth, 1, 256),
 	K("sandbox", "collect_timeout", T_SECS, collect_timeout),
 	K("sandbox", "network", T_STR, network),
 	K("sandbox", "privileged", T_BOOL, privileged),

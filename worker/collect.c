@@ -228,6 +228,17 @@ collect_open(struct collect *co, int parent, const char *name, const char *rel)
 	snprintf(proc, sizeof proc, "/proc/self/fd/%d", pfd);
 	fd = open(proc, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
 	close(pfd);
+	if (fd < 0 && errno == ENOENT) {
+		/* No /proc: open the name again, and read it only if it is still that file. */
+		struct stat again;
+		fd = openat(parent, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+		if (fd >= 0 && (fstat(fd, &again) != 0 || again.st_dev != st.st_dev || again.st_ino != st.st_ino)) {
+			close(fd);
+			return;	/* swapped in between: skipped */
+		}
+		if (fd < 0 && (errno == ENOENT || errno == ELOOP || errno == ENXIO))
+			return;	/* gone, now a symlink or a socket: skipped */
+	}
 	if (fd < 0) {
 		collect_fail(co, "reading artifact %s: %s", rel, strerror(errno));
 		return;

@@ -277,7 +277,7 @@ struct job {
 	bool has_slot;
 	bool conflict_retried;	/* the name was taken by an orphan once */
 	bool container_dirty;	/* the container may outlive the client: rm -f */
-	unsigned emits;		/* emit scripts not answered yet */
+	unsigned emits;		/* emit scripts (and collect.c cancel polls) not answered yet */
 };
 
 TAILQ_HEAD(jobs, job);
