@@ -216,11 +216,6 @@ collect_open(struct collect *co, int parent, const char *name, const char *rel)
 		close(pfd);	/* a symlink, FIFO, socket, device, or a mount: skipped */
 		return;
 	}
-	if (co->n >= (size_t)wk->conf->collect_max_files) {
-		collect_fail(co, "output has more than %ld files (collect_max_files)", wk->conf->collect_max_files);
-		close(pfd);
-		return;
-	}
 	if (!collect_count_bytes(co, (uint64_t)st.st_size)) {	/* a sparse file counts by its size */
 		close(pfd);
 		return;
@@ -232,7 +227,8 @@ collect_open(struct collect *co, int parent, const char *name, const char *rel)
 		/* No /proc: open the name again, and read it only if it is still that file. */
 		struct stat again;
 		fd = openat(parent, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
-		if (fd >= 0 && (fstat(fd, &again) != 0 || again.st_dev != st.st_dev || again.st_ino != st.st_ino)) {
+		if (fd >= 0 && (fstat(fd, &again) != 0 || again.st_dev != st.st_dev ||
+		    again.st_ino != st.st_ino)) {
 			close(fd);
 			return;	/* swapped in between: skipped */
 		}
@@ -263,7 +259,8 @@ collect_entry(struct collect *co, const struct dirent *de)
 	if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 		return;
 	if (++co->entries > (size_t)wk->conf->collect_max_files) {
-		collect_fail(co, "output has more than %ld files (collect_max_files)", wk->conf->collect_max_files);
+		collect_fail(co, "output has more than %ld files (collect_max_files)",
+		    wk->conf->collect_max_files);
 		return;
 	}
 	if (type == DT_UNKNOWN) {
@@ -402,6 +399,36 @@ collect_poll_cb(EV_P_ ev_timer *w, int revents)
 }
 
 /*
+ * Open the output dir itself: not through a symlink, no FIFO to block on.
+ * Gone is no artifacts; anything else that is not a directory fails.
+ */
+static int
+collect_root(struct collect *co, const char *dir)
+{
+	struct stat st;
+	DIR *d;
+	int fd;
+
+	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)) < 0) {
+		if (errno != ENOENT)
+			collect_fail(co, "reading the output directory: %s", strerror(errno));
+		return -1;
+	}
+	if (fstat(fd, &st) != 0 || (d = fdopendir(fd)) == NULL) {
+		collect_fail(co, "reading the output directory: %s", strerror(errno));
+		close(fd);
+		return -1;
+	}
+	co->dev = st.st_dev;
+	co->dirs_cap = 8;
+	co->dirs = xcalloc(co->dirs_cap, sizeof *co->dirs);
+	co->dirs[0].d = d;
+	co->dirs[0].rel = xstrdup("");
+	co->ndirs = 1;
+	return 0;
+}
+
+/*
  * Start collecting dir for job j ("" collects nothing).  The deadline is
  * what is left of the job's timeout, but at least collect_timeout.
  */
@@ -411,9 +438,6 @@ collect_start(const char *dir, void (*done)(struct job *), struct job *j)
 	const struct config *c = wk->conf;
 	struct collect *co = xcalloc(1, sizeof *co);
 	double left = j->started_mono > 0 ? j->spec.timeout - (now_mono() - j->started_mono) : 0;
-	struct stat st;
-	int fd;
-	DIR *d;
 
 	co->job = j;
 	co->done = done;
@@ -425,26 +449,11 @@ collect_start(const char *dir, void (*done)(struct job *), struct job *j)
 	co->deadline.data = co;
 	ev_timer_init(&co->poll, collect_poll_cb, c->stats_interval, c->stats_interval);
 	co->poll.data = co;
-	if (dir[0] != '\0') {
-		/* The output dir itself: not a symlink, no FIFO to block on. */
-		fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-		if (fd < 0 && errno != ENOENT)
-			collect_fail(co, "reading the output directory: %s", strerror(errno));
-		else if (fd >= 0 && (fstat(fd, &st) != 0 || !S_ISDIR(st.st_mode) || (d = fdopendir(fd)) == NULL)) {
-			collect_fail(co, "reading the output directory: %s", strerror(errno ? errno : ENOTDIR));
-			close(fd);
-		} else if (fd >= 0) {
-			co->dev = st.st_dev;
-			co->buf = xmalloc(COLLECT_CHUNK);
-			co->dirs_cap = 8;
-			co->dirs = xcalloc(co->dirs_cap, sizeof *co->dirs);
-			co->dirs[0].d = d;
-			co->dirs[0].rel = xstrdup("");
-			co->ndirs = 1;
-			ev_timer_start(EV_DEFAULT, &co->deadline);
-			if (wk->cmd != NULL && c->stats_interval > 0)
-				ev_timer_start(EV_DEFAULT, &co->poll);
-		}
+	if (dir[0] != '\0' && collect_root(co, dir) == 0) {
+		co->buf = xmalloc(COLLECT_CHUNK);
+		ev_timer_start(EV_DEFAULT, &co->deadline);
+		if (wk->cmd != NULL)
+			ev_timer_start(EV_DEFAULT, &co->poll);
 	}
 	ev_idle_start(EV_DEFAULT, &co->idle);
 	return co;

@@ -298,7 +298,8 @@ test_outcome(void **state)
 	assert_string_equal(err, "output has more than 1 files (collect_max_files)");
 	snprintf(err, sizeof err, "build exited with code 3");
 	assert_int_equal(collect_outcome(co, ST_FAILED, err, sizeof err), ST_FAILED);
-	assert_string_equal(err, "build exited with code 3; output has more than 1 files (collect_max_files)");
+	assert_string_equal(err,
+	    "build exited with code 3; output has more than 1 files (collect_max_files)");
 	collect_free(co);
 
 	/* A cancel stops the walk at its next slice, whatever it was doing. */
