@@ -13,10 +13,9 @@
  * opened for reading and are not listed.
  *
  * An ISO is hundreds of megabytes and an output may hold many thousands
- * of files, so the work is done from an idle watcher, which libev runs
- * only when nothing else is pending, at most COLLECT_CHUNK bytes read and
- * COLLECT_ENTRIES directory entries per call: heartbeats and the other
- * jobs' pipes go on meanwhile.  The walk is capped (collect_max_files,
+ * of files, so the work is done from an idle watcher, one slice per loop
+ * turn, at most COLLECT_CHUNK bytes read and COLLECT_ENTRIES directory
+ * entries per slice: heartbeats and the other jobs' pipes go on meanwhile.  The walk is capped (collect_max_files,
  * _bytes, _depth in worker.ini), has a deadline, and stops when the job
  * is cancelled.  When it cannot list every artifact truthfully the list
  * is dropped and collect_outcome() says why; a sha256 is only ever the
@@ -445,6 +444,14 @@ collect_start(const char *dir, void (*done)(struct job *), struct job *j)
 	co->timeout = left > c->collect_timeout ? left : c->collect_timeout;
 	ev_idle_init(&co->idle, collect_idle_cb);
 	co->idle.data = co;
+	/*
+	 * Above the pipes and timers: an idle watcher of their priority runs
+	 * only when none of them is pending, so a job flooding its output
+	 * would starve the walk into its deadline.  One priority up, it runs
+	 * once per loop turn, beside everything else (which a slice is small
+	 * enough not to delay).
+	 */
+	ev_set_priority(&co->idle, 1);
 	ev_timer_init(&co->deadline, collect_deadline_cb, co->timeout, 0);
 	co->deadline.data = co;
 	ev_timer_init(&co->poll, collect_poll_cb, c->stats_interval, c->stats_interval);

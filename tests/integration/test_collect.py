@@ -47,9 +47,9 @@ def zeros_sha(n):
     return h.hexdigest()
 
 
-def collecting(w, jid):
+def collecting(w, jid, timeout=30):
     """Wait until the worker starts collecting jid's artifacts."""
-    w.wait_log(rf"job {jid}: \w+ -> collecting", timeout=30)
+    w.wait_log(rf"job {jid}: \w+ -> collecting", timeout=timeout)
 
 
 # A unix socket in the output, from the build (sh cannot make one).
@@ -228,10 +228,6 @@ def test_100k_tiny_files_loop_stays_responsive(fleet, r, ns, broot, tmp_path):
                     worker={"concurrency": 2})
     wid = w.wait_log(r"worker (\S+) ").group(1)
     ticker = submit(r, ns, profile="p", output="ticker")
-    w.wait_log(rf"job {ticker}: started")
-    jid = submit(r, ns, profile="p", output="many")
-    collecting(w, jid)
-    t0 = time.time()
     beats = []
     stop = threading.Event()
 
@@ -241,14 +237,20 @@ def test_100k_tiny_files_loop_stays_responsive(fleet, r, ns, broot, tmp_path):
             beats.append((time.time(), b))
             time.sleep(0.1)
 
-    th = threading.Thread(target=sample, daemon=True)
-    th.start()
     try:
-        res = wait_result(r, ns, jid, 150)
+        w.wait_log(rf"job {ticker}: started")
+        jid = submit(r, ns, profile="p", output="many")
+        collecting(w, jid, 120)     # making 100,000 files takes a while on a busy machine
+        t0 = time.time()
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        try:
+            res = wait_result(r, ns, jid, 150)
+        finally:
+            took = time.time() - t0
+            stop.set()
+            th.join()
     finally:
-        took = time.time() - t0
-        stop.set()
-        th.join()
         marker.touch()
     # The walk itself, from the worker's own log stamps (state changes are logged at debug).
     stamps = [datetime.datetime.fromisoformat(w.wait_log(rf"(\S+) worker\[\d+\] debug: job {jid}: "
@@ -297,3 +299,22 @@ def test_podman_hostile_output(fleet, r, ns, broot, podman):
     assert rb["status"] == "error", rb
     assert rb["error"] == "output has more than 64.0 GiB of files (collect_max_bytes)"
     assert rb["artifacts"] == []
+
+
+def test_collection_not_starved_by_a_flooding_job(fleet, r, ns, broot, tmp_path):
+    """Another job's output never pauses: the walk still gets its slice every loop turn."""
+    make_profile(broot, "p")
+    cmd = script(tmp_path, 'case "$DEBATE_OUTPUT" in\n'
+                           '*/flood) timeout 5 yes flood || true ;;\n'
+                           '*) truncate -s 64M big.bin ;;\nesac\n')
+    w = fleet.start(sandbox={"runtime": "exec", "command": cmd, "collect_timeout": 3},
+                    worker={"concurrency": 2, "log_max_lines": 1000})
+    flood = submit(r, ns, profile="p", output="flood")
+    w.wait_log(rf"job {flood}: started")
+    time.sleep(0.5)
+    jid = submit(r, ns, profile="p", output="hash", timeout=3, warning=1)
+    res = wait_result(r, ns, jid, 30)
+    assert res["status"] == "succeeded", res
+    assert res["artifacts"] == [{"name": "big.bin", "size": 64 << 20, "sha256": zeros_sha(64 << 20)}]
+    assert r.hget(f"{{{ns}}}:job:{flood}", "state") == b"running"
+    assert wait_result(r, ns, flood, 30)["status"] == "succeeded"
