@@ -62,6 +62,8 @@ struct collect {
 	SHA2_CTX ctx;
 	char *buf;
 	double timeout;
+	double started;		/* now_mono() at the start */
+	unsigned long slices;	/* idle calls so far */
 	bool finished;
 	bool cancelled;
 	char error[ERR_MAX];
@@ -112,6 +114,8 @@ collect_pop(struct collect *co)
 static void
 collect_finish(struct collect *co)
 {
+	char b[32];
+
 	if (co->finished)
 		return;
 	co->finished = true;
@@ -129,6 +133,11 @@ collect_finish(struct collect *co)
 		qsort(co->arts, co->n, sizeof *co->arts, collect_cmp);
 	free(co->buf);
 	co->buf = NULL;
+	if (co->dirs != NULL || co->error[0] != '\0')	/* not for a job that never ran */
+		log_msg(co->error[0] ? LOG_WARN : LOG_INFO, "job %s: %zu artifacts, %s by size, in %.2f s "
+		    "(%lu slices)%s%s", co->job->id, co->n,
+		    fmt_bytes(co->bytes, b, sizeof b), now_mono() - co->started, co->slices,
+		    co->cancelled ? ", cancelled" : co->error[0] ? ": " : "", co->error);
 	co->done(co->job);
 }
 
@@ -330,6 +339,7 @@ collect_idle_cb(EV_P_ ev_idle *w, int revents)
 
 	(void)loop;
 	(void)revents;
+	co->slices++;
 	while (!co->cancelled && co->error[0] == '\0' && entries > 0 && budget > 0) {
 		if (co->fd >= 0) {
 			n = read(co->fd, co->buf, budget);
@@ -441,6 +451,7 @@ collect_start(const char *dir, void (*done)(struct job *), struct job *j)
 	co->job = j;
 	co->done = done;
 	co->fd = -1;
+	co->started = now_mono();
 	co->timeout = left > c->collect_timeout ? left : c->collect_timeout;
 	ev_idle_init(&co->idle, collect_idle_cb);
 	co->idle.data = co;

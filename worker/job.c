@@ -488,8 +488,6 @@ job_collected(struct job *j)
 	j->status = collect_outcome(j->collect, j->status, j->error, sizeof j->error);
 	if (j->status == ST_CANCELLED)
 		j->retry_due = 0;	/* a cancel is never retried */
-	if (collect_error(j->collect) != NULL)
-		log_warn("job %s: %s", j->id, collect_error(j->collect));
 	job_finish(j);
 }
 
