@@ -302,21 +302,22 @@ def test_podman_hostile_output(fleet, r, ns, broot, podman):
 
 
 def test_collection_not_starved_by_a_flooding_job(fleet, r, ns, broot, tmp_path):
-    """Another job's output never pauses: the walk still gets its slice every loop turn."""
+    """Another job flooding its output: the walk still gets its slice every loop turn
+    (tests/unit/test_collect.c test_not_starved checks the same deterministically)."""
     make_profile(broot, "p")
-    flood_for = int(10 * SLOW)
+    flood_for = int(12 * SLOW)
     cmd = script(tmp_path, 'case "$DEBATE_OUTPUT" in\n'
                            f'*/flood) yes flood & sleep {flood_for}; kill $! ;;\n'
-                           '*) truncate -s 64M big.bin ;;\nesac\n')
-    w = fleet.start(sandbox={"runtime": "exec", "command": cmd, "collect_timeout": 6 * SLOW},
+                           '*) truncate -s 96M big.bin ;;\nesac\n')
+    w = fleet.start(sandbox={"runtime": "exec", "command": cmd, "collect_timeout": 8 * SLOW},
                     worker={"concurrency": 2, "log_max_lines": 1000})
     flood = submit(r, ns, profile="p", output="flood")
     w.wait_log(rf"job {flood}: started")
     time.sleep(0.5)
-    jid = submit(r, ns, profile="p", output="hash", timeout=6 * SLOW, warning=1)
+    jid = submit(r, ns, profile="p", output="hash", timeout=8 * SLOW, warning=1)
     res = wait_result(r, ns, jid, 30)
     assert res["status"] == "succeeded", res
-    assert res["artifacts"] == [{"name": "big.bin", "size": 64 << 20, "sha256": zeros_sha(64 << 20)}]
+    assert res["artifacts"] == [{"name": "big.bin", "size": 96 << 20, "sha256": zeros_sha(96 << 20)}]
     # The flood was still going: collecting did not wait for it to end.
     assert r.hget(f"{{{ns}}}:job:{flood}", "state") == b"running"
     r.hset(f"{{{ns}}}:cancel", flood, time.time())

@@ -272,6 +272,56 @@ test_many_files(void **state)
 	collect_free(co);
 }
 
+/* A pipe watcher that never drains: always pending, like a job flooding its output. */
+static void
+busy_cb(EV_P_ ev_io *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	(*(int *)w->data)++;
+}
+
+/*
+ * The walk gets its slice every loop turn even while another watcher is
+ * pending on every turn (an idle watcher of the same priority would never
+ * run); and the busy watcher still gets its turns meanwhile.
+ */
+static void
+test_not_starved(void **state)
+{
+	const char *d = *state;
+	struct job j = { 0 };
+	struct collect *co;
+	ev_io busy;
+	int p[2], turns = 0, busy_calls = 0, fd;
+	char *path = xasprintf("%s/big", d);
+
+	fd = open(path, O_WRONLY | O_CREAT, 0644);
+	assert_int_equal(ftruncate(fd, 8 << 20), 0);
+	close(fd);
+	free(path);
+	assert_int_equal(pipe(p), 0);
+	assert_int_equal(write(p[1], "x", 1), 1);
+	ev_io_init(&busy, busy_cb, p[0], EV_READ);
+	busy.data = &busy_calls;
+	ev_io_start(EV_DEFAULT, &busy);
+	collected = 0;
+	co = collect_start(d, test_done, &j);
+	while (collected == 0 && turns < 1000) {
+		ev_run(EV_DEFAULT, EVRUN_ONCE);
+		turns++;
+	}
+	ev_io_stop(EV_DEFAULT, &busy);
+	close(p[0]);
+	close(p[1]);
+	assert_int_equal(collected, 1);
+	assert_true(turns <= 16);	/* 8 slices of 1 MiB and the end */
+	assert_true(busy_calls >= turns - 1);
+	assert_int_equal(collect_count(co), 1);
+	assert_int_equal(collect_get(co, 0)->size, 8 << 20);
+	collect_free(co);
+}
+
 /* The status once collected. */
 static void
 test_outcome(void **state)
@@ -325,6 +375,7 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_caps, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_output_dir, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_many_files, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_not_starved, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_outcome, setup, teardown),
 	};
 
