@@ -73,6 +73,10 @@ static const struct conf_key conf_keys[] = {
 	K("sandbox", "warning", T_SECS, warning),
 	KI("sandbox", "pids_limit", pids_limit, 0, 4194304),
 	K("sandbox", "stop_grace", T_SECS, stop_grace),
+	K("sandbox", "collect_max_bytes", T_SIZE, collect_max_bytes),
+	KI("sandbox", "collect_max_files", collect_max_files, 1, 100000000),
+	KI("sandbox", "collect_max_depth", collect_max_depth, 1, 256),
+	K("sandbox", "collect_timeout", T_SECS, collect_timeout),
 	K("sandbox", "network", T_STR, network),
 	K("sandbox", "privileged", T_BOOL, privileged),
 	K("sandbox", "read_only", T_BOOL, read_only),
@@ -137,6 +141,10 @@ config_defaults(struct config *c)
 	c->warning = 900;
 	c->pids_limit = 4096;
 	c->stop_grace = 10;
+	c->collect_max_bytes = 64ULL << 30;
+	c->collect_max_files = 10000;
+	c->collect_max_depth = 32;
+	c->collect_timeout = 120;
 	c->network = xstrdup("none");
 	c->read_only = true;
 	c->no_new_privileges = true;
@@ -406,6 +414,10 @@ config_check(const struct config *c, char *err, size_t errlen)
 	}
 	if (c->reaper_interval <= 0 || c->stats_interval <= 0 || c->log_batch_interval <= 0) {
 		snprintf(err, errlen, "%s: reaper_interval, stats_interval and log_batch_interval must be above 0", p);
+		return -1;
+	}
+	if (c->collect_max_bytes == 0 || c->collect_timeout <= 0) {
+		snprintf(err, errlen, "%s: collect_max_bytes and collect_timeout must be above 0", p);
 		return -1;
 	}
 	/* 64m: a dead letter holding the whole payload stays far below Redis's 512 MB bulk limit. */

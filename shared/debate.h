@@ -179,6 +179,10 @@ struct config {
 	double timeout, max_timeout, warning;
 	long pids_limit;
 	double stop_grace;		/* SIGTERM to SIGKILL on timeout */
+	uint64_t collect_max_bytes;	/* artifacts: st_size summed over the output */
+	long collect_max_files;		/* artifacts: entries in the output tree */
+	long collect_max_depth;		/* artifacts: directory levels below the output */
+	double collect_timeout;		/* artifacts: the least time hashing gets */
 	char *network;			/* "none" by default */
 	bool privileged;
 	bool read_only;

@@ -547,10 +547,15 @@ job_lease_lost(struct job *j)
 		job_stop_asked(j, STOP_LEASE);
 }
 
-/* Someone asked to cancel the running job. */
+/* Someone asked to cancel the running (or collecting) job. */
 void
 job_cancel_seen(struct job *j)
 {
+	if (j->state == JOB_COLLECTING && j->collect != NULL) {
+		log_notice("job %s: cancelled; stopping the collection of its artifacts", j->id);
+		collect_cancel(j->collect);
+		return;
+	}
 	if (j->state != JOB_RUNNING && !(j->state == JOB_STARTING && j->conflict_retried))
 		return;
 	log_notice("job %s: cancelled; stopping it", j->id);
@@ -649,10 +654,13 @@ job_conflict_inspected(int wstatus, const char *out, size_t len, void *arg)
 	strv_free(&argv);
 }
 
-/* The artifacts are hashed: record the result. */
+/* The artifacts are hashed (or could not be): record the result. */
 static void
 job_collected(struct job *j)
 {
+	j->status = collect_outcome(j->collect, j->status, j->error, sizeof j->error);
+	if (j->status == ST_CANCELLED)
+		j->retry_due = 0;	/* a cancel is never retried */
 	job_finish(j);
 }
 

@@ -234,8 +234,15 @@ struct artifact {
 };
 
 struct collect;
-/* Start hashing dir's files on an idle watcher; done() when finished. */
+/*
+ * Start hashing dir's regular files (walked from fds, capped, with a
+ * deadline) on an idle watcher; done() when finished, failed or cancelled.
+ */
 struct collect *collect_start(const char *dir, void (*done)(struct job *), struct job *j);
+void collect_cancel(struct collect *co);
+/* The job's status after collecting (pure): err gets the walk's failure. */
+enum status collect_outcome(const struct collect *co, enum status st, char *err, size_t errlen);
+const char *collect_error(const struct collect *co);
 void collect_free(struct collect *co);
 size_t collect_count(const struct collect *co);
 const struct artifact *collect_get(const struct collect *co, size_t i);
@@ -305,7 +312,7 @@ struct job {
 	char cid[80];		/* our container's id, once the cidfile had it */
 	bool no_container;	/* stopped between a conflict's runs: nothing of ours to rm */
 	bool container_dirty;	/* the container may outlive the client: rm -f */
-	unsigned emits;		/* emit scripts not answered yet */
+	unsigned emits;		/* emit scripts (and collect.c cancel polls) not answered yet */
 };
 
 TAILQ_HEAD(jobs, job);

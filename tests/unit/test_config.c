@@ -138,6 +138,10 @@ test_defaults(void **state)
 	assert_true(c.warning == 900);
 	assert_int_equal(c.pids_limit, 4096);
 	assert_true(c.stop_grace == 10);
+	assert_int_equal(c.collect_max_bytes, 64ULL << 30);
+	assert_int_equal(c.collect_max_files, 10000);
+	assert_int_equal(c.collect_max_depth, 32);
+	assert_true(c.collect_timeout == 120);
 	assert_string_equal(c.network, "none");
 	assert_false(c.privileged);
 	assert_true(c.read_only);
@@ -653,6 +657,15 @@ test_config_check(void **state)
 	check_bad("[worker]\nheartbeat_interval = 0\nheartbeat_ttl = 5\n", "heartbeat");
 	check_bad("[worker]\nreaper_interval = 0\n", "reaper_interval");
 	check_bad("[worker]\nlog_batch_interval = 0\n", "log_batch_interval");
+	check_bad("[sandbox]\ncollect_max_bytes = 0\n", "collect_max_bytes and collect_timeout must be above 0");
+	check_bad("[sandbox]\ncollect_timeout = 0\n", "collect_timeout");
+	load_ok("[sandbox]\ncollect_max_bytes = 2t\ncollect_max_files = 200000\ncollect_max_depth = 256\n"
+		"collect_timeout = 1.5\n", &c);
+	assert_int_equal(c.collect_max_bytes, 2ULL << 40);
+	assert_int_equal(c.collect_max_files, 200000);
+	assert_int_equal(c.collect_max_depth, 256);
+	assert_true(c.collect_timeout == 1.5);
+	config_free(&c);
 
 	/* Right at the limits passes. */
 	load_ok("[sandbox]\nwarning = 1200\nmemory = 16g\ncpus = 16\ntimeout = 14400\nwarning = 14400\n"
