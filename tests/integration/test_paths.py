@@ -1,0 +1,203 @@
+"""Path races and shared outputs (issue 10 item 2).
+
+1. Two jobs of one worker never share or nest an output, and a running
+   job's output is never another's profile (nor its profile another's
+   output): the second is refused with bad_path naming the running job, and
+   dead-lettered, never lost.  (exec mode: fast.)
+2. A hostile build (customize_airootfs.sh in its profile) swaps OUT_DIR/sub
+   and OUT_DIR/prof between a directory and a symlink to a canary directory
+   outside builds_root every 20 ms, while another worker runs 40 jobs with
+   output x/sub and 40 with profile x/prof.  Every one of them either runs
+   inside builds_root or is refused with bad_path; the output canary stays
+   empty and no build ever sees the profile canary's file.  (real podman.)
+"""
+import os
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from workers import *  # noqa: F401,F403
+
+
+def poll(cond, timeout, what):
+    deadline = time.time() + timeout * SLOW
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout * SLOW:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def state(r, ns, job_id):
+    v = r.hget(f"{{{ns}}}:job:{job_id}", "state")
+    return v.decode() if v else None
+
+
+def dead_by_id(r, ns):
+    out = {}
+    for d in dead(r, ns):
+        out.setdefault(d.get("id"), []).append(d)
+    return out
+
+
+def script(path, body):
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+# ------------------------------------------------------------ 1. overlaps, one worker
+
+def test_overlapping_jobs_never_run_at_once(fleet, r, ns, broot, tmp_path):
+    cmd = script(tmp_path / "build.sh",
+                 'out="$DEBATE_OUTPUT"\n'
+                 'if [ -e "$out/.running" ]; then echo "OVERLAP in $out" >&2; exit 9; fi\n'
+                 ': > "$out/.running"\n'
+                 'sleep "$(cat "$DEBATE_PROFILE/seconds" 2>/dev/null || echo 0)"\n'
+                 'rm -f "$out/.running"\n'
+                 'echo x > "$out/a.iso"\n')
+    make_profile(broot, "slow")
+    (broot / "slow" / "seconds").write_text("4\n")
+    make_profile(broot, "p")
+    w = fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"concurrency": 4})
+
+    a = submit(r, ns, profile="slow", output="o/a")
+    poll(lambda: state(r, ns, a) == "running", 20, "job A running")
+    # What may not run beside A, and why.
+    refused = {
+        submit(r, ns, profile="p", output="o/a"): f"output: \"o/a\" overlaps running job {a}'s output",
+        submit(r, ns, profile="p", output="o"): f"output: \"o\" overlaps running job {a}'s output",
+        submit(r, ns, profile="p", output="o/./a/sub"): f"overlaps running job {a}'s output",
+        submit(r, ns, profile="o/a", output="o/e"): f"profile: \"o/a\" overlaps running job {a}'s output",
+        submit(r, ns, profile="p", output="slow/x"): f"output: \"slow/x\" overlaps running job {a}'s profile",
+        submit(r, ns, profile="p", output="."): "builds_root itself",
+        submit(r, ns, profile="p", output="p/out"): "and the profile \"p\" overlap",
+    }
+    # What may: a sibling output, and the same profile shared read-only.
+    beside = submit(r, ns, profile="slow", output="o/b")
+    poll(lambda: state(r, ns, beside) == "running", 20, "the sibling job running beside A")
+    assert state(r, ns, a) == "running"
+
+    poll(lambda: all(state(r, ns, j) == "dead" for j in refused), 20, "the overlapping jobs refused")
+    assert state(r, ns, a) == "running", "A must still be running: the refusals came while it ran"
+    by_id = dead_by_id(r, ns)
+    for j, why in refused.items():
+        assert len(by_id.get(j, [])) == 1, (j, by_id.get(j))
+        d = by_id[j][0]
+        assert d["reason"] == "bad_path", d
+        assert why in d["error"], (why, d["error"])
+        assert msgpack.unpackb(d["payload"])["id"] == j   # the payload, untouched, not lost
+        assert r.llen(f"{{{ns}}}:result:{j}") == 0
+    for j in (a, beside):
+        res = wait_result(r, ns, j, 30)
+        assert res["status"] == "succeeded", res
+        assert [x["name"] for x in res["artifacts"]] == ["a.iso"]
+    # Once A is over, its output is free again.
+    again = submit(r, ns, profile="p", output="o/a")
+    assert wait_result(r, ns, again, 20)["status"] == "succeeded"
+    assert "OVERLAP" not in w.log()
+    assert w.alive()
+
+
+# ------------------------------------------------------------ 2. the toggler, real podman
+
+TOGGLER = r'''#!/bin/sh
+# Swap sub and prof between a directory and a symlink out of builds_root
+# every 20 ms, until "stop" appears or {secs} s have passed.
+cd "$OUT_DIR" || exit 1
+mkdir -p hide
+end=$(( $(date +%s) + {secs} ))
+echo "toggler: toggling"
+i=0
+while [ "$(date +%s)" -lt "$end" ] && [ ! -e stop ]; do
+    i=$((i + 1))
+    mv sub "hide/s$i" 2>/dev/null; ln -s '{canary_out}' sub 2>/dev/null
+    mv prof "hide/p$i" 2>/dev/null; ln -s '{canary_prof}' prof 2>/dev/null
+    sleep 0.02
+    rm -f sub prof 2>/dev/null
+    mv "hide/s$i" sub 2>/dev/null || mkdir sub 2>/dev/null
+    mv "hide/p$i" prof 2>/dev/null
+    sleep 0.02
+done
+echo "toggler: done after $i swaps"
+'''
+
+N_VICTIMS = 40
+
+
+def tree_has_no_outside_writes(canary):
+    return sorted(os.listdir(canary))
+
+
+@pytest.mark.slow
+def test_toggling_build_cannot_redirect_later_jobs(fleet, r, ns, broot, tmp_path, podman):
+    canary_out = tmp_path / "canary-out"        # outside builds_root: must stay empty
+    canary_out.mkdir()
+    canary_prof = tmp_path / "canary-prof"      # outside builds_root: no build may see it
+    make_profile(tmp_path, "canary-prof")
+    (canary_prof / "SECRET-host-file").write_text("secret\n")
+
+    make_profile(broot, "tog", seconds=0)
+    hook = broot / "tog" / "airootfs" / "root"
+    hook.mkdir(parents=True)
+    (hook / "customize_airootfs.sh").write_text(
+        TOGGLER.replace("{secs}", "150").replace("{canary_out}", str(canary_out))
+        .replace("{canary_prof}", str(canary_prof)))
+    (broot / "x" / "sub").mkdir(parents=True)
+    make_profile(broot / "x", "prof", seconds=0)
+    make_profile(broot, "v", seconds=0)
+
+    hostile = fleet.start(podman, worker={"concurrency": 1})
+    tog = submit(r, ns, profile="tog", output="x", timeout=300)
+    poll(lambda: any(b"toggler: toggling" in (f.get(b"event") or b"")
+                     for _, f in r.xrange(f"{{{ns}}}:log:{tog}")), 60, "the toggler toggling")
+
+    victims = fleet.start(podman, worker={"concurrency": 2})
+    outs, profs = [], []
+    for i in range(N_VICTIMS):
+        outs.append(submit(r, ns, profile="v", output="x/sub"))
+        profs.append(submit(r, ns, profile="x/prof", output=f"pv/{i}"))
+    everyone = outs + profs
+
+    def settled():
+        return all(state(r, ns, j) in ("succeeded", "failed", "error", "dead") for j in everyone)
+    poll(settled, 150, "every victim job finished or refused")
+    assert state(r, ns, tog) == "running", "the toggler must have toggled all along"
+    (broot / "x" / "stop").write_text("")
+    res_tog = wait_result(r, ns, tog, 60)
+
+    by_id = dead_by_id(r, ns)
+    ran = {"out": 0, "prof": 0}
+    refused = {"out": 0, "prof": 0}
+    for kind, ids in (("out", outs), ("prof", profs)):
+        for j in ids:
+            st = state(r, ns, j)
+            if st == "dead":
+                (d,) = by_id[j]
+                assert d["reason"] == "bad_path", d
+                assert any(s in d["error"] for s in ("is a symlink", "No such file", "overlaps running job")), d
+                refused[kind] += 1
+                continue
+            res = wait_result(r, ns, j, 10)
+            assert res["status"] == "succeeded", res
+            assert [a["name"] for a in res["artifacts"]] == ["debatetest-2023.11.14-x86_64.iso"], res
+            ran[kind] += 1
+    # Each kind hit both states of the toggle: the race was really run.
+    assert ran["out"] and refused["out"] and ran["prof"] and refused["prof"], (ran, refused)
+
+    # Nothing was written outside builds_root ...
+    assert tree_has_no_outside_writes(canary_out) == [], "a job wrote outside builds_root"
+    assert sorted(os.listdir(canary_prof)) == ["SECRET-host-file", "packages.x86_64", "profiledef.sh"]
+    # ... and no build was given the host directory as its profile (the ISO lists the profile's files).
+    for i, j in enumerate(profs):
+        if state(r, ns, j) != "succeeded":
+            continue
+        iso = (broot / "pv" / str(i) / "debatetest-2023.11.14-x86_64.iso").read_bytes()
+        assert b"SECRET" not in iso, f"job {j} was given the host directory as its profile"
+        assert b"profiledef.sh" in iso
+    assert res_tog["status"] == "succeeded", res_tog
+    assert hostile.alive() and victims.alive()

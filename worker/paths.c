@@ -1,0 +1,290 @@
+/*
+ * paths.c: the directories a job holds, from its fetch to its end.
+ *
+ * paths_take() opens the profile and the output with path_open() (no
+ * symlink at any depth, nothing but descriptors from builds_root down)
+ * and keeps both descriptors open.  From then on the job's directories are
+ * those descriptors:
+ *
+ *  - the container runtime is never given the job's path.  paths_stage()
+ *    bind-mounts each held directory, by its descriptor
+ *    (mount("/proc/self/fd/N")), onto a fresh mount point in the worker's
+ *    private directory (cid_dir, 0700, outside builds_root), and the
+ *    runtime binds that mount point.  podman and dockerd resolve the
+ *    source again (stat, EvalSymlinks, runc's own lookup), but every
+ *    component of that name is the worker's own: no build can reach it,
+ *    so each resolution finds the same mount, which is the held directory.
+ *    (The descriptor's magic link itself cannot be the runtime's source:
+ *    runc binds from the container's new mount namespace, and the kernel
+ *    refuses a bind from a mount of another namespace with EINVAL.)
+ *  - collect reads the artifacts through "/proc/self/fd/N".
+ *
+ * Overlaps: no two jobs running in this worker share or nest an output,
+ * and no job's profile is, holds or lies inside another running job's
+ * output (a job's own profile and output may not nest either).  A running
+ * build can rename only what lies inside its own output; held directories
+ * never nest with a running output, so nothing a build does changes the
+ * chain of parents (path_dir.chain) of any held directory, and a
+ * candidate inside a running output finds that output among its parents
+ * however the build moves it around.  The check is per worker process:
+ * across processes the containment above still holds, but two workers on
+ * one host may run overlapping jobs.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "worker.h"
+
+TAILQ_HEAD(held_list, job_paths);
+static struct held_list held = TAILQ_HEAD_INITIALIZER(held);
+
+/* Whether a held job's directories overlap the candidate's; names the first clash in err. */
+static bool
+paths_clash(const struct job_paths *c, const struct job_spec *cs, const struct job_paths *h,
+    char *err, size_t errlen)
+{
+	if (path_nested(&c->output, &h->output))
+		snprintf(err, errlen, "output: \"%s\" overlaps running job %s's output", cs->output, h->job_id);
+	else if (path_nested(&c->output, &h->profile))
+		snprintf(err, errlen, "output: \"%s\" overlaps running job %s's profile", cs->output, h->job_id);
+	else if (path_nested(&c->profile, &h->output))
+		snprintf(err, errlen, "profile: \"%s\" overlaps running job %s's output", cs->profile, h->job_id);
+	else
+		return false;
+	return true;
+}
+
+/* Open both, check them against the jobs running here, hold them. */
+int
+paths_take(struct job *j, char *err, size_t errlen)
+{
+	struct job_paths *p = &j->paths, *h;
+	const char *root = wk->conf->builds_root;
+	char e[ERR_MAX];
+
+	p->job_id = j->id;
+	if (path_open(root, j->spec.profile, false, &p->profile, e, sizeof e) != 0) {
+		snprintf(err, errlen, "profile: %s", e);
+		return -1;
+	}
+	if (path_open(root, j->spec.output, true, &p->output, e, sizeof e) != 0) {
+		snprintf(err, errlen, "output: %s", e);
+		goto fail;
+	}
+	if (path_nested(&p->profile, &p->output)) {
+		snprintf(err, errlen, "output: \"%s\" and the profile \"%s\" overlap (one is inside the other)",
+		    j->spec.output, j->spec.profile);
+		goto fail;
+	}
+	TAILQ_FOREACH(h, &held, entry) {
+		/* Chains as of now: an operator may have moved a held directory since. */
+		path_refresh(&h->profile);
+		path_refresh(&h->output);
+		if (paths_clash(p, &j->spec, h, err, errlen))
+			goto fail;
+	}
+	snprintf(j->profile_path, sizeof j->profile_path, "%s", p->profile.real);
+	snprintf(j->output_path, sizeof j->output_path, "%s", p->output.real);
+	snprintf(p->collect_dir, sizeof p->collect_dir, "/proc/self/fd/%d", p->output.fd);
+	TAILQ_INSERT_TAIL(&held, p, entry);
+	p->held = true;
+	return 0;
+fail:
+	path_close(&p->profile);
+	path_close(&p->output);
+	return -1;
+}
+
+/* Run "sudo -n" and args (mount, umount) to completion; 0 when it exited 0. */
+static int
+paths_sudo(const char *const *args)
+{
+	struct strv argv = { 0 };
+	int st;
+
+	strv_push(&argv, "sudo");
+	strv_push(&argv, "-n");
+	for (; *args != NULL; args++)
+		strv_push(&argv, *args);
+	st = image_run(argv.v, NULL, 0);
+	strv_free(&argv);
+	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
+}
+
+/*
+ * Bind the held directory fd onto the fresh mount point at, read-only
+ * when ro.  A worker without CAP_SYS_ADMIN that drives the runtime
+ * through sudo does it with sudo mount, through /proc/<our pid>/fd/N.
+ */
+static int
+paths_bind(int fd, const char *at, bool ro, char *err, size_t errlen)
+{
+	char src[64];
+
+	snprintf(src, sizeof src, "/proc/self/fd/%d", fd);
+	if (mount(src, at, NULL, MS_BIND, NULL) == 0) {
+		if (!ro || mount(NULL, at, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) == 0)
+			return 0;
+		snprintf(err, errlen, "cannot make %s read-only: %s", at, strerror(errno));
+		umount2(at, MNT_DETACH);
+		return -1;
+	}
+	if (errno == EPERM && wk->rt.sudo) {
+		snprintf(src, sizeof src, "/proc/%d/fd/%d", (int)getpid(), fd);
+		const char *bind[] = { "mount", "--no-canonicalize", "--bind", src, at, NULL };
+		const char *remount[] = { "mount", "--no-canonicalize", "-o", "remount,bind,ro,nosuid,nodev", at, NULL };
+		const char *undo[] = { "umount", "-l", at, NULL };
+		if (paths_sudo(bind) == 0) {
+			if (!ro || paths_sudo(remount) == 0)
+				return 0;
+			paths_sudo(undo);
+		}
+		snprintf(err, errlen, "cannot bind-mount the job's directory at %s with sudo mount", at);
+		return -1;
+	}
+	snprintf(err, errlen, "cannot bind-mount the job's directory at %s: %s (container builds need a "
+	    "worker that may mount, or sudo)", at, strerror(errno));
+	return -1;
+}
+
+/* Undo one mount point made by paths_mount(). */
+static void
+paths_unmount(char **at)
+{
+	if (*at == NULL)
+		return;
+	const char *undo[] = { "umount", "-l", *at, NULL };
+
+	if (umount2(*at, MNT_DETACH) != 0 && errno == EPERM && wk->rt.sudo)
+		paths_sudo(undo);
+	if (rmdir(*at) != 0 && errno != ENOENT)
+		log_warn("cannot remove the mount point %s: %s", *at, strerror(errno));
+	free(*at);
+	*at = NULL;
+}
+
+/* A fresh mount point "<cid_dir>/<id>.<attempt>.<kind>" with dir bound on it. */
+static int
+paths_mount(struct job *j, const struct path_dir *dir, const char *kind, bool ro, char **at, char *err,
+    size_t errlen)
+{
+	*at = xasprintf("%s/%s.%ld.%s", wk->cid_dir, j->id, j->attempt, kind);
+	if (strpbrk(*at, ":,") != NULL) {
+		snprintf(err, errlen, "the mount point %s holds ':' or ',', which a volume cannot carry", *at);
+		goto fail;
+	}
+	if (mkdir(*at, 0700) != 0 && (errno != EEXIST || rmdir(*at) != 0 || mkdir(*at, 0700) != 0)) {
+		snprintf(err, errlen, "cannot make the mount point %s: %s", *at, strerror(errno));
+		goto fail;
+	}
+	if (paths_bind(dir->fd, *at, ro, err, errlen) != 0) {
+		rmdir(*at);
+		goto fail;
+	}
+	return 0;
+fail:
+	free(*at);
+	*at = NULL;
+	return -1;
+}
+
+/*
+ * The worker's private directory must be out of every build's reach: not
+ * below builds_root, and neither holding nor inside this job's
+ * directories (which would let the build reach the mount points).
+ */
+static int
+paths_private_ok(const struct job *j, char *err, size_t errlen)
+{
+	static struct path_dir cid;	/* opened once: the directory lives as long as we do */
+	struct stat st;
+	char e[ERR_MAX];
+	int fd;
+
+	if (cid.chain == NULL) {
+		if ((fd = open(wk->cid_dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0 ||
+		    path_from_fd(fd, &cid, e, sizeof e) != 0) {
+			snprintf(err, errlen, "the worker's directory %s: %s", wk->cid_dir,
+			    fd < 0 ? strerror(errno) : e);
+			if (fd >= 0)
+				close(fd);
+			return -1;
+		}
+		close(fd);
+	}
+	if (stat(wk->conf->builds_root, &st) == 0) {
+		for (size_t i = 0; i < cid.depth; i++) {
+			if (cid.chain[i].dev == st.st_dev && cid.chain[i].ino == st.st_ino) {
+				snprintf(err, errlen, "the worker's directory %s is inside builds_root: a build "
+				    "could reach its mount points (set TMPDIR or RUNTIME_DIRECTORY elsewhere)",
+				    wk->cid_dir);
+				return -1;
+			}
+		}
+	}
+	if (path_nested(&cid, &j->paths.profile) || path_nested(&cid, &j->paths.output)) {
+		snprintf(err, errlen, "the job's directories overlap the worker's own directory %s", wk->cid_dir);
+		return -1;
+	}
+	return 0;
+}
+
+/* Where the runtime binds from; see worker.h. */
+int
+paths_stage(struct job *j, struct sandbox_spec *s, char *err, size_t errlen)
+{
+	struct job_paths *p = &j->paths;
+
+	if (wk->rt.kind == RT_EXEC) {
+		/* No container: the build is the operator's own command on the host. */
+		s->profile = j->profile_path;
+		s->output = j->output_path;
+		return 0;
+	}
+	if (!p->staged) {
+		if (paths_private_ok(j, err, errlen) != 0)
+			return -1;
+		if (paths_mount(j, &p->profile, "profile", true, &p->stage_profile, err, errlen) != 0)
+			return -1;
+		if (paths_mount(j, &p->output, "output", false, &p->stage_output, err, errlen) != 0) {
+			paths_unmount(&p->stage_profile);
+			return -1;
+		}
+		p->staged = true;
+	}
+	s->profile = p->stage_profile;
+	s->output = p->stage_output;
+	return 0;
+}
+
+/* The output directory for collect, through the held descriptor. */
+const char *
+paths_collect_dir(struct job *j)
+{
+	return j->paths.held ? j->paths.collect_dir : j->output_path;
+}
+
+/* Unmount, close, forget. */
+void
+paths_release(struct job *j)
+{
+	struct job_paths *p = &j->paths;
+
+	if (p->staged) {
+		paths_unmount(&p->stage_profile);
+		paths_unmount(&p->stage_output);
+		p->staged = false;
+	}
+	if (p->held) {
+		TAILQ_REMOVE(&held, p, entry);
+		p->held = false;
+	}
+	path_close(&p->profile);
+	path_close(&p->output);
+}
