@@ -148,8 +148,11 @@ paths_bind(int fd, const char *at, bool ro, char *err, size_t errlen)
 		snprintf(err, errlen, "cannot bind-mount the job's directory at %s with sudo mount", at);
 		return -1;
 	}
-	snprintf(err, errlen, "cannot bind-mount the job's directory at %s: %s (container builds need a "
-	    "worker that may mount, or sudo)", at, strerror(errno));
+	if (errno == ENOENT)	/* the kernel binds no unlinked directory */
+		snprintf(err, errlen, "the directory was removed before the build could start");
+	else
+		snprintf(err, errlen, "cannot bind-mount the job's directory at %s: %s (container builds "
+		    "need a worker that may mount, or sudo)", at, strerror(errno));
 	return -1;
 }
 
@@ -174,6 +177,8 @@ static int
 paths_mount(struct job *j, const struct path_dir *dir, const char *kind, bool ro, char **at, char *err,
     size_t errlen)
 {
+	char e[ERR_MAX];
+
 	*at = xasprintf("%s/%s.%ld.%s", wk->cid_dir, j->id, j->attempt, kind);
 	if (strpbrk(*at, ":,") != NULL) {
 		snprintf(err, errlen, "the mount point %s holds ':' or ',', which a volume cannot carry", *at);
@@ -183,7 +188,9 @@ paths_mount(struct job *j, const struct path_dir *dir, const char *kind, bool ro
 		snprintf(err, errlen, "cannot make the mount point %s: %s", *at, strerror(errno));
 		goto fail;
 	}
-	if (paths_bind(dir->fd, *at, ro, err, errlen) != 0) {
+	if (paths_bind(dir->fd, *at, ro, e, sizeof e) != 0) {
+		snprintf(err, errlen, "%s \"%s\": %s", kind, strcmp(kind, "output") == 0 ? j->spec.output :
+		    j->spec.profile, e);
 		rmdir(*at);
 		goto fail;
 	}

@@ -211,7 +211,9 @@ def test_toggling_build_cannot_redirect_later_jobs(fleet, r, ns, broot, tmp_path
                 refused[kind] += 1
                 continue
             res = wait_result(r, ns, j, 10)
-            assert res["status"] == "succeeded", res
+            if res["status"] == "error" and "was removed before the build could start" in res["error"]:
+                continue    # the toggler deleted the held directory: nothing was mounted at all
+            assert res["status"] == "succeeded", (kind, res)
             # (x/sub may also hold what the toggler moved into it: names are relative to it.)
             assert ISO in [a["name"] for a in res["artifacts"]], res
             ran[kind] += 1
