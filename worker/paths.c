@@ -31,10 +31,13 @@
  * one host may run overlapping jobs.
  */
 #include <errno.h>
+#include <sched.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -118,6 +121,113 @@ paths_sudo(const char *const *args)
 }
 
 /*
+ * The docker daemon's pid: whoever listens on the socket the client uses
+ * (DOCKER_HOST unix://..., else /var/run/docker.sock), from SO_PEERCRED
+ * (systemd's, PID 1, when the socket is activated: dockerd then runs in
+ * its namespace).  1 when it cannot be told.
+ */
+static pid_t
+paths_docker_pid(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	const char *h = getenv("DOCKER_HOST"), *path = "/var/run/docker.sock";
+	socklen_t len = sizeof(struct ucred);
+	struct ucred cr;
+	pid_t pid = 1;
+	int fd;
+
+	if (h != NULL && *h != '\0')
+		path = strncmp(h, "unix://", 7) == 0 ? h + 7 : "";
+	if (*path == '\0' || strlen(path) >= sizeof sa.sun_path)
+		return 1;
+	memcpy(sa.sun_path, path, strlen(path));
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) < 0)
+		return 1;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+	    getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) == 0 && cr.pid > 0)
+		pid = cr.pid;
+	close(fd);
+	return pid;
+}
+
+/*
+ * dockerd is not our child: it binds in its own mount namespace, and a
+ * mount made in ours does not reach it when we run in a namespace of our
+ * own (systemd's ProtectSystem=, PrivateTmp=).  So for docker the held
+ * directory is cloned as a detached mount (open_tree(OPEN_TREE_CLONE) on
+ * the descriptor: still no name), and a child that entered the daemon's
+ * mount namespace attaches it at the same mount point there (move_mount);
+ * the unmount goes the same way.  In the daemon's namespace already, that
+ * is the same as a plain bind.
+ */
+static int
+paths_in_daemon_ns(pid_t daemon, int tree, const char *at, bool unmount)
+{
+	char nspath[64];
+	int st, ns;
+	pid_t pid;
+
+	snprintf(nspath, sizeof nspath, "/proc/%d/ns/mnt", (int)daemon);
+	if ((pid = fork()) < 0)
+		return errno;
+	if (pid == 0) {
+		if ((ns = open(nspath, O_RDONLY | O_CLOEXEC)) < 0 || setns(ns, CLONE_NEWNS) != 0)
+			_exit(errno & 0x7f);
+		if (unmount ? umount2(at, MNT_DETACH) : move_mount(tree, "", AT_FDCWD, at, MOVE_MOUNT_F_EMPTY_PATH))
+			_exit(errno & 0x7f);
+		_exit(0);
+	}
+	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+		;
+	return WIFEXITED(st) ? WEXITSTATUS(st) : EINTR;
+}
+
+/* Whether the mount point at, as the daemon's namespace sees it, is the held directory fd. */
+static bool
+paths_seen_by(pid_t daemon, int fd, const char *at)
+{
+	struct stat a, b;
+	char *p = xasprintf("/proc/%d/root%s", (int)daemon, at);
+	bool same = stat(p, &a) == 0 && fstat(fd, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+
+	free(p);
+	return same;
+}
+
+/* The docker way: a detached clone of the held directory, attached in the daemon's namespace. */
+static int
+paths_bind_docker(int fd, const char *at, bool ro, char *err, size_t errlen)
+{
+	struct mount_attr attr = { .attr_set = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV };
+	pid_t daemon = paths_docker_pid();
+	int tree, e;
+
+	if ((tree = open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH)) < 0) {
+		snprintf(err, errlen, "%s", errno == ENOENT ? "the directory was removed before the build could "
+		    "start" : strerror(errno));
+		return -1;
+	}
+	if (ro && mount_setattr(tree, "", AT_EMPTY_PATH, &attr, sizeof attr) != 0 && errno != ENOSYS) {
+		snprintf(err, errlen, "cannot make the clone read-only: %s", strerror(errno));
+		close(tree);
+		return -1;
+	}
+	e = paths_in_daemon_ns(daemon, tree, at, false);
+	close(tree);
+	if (e != 0) {
+		snprintf(err, errlen, "cannot attach the job's directory at %s in the mount namespace of dockerd "
+		    "(pid %d): %s", at, (int)daemon, strerror(e));
+		return -1;
+	}
+	if (!paths_seen_by(daemon, fd, at)) {
+		snprintf(err, errlen, "dockerd (pid %d) does not see the job's directory at %s", (int)daemon, at);
+		paths_in_daemon_ns(daemon, -1, at, true);
+		return -1;
+	}
+	return 0;
+}
+
+/*
  * Bind the held directory fd onto the fresh mount point at, read-only
  * when ro.  A worker without CAP_SYS_ADMIN that drives the runtime
  * through sudo does it with sudo mount, through /proc/<our pid>/fd/N.
@@ -127,6 +237,8 @@ paths_bind(int fd, const char *at, bool ro, char *err, size_t errlen)
 {
 	char src[64];
 
+	if (wk->rt.kind == RT_DOCKER && geteuid() == 0)
+		return paths_bind_docker(fd, at, ro, err, errlen);
 	snprintf(src, sizeof src, "/proc/self/fd/%d", fd);
 	if (mount(src, at, NULL, MS_BIND, NULL) == 0) {
 		if (!ro || mount(NULL, at, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, NULL) == 0)
@@ -164,6 +276,8 @@ paths_unmount(char **at)
 		return;
 	const char *undo[] = { "umount", "-l", *at, NULL };
 
+	if (wk->rt.kind == RT_DOCKER && geteuid() == 0)
+		paths_in_daemon_ns(paths_docker_pid(), -1, *at, true);	/* where paths_bind_docker() attached it */
 	if (umount2(*at, MNT_DETACH) != 0 && errno == EPERM && wk->rt.sudo)
 		paths_sudo(undo);
 	if (rmdir(*at) != 0 && errno != ENOENT)

@@ -223,3 +223,25 @@ def test_toggling_build_cannot_redirect_later_jobs(fleet, r, ns, broot, tmp_path
 
     assert res_tog["status"] == "succeeded", res_tog
     assert hostile.alive() and victims.alive()
+
+
+# ------------------------------------------------------------ 3. docker, worker in its own mount namespace
+
+def test_docker_sees_the_held_directory_from_a_private_mount_namespace(fleet, r, ns, broot, tmp_path,
+                                                                       dockerd_rt, monkeypatch):
+    """Under the systemd unit (ProtectSystem=, PrivateTmp=) the worker has a
+    mount namespace of its own, whose mounts dockerd (in PID 1's) never
+    sees: the held directory must still be what the container writes to."""
+    import workers
+    wrapper = script(tmp_path / "unshared-worker",
+                     f'exec unshare --mount --propagation slave {workers.WORKER_BIN} "$@"\n')
+    monkeypatch.setattr(workers, "WORKER_BIN", wrapper)
+    make_profile(broot, "p", seconds=0)
+    w = fleet.start(dockerd_rt)
+    jid = submit(r, ns, profile="p", output="o/d")
+    res = wait_result(r, ns, jid, 90)
+    assert res["status"] == "succeeded", res
+    assert [a["name"] for a in res["artifacts"]] == [ISO], res
+    assert (broot / "o" / "d" / ISO).stat().st_size == res["artifacts"][0]["size"]
+    assert w.alive()
+    assert os.readlink(f"/proc/{w.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"), "not unshared"
