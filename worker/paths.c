@@ -248,10 +248,11 @@ paths_bind(int fd, const char *at, bool ro, char *err, size_t errlen)
 		return -1;
 	}
 	if (errno == EPERM && wk->rt.sudo) {
-		snprintf(src, sizeof src, "/proc/%d/fd/%d", (int)getpid(), fd);
 		const char *bind[] = { "mount", "--no-canonicalize", "--bind", src, at, NULL };
 		const char *remount[] = { "mount", "--no-canonicalize", "-o", "remount,bind,ro,nosuid,nodev", at, NULL };
 		const char *undo[] = { "umount", "-l", at, NULL };
+
+		snprintf(src, sizeof src, "/proc/%d/fd/%d", (int)getpid(), fd);
 		if (paths_sudo(bind) == 0) {
 			if (!ro || paths_sudo(remount) == 0)
 				return 0;
@@ -272,10 +273,10 @@ paths_bind(int fd, const char *at, bool ro, char *err, size_t errlen)
 static void
 paths_unmount(char **at)
 {
-	if (*at == NULL)
-		return;
 	const char *undo[] = { "umount", "-l", *at, NULL };
 
+	if (*at == NULL)
+		return;
 	if (wk->rt.kind == RT_DOCKER && geteuid() == 0)
 		paths_in_daemon_ns(paths_docker_pid(), -1, *at, true);	/* where paths_bind_docker() attached it */
 	if (umount2(*at, MNT_DETACH) != 0 && errno == EPERM && wk->rt.sudo)
