@@ -18,6 +18,8 @@
  *    runc binds from the container's new mount namespace, and the kernel
  *    refuses a bind from a mount of another namespace with EINVAL.)
  *  - collect reads the artifacts through "/proc/self/fd/N".
+ *  - paths_release() at the job's end unmounts and closes; a killed
+ *    worker's mount points are undone by the next worker (paths_sweep()).
  *
  * Overlaps: no two jobs running in this worker share or nest an output,
  * and no job's profile is, holds or lies inside another running job's
@@ -35,6 +37,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -316,6 +319,90 @@ fail:
 	return -1;
 }
 
+/* Undo the mount points in one mountinfo (ns: the daemon's pid, or 0 for ours) of dead workers. */
+static void
+paths_sweep_in(const char *mountinfo, pid_t ns, const char *parent, const char *own)
+{
+	size_t plen = strlen(parent);
+	char line[8192], mp[4096];
+	FILE *f;
+
+	if ((f = fopen(mountinfo, "re")) == NULL)
+		return;
+	while (fgets(line, sizeof line, f) != NULL) {
+		char *p = line, *q = mp, *dir, *name, *d;
+		int lockfd;
+		/* The mount point is the fifth field, with \ooo escapes. */
+		for (int i = 0; i < 4 && p != NULL; i++)
+			p = strchr(p, ' ') ? strchr(p, ' ') + 1 : NULL;
+		if (p == NULL)
+			continue;
+		for (; *p != ' ' && *p != '\0' && q < mp + sizeof mp - 1; p++) {
+			if (p[0] == '\\' && p[1] >= '0' && p[1] <= '3' && p[2] >= '0' && p[3] >= '0') {
+				*q++ = (char)((p[1] - '0') << 6 | (p[2] - '0') << 3 | (p[3] - '0'));
+				p += 3;
+			} else
+				*q++ = *p;
+		}
+		*q = '\0';
+		/* PARENT/debate-.../NAME.profile or .output, in a directory not ours */
+		if (strncmp(mp, parent, plen) != 0 || mp[plen] != '/' || strncmp(mp + plen + 1, "debate-", 7) != 0)
+			continue;
+		dir = mp + plen + 1;
+		if ((name = strchr(dir, '/')) == NULL || strchr(name + 1, '/') != NULL ||
+		    (!((d = strrchr(name, '.')) != NULL && (strcmp(d, ".profile") == 0 || strcmp(d, ".output") == 0))))
+			continue;
+		*name = '\0';
+		if (strcmp(dir, own) == 0)
+			continue;
+		/* Its worker holds this lock while it lives: free means dead, and held by us it stays dead. */
+		{
+			char *dpath = xasprintf("%s/%s", parent, dir);
+			lockfd = open(dpath, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+			free(dpath);
+		}
+		*name = '/';
+		if (lockfd < 0)
+			continue;
+		if (flock(lockfd, LOCK_EX | LOCK_NB) == 0) {
+			if (ns > 0)
+				paths_in_daemon_ns(ns, -1, mp, true);
+			else
+				umount2(mp, MNT_DETACH);
+			rmdir(mp);
+			log_notice("unmounted %s, left by a worker that is gone", mp);
+		}
+		close(lockfd);
+	}
+	fclose(f);
+}
+
+/*
+ * A worker killed with its jobs (SIGKILL, the watchdog) leaves their
+ * mount points mounted in its directory.  Each worker locks its own
+ * directory (flock) before its first mount and holds the lock for life;
+ * before our first mount we undo what sits in unlocked directories next
+ * to ours, as we and, for docker, dockerd see them.
+ */
+static void
+paths_sweep(void)
+{
+	char *parent = xstrdup(wk->cid_dir), *own = strrchr(parent, '/'), path[64];
+	pid_t daemon;
+
+	if (own == NULL || own == parent) {
+		free(parent);
+		return;
+	}
+	*own++ = '\0';
+	paths_sweep_in("/proc/self/mountinfo", 0, parent, own);
+	if (wk->rt.kind == RT_DOCKER && geteuid() == 0 && (daemon = paths_docker_pid()) > 0) {
+		snprintf(path, sizeof path, "/proc/%d/mountinfo", (int)daemon);
+		paths_sweep_in(path, daemon, parent, own);
+	}
+	free(parent);
+}
+
 /*
  * The worker's private directory must be out of every build's reach: not
  * below builds_root, and neither holding nor inside this job's
@@ -330,15 +417,16 @@ paths_private_ok(const struct job *j, char *err, size_t errlen)
 	int fd;
 
 	if (cid.chain == NULL) {
-		if ((fd = open(wk->cid_dir, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0 ||
-		    path_from_fd(fd, &cid, e, sizeof e) != 0) {
-			snprintf(err, errlen, "the worker's directory %s: %s", wk->cid_dir,
-			    fd < 0 ? strerror(errno) : e);
+		/* Kept open and locked for our life: paths_sweep() of another worker reads the lock. */
+		snprintf(e, sizeof e, "%s", "cannot open or lock it");
+		if ((fd = open(wk->cid_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0 ||
+		    flock(fd, LOCK_EX | LOCK_NB) != 0 || path_from_fd(fd, &cid, e, sizeof e) != 0) {
+			snprintf(err, errlen, "the worker's directory %s: %s", wk->cid_dir, e);
 			if (fd >= 0)
 				close(fd);
 			return -1;
 		}
-		close(fd);
+		paths_sweep();
 	}
 	if (stat(wk->conf->builds_root, &st) == 0) {
 		for (size_t i = 0; i < cid.depth; i++) {

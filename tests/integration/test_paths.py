@@ -245,3 +245,59 @@ def test_docker_sees_the_held_directory_from_a_private_mount_namespace(fleet, r,
     assert (broot / "o" / "d" / ISO).stat().st_size == res["artifacts"][0]["size"]
     assert w.alive()
     assert os.readlink(f"/proc/{w.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"), "not unshared"
+
+
+# ------------------------------------------------------------ 4. mount points of a killed worker
+
+def our_mounts(under):
+    """Mount points below the directory under, from our mountinfo."""
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mp = line.split(" ")[4].encode().decode("unicode_escape")
+        if mp.startswith(str(under) + "/"):
+            out.append(mp)
+    return out
+
+
+def test_mount_points_of_a_killed_worker_are_swept(fleet, r, ns, broot, tmp_path, podman):
+    """A SIGKILLed worker cannot unmount its jobs' mount points; the next
+    worker using the same runtime directory unmounts them before its first
+    mount (the dead worker's lock on its directory is free), and leaves a
+    live worker's alone."""
+    import workers
+    run = tmp_path / "run"
+    run.mkdir()
+    rt = workers.Runtime(podman.name, podman.cmd, dict(podman.env, RUNTIME_DIRECTORY=str(run)), podman.ini)
+    make_profile(broot, "hang", mode="hang")
+    make_profile(broot, "p", seconds=0)
+    live = fleet.start(rt)
+    held = submit(r, ns, profile="hang", output="o/live", timeout=120)
+    doomed = fleet.start(rt)
+    lost = submit(r, ns, profile="hang", output="o/lost", timeout=120)
+    poll(lambda: len(our_mounts(run)) == 4, 30, "both workers' mount points")
+    poll(lambda: r.hget(f"{{{ns}}}:job:{held}", "worker") is not None
+         and r.hget(f"{{{ns}}}:job:{lost}", "worker") is not None, 30, "both jobs claimed")
+    owner = {j: r.hget(f"{{{ns}}}:job:{j}", "worker").decode() for j in (held, lost)}
+    doomed_id = doomed.wait_log(r"notice: worker (\S+) ").group(1)
+    assert owner[lost] == doomed_id or owner[held] == doomed_id
+    dead_job = lost if owner[lost] == doomed_id else held
+    doomed.proc.kill()
+    doomed.proc.wait()
+    # Once the reaper puts it back, it must not take the fresh worker's slot.
+    r.hset(f"{{{ns}}}:cancel", dead_job, str(time.time()))
+    left = [m for m in our_mounts(run) if dead_job in m]
+    assert len(left) == 2, our_mounts(run)
+
+    fresh = fleet.start(rt)
+    jid = submit(r, ns, profile="p", output="o/fresh")
+    assert wait_result(r, ns, jid, 60)["status"] == "succeeded"
+    fresh.wait_log(r"unmounted .*" + dead_job + r"\.1\.output, left by a worker that is gone", 10)
+    remaining = our_mounts(run)
+    assert not [m for m in remaining if dead_job in m], remaining
+    alive_job = held if dead_job == lost else lost
+    assert len([m for m in remaining if alive_job in m]) == 2, remaining
+    assert live.alive()
+    # Ends cleanly: the live job cancelled, its mount points gone with it.
+    r.hset(f"{{{ns}}}:cancel", alive_job, str(time.time()))
+    assert wait_result(r, ns, alive_job, 30)["status"] == "cancelled"
+    poll(lambda: not [m for m in our_mounts(run) if alive_job in m], 10, "the live job's mount points gone")
