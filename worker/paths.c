@@ -19,7 +19,7 @@
  *    refuses a bind from a mount of another namespace with EINVAL.)
  *  - collect reads the artifacts through "/proc/self/fd/N".
  *  - paths_release() at the job's end unmounts and closes; a killed
- *    worker's mount points are undone by the next worker (paths_sweep()).
+ *    worker's mount points are undone by the next one (paths_sweep()).
  *
  * Overlaps: no two jobs running in this worker share or nest an output,
  * and no job's profile is, holds or lies inside another running job's
@@ -381,8 +381,9 @@ paths_sweep_in(const char *mountinfo, pid_t ns, const char *parent, const char *
  * A worker killed with its jobs (SIGKILL, the watchdog) leaves their
  * mount points mounted in its directory.  Each worker locks its own
  * directory (flock) before its first mount and holds the lock for life;
- * before our first mount we undo what sits in unlocked directories next
- * to ours, as we and, for docker, dockerd see them.
+ * before each of our mounts and after each unmount (reading mountinfo is
+ * cheap next to a container) we undo what sits in unlocked directories
+ * next to ours, as we and, for docker, dockerd see them.
  */
 static void
 paths_sweep(void)
@@ -426,8 +427,8 @@ paths_private_ok(const struct job *j, char *err, size_t errlen)
 				close(fd);
 			return -1;
 		}
-		paths_sweep();
 	}
+	paths_sweep();
 	if (stat(wk->conf->builds_root, &st) == 0) {
 		for (size_t i = 0; i < cid.depth; i++) {
 			if (cid.chain[i].dev == st.st_dev && cid.chain[i].ino == st.st_ino) {
@@ -490,6 +491,7 @@ paths_release(struct job *j)
 		paths_unmount(&p->stage_profile);
 		paths_unmount(&p->stage_output);
 		p->staged = false;
+		paths_sweep();	/* a worker killed meanwhile: do not wait for our next job */
 	}
 	if (p->held) {
 		TAILQ_REMOVE(&held, p, entry);
