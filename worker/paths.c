@@ -474,11 +474,24 @@ paths_stage(struct job *j, struct sandbox_spec *s, char *err, size_t errlen)
 	return 0;
 }
 
-/* The output directory for collect, through the held descriptor. */
+/*
+ * The output directory for collect: the held directory under a name no
+ * build can change, and a directory rather than a symlink (collect may
+ * open it O_NOFOLLOW).  That is the private mount point when it is
+ * mounted in our own namespace; else the held descriptor's
+ * /proc/self/fd/N.  Exec mode keeps the real path: no container there,
+ * the build is the operator's own command.
+ */
 const char *
 paths_collect_dir(struct job *j)
 {
-	return j->paths.held ? j->paths.collect_dir : j->output_path;
+	struct job_paths *p = &j->paths;
+
+	if (!p->held || wk->rt.kind == RT_EXEC)
+		return j->output_path;
+	if (p->staged && paths_seen_by(getpid(), p->output.fd, p->stage_output))
+		return p->stage_output;
+	return p->collect_dir;
 }
 
 /* Unmount, close, forget. */

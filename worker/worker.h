@@ -231,7 +231,7 @@ struct job_paths {
 int paths_take(struct job *j, char *err, size_t errlen);
 /* Where the runtime binds from: private mount points (containers) or real paths (exec). */
 int paths_stage(struct job *j, struct sandbox_spec *s, char *err, size_t errlen);
-/* The output directory for collect, through the held descriptor. */
+/* The held output for collect, by a name no build can change (exec: its real path). */
 const char *paths_collect_dir(struct job *j);
 /* Unmount, close, forget; safe on a job that holds nothing. */
 void paths_release(struct job *j);
