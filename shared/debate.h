@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 
 #include <msgpack.h>
 
@@ -307,20 +308,53 @@ struct job_spec {
  * Decode and validate a payload against the worker's limits.  Returns
  * REFUSE_NONE and fills js, or a refusal with a message naming the field
  * in err; js->id is filled whenever the payload had a readable valid id.
- * Paths are checked lexically here; job_resolve() checks the filesystem.
+ * Paths are checked lexically here; path_open() checks the filesystem.
  */
 enum refusal job_decode(const char *buf, size_t len, const struct config *c,
     struct job_spec *js, char *err, size_t errlen);
 void job_spec_free(struct job_spec *js);
-/*
- * Resolve a relative path under root: every component is opened with
- * openat(O_NOFOLLOW) below root's fd, symlinks are followed only while
- * they stay inside.  Writes the real absolute path to out.
- */
-int path_resolve(const char *root, const char *rel, bool create, char *out, size_t outlen,
-    char *err, size_t errlen);
 /* Encode a job (for enqueue and tests): every field set, less js->omit. */
 void job_encode(const struct job_spec *js, msgpack_sbuffer *sb);
+
+/* --- path.c: directories below builds_root, no symlink followed ------ */
+
+struct path_id {
+	dev_t dev;
+	ino_t ino;
+};
+
+/* A directory held open: what a job mounts and writes is this, not a name. */
+struct path_dir {
+	int fd;			/* O_PATH descriptor of the directory */
+	struct path_id *chain;	/* it, its parent, ... "/" (NULL: not open) */
+	size_t depth;		/* entries in chain */
+	char real[4096];	/* its path when opened: messages, exec mode */
+};
+
+/*
+ * Open rel (relative to root; "." and repeated slashes are fine) as a
+ * directory strictly below root, following no symlink at any depth and
+ * refusing "..": openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS), else an
+ * O_NOFOLLOW walk from root's descriptor.  With create, missing
+ * directories are made with mkdirat() one at a time.  root itself may be
+ * reached through a symlink (it is the operator's).  0, or -1 with a
+ * message quoting rel in err.
+ */
+int path_open(const char *root, const char *rel, bool create, struct path_dir *pd, char *err,
+    size_t errlen);
+/* Hold the directory fd names (fd itself stays the caller's). */
+int path_from_fd(int fd, struct path_dir *pd, char *err, size_t errlen);
+void path_close(struct path_dir *pd);
+/* Find pd's parents again: the chain is as of path_open() until then. */
+void path_refresh(struct path_dir *pd);
+/* Whether a and b are the same directory or one is below the other. */
+bool path_nested(const struct path_dir *a, const struct path_dir *b);
+/* path_open(), then the real path of the directory into out. */
+int path_resolve(const char *root, const char *rel, bool create, char *out, size_t outlen,
+    char *err, size_t errlen);
+/* For tests: skip openat2 (the fallback walk), and a call after each mkdirat(). */
+extern bool path_no_openat2;
+extern void (*path_after_mkdir)(int dirfd, const char *name);
 
 /* --- result statuses ------------------------------------------------- */
 

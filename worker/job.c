@@ -88,6 +88,7 @@ job_done(struct job *j)
 {
 	job_set_state(j, JOB_DONE);
 	job_release_slot(j);
+	paths_release(j);	/* the output may be someone else's from now on */
 	ev_timer_stop(EV_DEFAULT, &j->warn_timer);
 	ev_timer_stop(EV_DEFAULT, &j->timeout_timer);
 	ev_timer_stop(EV_DEFAULT, &j->stats_timer);
@@ -753,7 +754,7 @@ job_end(struct job *j)
 		j->retry_due = now_real() + (d > c->retry_backoff_max ? c->retry_backoff_max : d);
 	}
 	job_set_state(j, JOB_COLLECTING);
-	j->collect = collect_start(j->status == ST_CANCELLED ? "" : j->output_path, job_collected, j);
+	j->collect = collect_start(j->status == ST_CANCELLED ? "" : paths_collect_dir(j), job_collected, j);
 }
 
 /* The finish script's verdict. */
@@ -882,6 +883,8 @@ job_spawn(struct job *j)
 	int ofd = -1, efd = -1;
 	char err[ERR_MAX];
 
+	if (paths_stage(j, &s, err, sizeof err) != 0)
+		goto failed;	/* argv and env are still empty */
 	sandbox_argv(c, &wk->rt, &s, &argv);
 	if (wk->rt.kind == RT_EXEC)
 		sandbox_env(c, &s, environ, &env);
@@ -891,6 +894,7 @@ job_spawn(struct job *j)
 	strv_free(&argv);
 	strv_free(&env);
 	if (j->pid < 0) {
+failed:
 		log_err("job %s: %s", j->id, err);
 		j->finished_at = now_real();
 		j->status = ST_ERROR;
@@ -1040,15 +1044,9 @@ job_fetched(const char *payload, size_t len, const char *sha1, const char *sha25
 
 	r = job_decode(payload, len, c, &j->spec, err, sizeof err);
 	snprintf(j->id, sizeof j->id, "%s", j->spec.id);
-	if (r == REFUSE_NONE && path_resolve(c->builds_root, j->spec.profile, false, j->profile_path,
-	    sizeof j->profile_path, e2, sizeof e2) != 0) {
+	if (r == REFUSE_NONE && paths_take(j, e2, sizeof e2) != 0) {
 		r = REFUSE_PATH;
-		snprintf(err, sizeof err, "profile: %s", e2);
-	}
-	if (r == REFUSE_NONE && path_resolve(c->builds_root, j->spec.output, true, j->output_path,
-	    sizeof j->output_path, e2, sizeof e2) != 0) {
-		r = REFUSE_PATH;
-		snprintf(err, sizeof err, "output: %s", e2);
+		snprintf(err, sizeof err, "%s", e2);
 	}
 	if (r != REFUSE_NONE) {
 		fetch_refuse(j, r, err);

@@ -36,8 +36,8 @@ struct sandbox_spec {
 	const char *worker_id;
 	long attempt;
 	long long expires;	/* unix time the build must be gone by */
-	const char *profile;	/* resolved host path */
-	const char *output;	/* resolved host path */
+	const char *profile;	/* what the runtime binds: a private mount point */
+	const char *output;	/* of the held directory (exec: the real path) */
 	const char *cidfile;	/* where the runtime writes the container id */
 	int64_t epoch;
 	uint64_t memory;
@@ -247,6 +247,32 @@ void collect_free(struct collect *co);
 size_t collect_count(const struct collect *co);
 const struct artifact *collect_get(const struct collect *co, size_t i);
 
+/* --- paths.c: the directories a job holds, and their mounts --------- */
+
+/*
+ * A job's profile and output, held open from the fetch to the job's end:
+ * what the container mounts and collect reads is these directories, never
+ * a name resolved again.  All of a worker's held jobs are on one list.
+ */
+struct job_paths {
+	TAILQ_ENTRY(job_paths) entry;
+	const char *job_id;	/* the job's own id */
+	struct path_dir profile, output;
+	bool held;		/* on the worker's list */
+	bool staged;		/* bind-mounted at the two points below */
+	char *stage_profile, *stage_output;	/* private mount points, for the runtime */
+	char collect_dir[40];	/* "/proc/self/fd/N" of the output */
+};
+
+/* Open both, check them against the jobs running here, hold them; -1 with err. */
+int paths_take(struct job *j, char *err, size_t errlen);
+/* Where the runtime binds from: private mount points (containers) or real paths (exec). */
+int paths_stage(struct job *j, struct sandbox_spec *s, char *err, size_t errlen);
+/* The held output for collect, by a name no build can change (exec: its real path). */
+const char *paths_collect_dir(struct job *j);
+/* Unmount, close, forget; safe on a job that holds nothing. */
+void paths_release(struct job *j);
+
 /* --- job.c: one build from fetch to result --------------------------- */
 
 enum job_state {
@@ -284,6 +310,7 @@ struct job {
 	char cidfile[256];
 	char cname[ID_MAX + 128];
 	char profile_path[4096], output_path[4096];
+	struct job_paths paths;	/* the held profile and output */
 
 	ev_timer warn_timer, timeout_timer, stats_timer, cid_timer, kill_timer;
 	ev_io oom_io;

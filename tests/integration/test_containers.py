@@ -497,9 +497,14 @@ def test_hardening_flags_on_real_container(fleet, r, ns, broot, runtime):
     assert hc["Privileged"] is False
     mounts = {m["Destination"]: m for m in d["Mounts"]}
     assert mounts["/build/profile"]["RW"] is False
-    assert Path(mounts["/build/profile"]["Source"]) == (broot / "hang").resolve()
     assert mounts["/build/output"]["RW"] is True
-    assert Path(mounts["/build/output"]["Source"]) == (broot / "out/h").resolve()
+    # The runtime binds the worker's private mount points of the held
+    # directories (issue 10), not the job's path: what the build sees at
+    # /build/profile and /build/output must be the job's own directories.
+    croot = Path(f"/proc/{d['State']['Pid']}/root")
+    for dest, want in (("build/profile", broot / "hang"), ("build/output", broot / "out/h")):
+        got, exp = (croot / dest).stat(), want.stat()
+        assert (got.st_dev, got.st_ino) == (exp.st_dev, exp.st_ino), (dest, mounts["/" + dest]["Source"])
     labels = d["Config"]["Labels"]
     assert labels["debate.ns"] == ns and labels["debate.job"] == jid
     assert labels["debate.worker"] == wid and labels["debate.attempt"] == "1"

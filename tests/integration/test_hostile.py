@@ -205,6 +205,9 @@ CASES = [
     J("sym-out-dangle", "bad_path", "output:", output="dangle_link"),
     J("sym-out-dangle-sub", "bad_path", "output:", output="dangle_link/x"),
     J("sym-out-fresh-then-link", "bad_path", "output:", output="d1/up"),
+    # A symlink that stays inside is refused too: it could lead outside a moment later.
+    J("sym-inside", "bad_path", ("profile:", '"in_link" is a symlink'), profile="in_link"),
+    J("sym-inside-out", "bad_path", ("output:", '"in_link" is a symlink'), output="in_link/o"),
     # ---- the profile must exist and be a directory, the output a directory
     J("prof-missing", "bad_path", ("profile:", "nope"), profile="nope"),
     J("prof-file", "bad_path", ("profile:", "not a directory"), profile="afile"),
@@ -395,7 +398,6 @@ def run(tmp_path_factory):
     valid = [
         {"id": "ok-plain", "profile": "p", "output": "out/ok-plain"},
         {"id": "ok-abs", "profile": str(broot / "p"), "output": str(broot) + "/out/ok-abs"},
-        {"id": "ok-in-link", "profile": "in_link", "output": "out/ok-in-link"},
         {"id": "ok-ext", "profile": "p", "output": "out/ok-ext", "enqueued_at": 1700000000.5,
          "meta": EXT_META},
         {"id": "ok-meta-16", "profile": "p", "output": "out/ok-meta-16", "meta": nest(14)},

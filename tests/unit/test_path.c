@@ -69,6 +69,16 @@ file_at(const char *rel)
 	close(fd);
 }
 
+static void
+rename_at(const char *from, const char *to)
+{
+	char f[PATH_MAX * 2];
+
+	snprintf(f, sizeof f, "%s", at(from));	/* at() has one buffer */
+	if (rename(f, at(to)) != 0)
+		fail_msg("rename %s -> %s: %s", f, at(to), strerror(errno));
+}
+
 /* Whether anything (even a dangling symlink) is at BASE/rel. */
 static bool
 exists_at(const char *rel)
@@ -171,6 +181,10 @@ test_output_created(void **state)
 	resolve_ok(T.root, "jobs/2024/build-42/iso", false, "root/jobs/2024/build-42/iso");
 }
 
+/*
+ * Symlinks are refused even when they stay inside (the contract changed:
+ * a link that stays inside now may lead outside a moment later).
+ */
 static void
 test_symlink_inside(void **state)
 {
@@ -181,13 +195,13 @@ test_symlink_inside(void **state)
 	symlink_at(at("root/real"), "root/abs");		/* absolute, inside */
 	symlink_at("../real", "root/links/rel");		/* relative, inside */
 	symlink_at("abs", "root/chain");			/* a link to a link, inside */
-	resolve_ok(T.root, "abs", false, "root/real");
-	resolve_ok(T.root, "abs/sub", false, "root/real/sub");
-	resolve_ok(T.root, "links/rel/sub", false, "root/real/sub");
-	resolve_ok(T.root, "chain/sub", false, "root/real/sub");
-	/* Creating through an inside link creates inside. */
-	resolve_ok(T.root, "links/rel/new/dir", true, "root/real/new/dir");
-	assert_true(exists_at("root/real/new/dir"));
+	resolve_bad("abs", false, "\"abs\" is a symlink");
+	resolve_bad("abs/sub", false, "\"abs\" is a symlink");
+	resolve_bad("links/rel/sub", false, "\"links/rel\" is a symlink");
+	resolve_bad("chain/sub", false, "\"chain\" is a symlink");
+	/* Nothing is created through an inside link either. */
+	resolve_bad("links/rel/new/dir", true, "\"links/rel\" is a symlink");
+	assert_false(exists_at("root/real/new"));
 }
 
 static void
@@ -274,7 +288,7 @@ test_not_a_directory(void **state)
 	assert_false(exists_at("root/file/x"));
 	/* A link inside to a file. */
 	symlink_at("file", "root/flink");
-	resolve_bad("flink", false, "not a directory");
+	resolve_bad("flink", false, "\"flink\" is a symlink");
 }
 
 static void
@@ -316,10 +330,10 @@ test_builds_root_forms(void **state)
 		char link[PATH_MAX * 2];
 		snprintf(link, sizeof link, "%s", at("rootlink"));
 		assert_int_equal(path_resolve(link, ".", false, out, sizeof out, err, sizeof err), -1);
-		/* A link inside the real root pointing at the real root's child is inside. */
+		/* A link inside the real root, even to the real root's child, is refused. */
 		symlink_at(at("root/prof"), "root/p2");
-		assert_int_equal(path_resolve(link, "p2", false, out, sizeof out, err, sizeof err), 0);
-		assert_string_equal(out, at("root/prof"));
+		assert_int_equal(path_resolve(link, "p2", false, out, sizeof out, err, sizeof err), -1);
+		assert_non_null(strstr(err, "symlink"));
 	}
 }
 
@@ -338,22 +352,260 @@ test_bad_root_and_small_buffer(void **state)
 	assert_non_null(strstr(err, "too long"));
 }
 
+/*
+ * A symlink at every depth of a five-deep path, to the outside, to "/",
+ * and to a directory inside: always refused, naming the link, and nothing
+ * made outside or through the link.
+ */
+static void
+test_symlink_every_depth(void **state)
+{
+	static const char *const comps[] = { "a", "b", "c", "d", "e" };
+	char rel[64], prefix[64], link[PATH_MAX * 2], frag[96];
+
+	(void)state;
+	mkdir_at("root/in");
+	for (int depth = 0; depth < 5; depth++) {
+		for (int kind = 0; kind < 3; kind++) {
+			const char *target = kind == 0 ? T.outside : kind == 1 ? "/" : "../in";
+			size_t n = 0;
+			/* real directories above the link, the link at `depth` */
+			snprintf(prefix, sizeof prefix, "t%d%d", depth, kind);
+			snprintf(link, sizeof link, "root/%s", prefix);
+			mkdir_at(link);
+			for (int i = 0; i < depth; i++) {
+				n = strlen(prefix);
+				snprintf(prefix + n, sizeof prefix - n, "/%s", comps[i]);
+				snprintf(link, sizeof link, "root/%s", prefix);
+				mkdir_at(link);
+			}
+			n = strlen(prefix);
+			snprintf(prefix + n, sizeof prefix - n, "/%s", comps[depth]);
+			snprintf(link, sizeof link, "root/%s", prefix);
+			symlink_at(kind == 2 && depth > 0 ? "/nonexistent-never" : target, link);
+			snprintf(frag, sizeof frag, "\"%s\" is a symlink", prefix);
+			/* the link itself, and paths below it, created or not */
+			resolve_bad(prefix, false, frag);
+			resolve_bad(prefix, true, frag);
+			snprintf(rel, sizeof rel, "%s/x/y", prefix);
+			resolve_bad(rel, true, frag);
+			resolve_bad(rel, false, frag);
+			assert_false(exists_at("outside/x"));
+			assert_false(exists_at("root/in/x"));
+		}
+	}
+	/* The outside tree stayed empty. */
+	assert_int_equal(rmdir(T.outside), 0);
+}
+
+/* An absolute rel is taken relative to root: never the host's directory. */
+static void
+test_absolute_stays_below(void **state)
+{
+	(void)state;
+	resolve_bad("/etc", false, "No such file");
+	resolve_bad("//etc/", false, "No such file");
+	resolve_ok(T.root, "/tmp/made", true, "root/tmp/made");
+	assert_true(exists_at("root/tmp/made"));
+}
+
+/* job_decode() refuses a NUL byte, "..", and an absolute path outside, before any lookup. */
+static void
+test_decode_refuses_nul_dotdot_absolute(void **state)
+{
+	static const struct {
+		const char *profile;
+		size_t len;
+		const char *frag;
+	} cases[] = {
+		{ "p\0/../../etc", 12, "NUL" },
+		{ "p\0", 2, "NUL" },
+		{ "a/../../outside", 15, ".." },
+		{ "..", 2, ".." },
+		{ "/etc", 4, "outside builds_root" },
+		{ "/", 1, "outside builds_root" },
+	};
+	struct config c;
+
+	(void)state;
+	config_defaults(&c);
+	free(c.builds_root);
+	c.builds_root = xstrdup(T.root);
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		msgpack_sbuffer sb;
+		msgpack_packer pk;
+		struct job_spec js;
+		char err[ERR_MAX];
+		msgpack_sbuffer_init(&sb);
+		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+		msgpack_pack_map(&pk, 3);
+		mp_kv_str(&pk, "id", "j");
+		mp_str(&pk, "profile");
+		mp_strn(&pk, cases[i].profile, cases[i].len);
+		mp_kv_str(&pk, "output", "o");
+		assert_int_equal(job_decode(sb.data, sb.size, &c, &js, err, sizeof err), REFUSE_PATH);
+		if (strstr(err, cases[i].frag) == NULL)
+			fail_msg("case %zu: \"%s\" does not contain \"%s\"", i, err, cases[i].frag);
+		job_spec_free(&js);
+		msgpack_sbuffer_destroy(&sb);
+	}
+	config_free(&c);
+	assert_false(exists_at("root/o"));
+}
+
+static int planted;
+
+/* After the resolver makes root/a/b, swap it for a symlink to the outside. */
+static void
+plant_symlink(int dirfd, const char *name)
+{
+	if (strcmp(name, "b") != 0)
+		return;
+	assert_int_equal(unlinkat(dirfd, name, AT_REMOVEDIR), 0);
+	assert_int_equal(symlinkat(T.outside, dirfd, name), 0);
+	planted++;
+}
+
+/* The same, but the real directory moves away first (rename, as a build may). */
+static void
+plant_after_rename(int dirfd, const char *name)
+{
+	if (strcmp(name, "b") != 0)
+		return;
+	assert_int_equal(renameat(dirfd, name, dirfd, "b.moved"), 0);
+	assert_int_equal(symlinkat(T.outside, dirfd, name), 0);
+	planted++;
+}
+
+/*
+ * A symlink planted between the mkdirat() of a component and its open:
+ * the open does not follow it, the path is refused, nothing is made
+ * outside.
+ */
+static void
+test_created_dir_swapped_for_symlink(void **state)
+{
+	(void)state;
+	mkdir_at("root/a");
+	planted = 0;
+	path_after_mkdir = plant_symlink;
+	resolve_bad("a/b/c/d", true, "\"a/b\" is a symlink");
+	path_after_mkdir = plant_after_rename;
+	assert_int_equal(unlinkat(AT_FDCWD, at("root/a/b"), 0), 0);
+	resolve_bad("a/b/c/d", true, "\"a/b\" is a symlink");
+	path_after_mkdir = NULL;
+	assert_int_equal(planted, 2);
+	assert_false(exists_at("outside/c"));
+	assert_false(exists_at("root/a/b.moved/c"));
+	assert_int_equal(rmdir(T.outside), 0);
+}
+
+/*
+ * What path_open() holds is the directory, not its name: after the name
+ * is swapped for a symlink to the outside, writing through the held
+ * descriptor still lands in the directory, which stays below the root.
+ */
+static void
+test_held_dir_survives_a_swap(void **state)
+{
+	struct path_dir pd;
+	char err[ERR_MAX], file[PATH_MAX];
+	int fd;
+
+	(void)state;
+	mkdir_at("root/x");
+	assert_int_equal(path_open(T.root, "x/sub", true, &pd, err, sizeof err), 0);
+	assert_string_equal(pd.real, at("root/x/sub"));
+	rename_at("root/x/sub", "root/x/moved");
+	symlink_at(T.outside, "root/x/sub");
+	snprintf(file, sizeof file, "/proc/self/fd/%d/iso", pd.fd);
+	assert_true((fd = open(file, O_WRONLY | O_CREAT | O_EXCL, 0644)) >= 0);
+	close(fd);
+	assert_true(exists_at("root/x/moved/iso"));
+	assert_false(exists_at("outside/iso"));
+	path_close(&pd);
+	/* And opening the name again now refuses the link. */
+	resolve_bad("x/sub", true, "\"x/sub\" is a symlink");
+}
+
+/* path_nested(): the same directory, one inside the other, or neither. */
+static void
+test_nested(void **state)
+{
+	struct path_dir a, ab, abc, ac, b, a2;
+	char err[ERR_MAX];
+
+	(void)state;
+	assert_int_equal(path_open(T.root, "a", true, &a, err, sizeof err), 0);
+	assert_int_equal(path_open(T.root, "a/b", true, &ab, err, sizeof err), 0);
+	assert_int_equal(path_open(T.root, "a/b/c", true, &abc, err, sizeof err), 0);
+	assert_int_equal(path_open(T.root, "a/c", true, &ac, err, sizeof err), 0);
+	assert_int_equal(path_open(T.root, "b", true, &b, err, sizeof err), 0);
+	assert_int_equal(path_open(T.root, "./a//", false, &a2, err, sizeof err), 0);
+	assert_true(path_nested(&a, &a2));
+	assert_true(path_nested(&a, &abc));
+	assert_true(path_nested(&abc, &a));
+	assert_true(path_nested(&ab, &abc));
+	assert_false(path_nested(&ab, &ac));
+	assert_false(path_nested(&abc, &ac));
+	assert_false(path_nested(&a, &b));
+	/* Moving a directory moves what is nested in it, once the chain is found again. */
+	rename_at("root/a/b", "root/b/b");
+	assert_true(path_nested(&abc, &a));	/* as of path_open() */
+	path_refresh(&abc);
+	assert_true(path_nested(&abc, &b));
+	assert_false(path_nested(&abc, &a));
+	assert_true(path_nested(&ab, &a));	/* not refreshed yet: its old chain */
+	path_refresh(&ab);
+	assert_true(path_nested(&ab, &b) && !path_nested(&ab, &a));
+	path_close(&a);
+	path_close(&ab);
+	path_close(&abc);
+	path_close(&ac);
+	path_close(&b);
+	path_close(&a2);
+	path_close(&a2);	/* twice is fine */
+}
+
+/* Each test runs with openat2 (when the kernel has it), then with the fallback walk. */
+static int
+setup_openat2(void **state)
+{
+	path_no_openat2 = false;
+	return setup(state);
+}
+
+static int
+setup_walk(void **state)
+{
+	path_no_openat2 = true;
+	return setup(state);
+}
+
+#define BOTH(f) { "openat2: " #f, f, setup_openat2, teardown, NULL }, { "walk: " #f, f, setup_walk, teardown, NULL }
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_existing_dirs, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_missing_profile, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_output_created, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_symlink_inside, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_symlink_outside_absolute, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_symlink_outside_relative, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_symlink_in_the_middle, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_dotdot, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_not_a_directory, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_builds_root_itself, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_builds_root_forms, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_bad_root_and_small_buffer, setup, teardown),
+		BOTH(test_existing_dirs),
+		BOTH(test_missing_profile),
+		BOTH(test_output_created),
+		BOTH(test_symlink_inside),
+		BOTH(test_symlink_outside_absolute),
+		BOTH(test_symlink_outside_relative),
+		BOTH(test_symlink_in_the_middle),
+		BOTH(test_dotdot),
+		BOTH(test_not_a_directory),
+		BOTH(test_builds_root_itself),
+		BOTH(test_builds_root_forms),
+		BOTH(test_bad_root_and_small_buffer),
+		BOTH(test_symlink_every_depth),
+		BOTH(test_absolute_stays_below),
+		BOTH(test_decode_refuses_nul_dotdot_absolute),
+		BOTH(test_created_dir_swapped_for_symlink),
+		BOTH(test_held_dir_survives_a_swap),
+		BOTH(test_nested),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,303 @@
+"""Path races and shared outputs (issue 10 item 2).
+
+1. Two jobs of one worker never share or nest an output, and a running
+   job's output is never another's profile (nor its profile another's
+   output): the second is refused with bad_path naming the running job, and
+   dead-lettered, never lost.  (exec mode: fast.)
+2. A hostile build (customize_airootfs.sh in its profile) swaps OUT_DIR/sub
+   and OUT_DIR/prof between a directory and a symlink to a canary directory
+   outside builds_root every 20 ms, while another worker runs 40 jobs with
+   output x/sub and 40 with profile x/prof.  Every one of them either runs
+   inside builds_root or is refused with bad_path; the output canary stays
+   empty and no build ever sees the profile canary's file.  (real podman.)
+"""
+import os
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from workers import *  # noqa: F401,F403
+
+
+def poll(cond, timeout, what):
+    deadline = time.time() + timeout * SLOW
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout * SLOW:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def state(r, ns, job_id):
+    v = r.hget(f"{{{ns}}}:job:{job_id}", "state")
+    return v.decode() if v else None
+
+
+def dead_by_id(r, ns):
+    out = {}
+    for d in dead(r, ns):
+        out.setdefault(d.get("id"), []).append(d)
+    return out
+
+
+def script(path, body):
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+# ------------------------------------------------------------ 1. overlaps, one worker
+
+def test_overlapping_jobs_never_run_at_once(fleet, r, ns, broot, tmp_path):
+    cmd = script(tmp_path / "build.sh",
+                 'out="$DEBATE_OUTPUT"\n'
+                 'if [ -e "$out/.running" ]; then echo "OVERLAP in $out" >&2; exit 9; fi\n'
+                 ': > "$out/.running"\n'
+                 'sleep "$(cat "$DEBATE_PROFILE/seconds" 2>/dev/null || echo 0)"\n'
+                 'rm -f "$out/.running"\n'
+                 'echo x > "$out/a.iso"\n')
+    make_profile(broot, "slow")
+    (broot / "slow" / "seconds").write_text("4\n")
+    make_profile(broot, "p")
+    w = fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"concurrency": 4})
+
+    a = submit(r, ns, profile="slow", output="o/a")
+    poll(lambda: state(r, ns, a) == "running", 20, "job A running")
+    # What may not run beside A, and why.
+    refused = {
+        submit(r, ns, profile="p", output="o/a"): f"output: \"o/a\" overlaps running job {a}'s output",
+        submit(r, ns, profile="p", output="o"): f"output: \"o\" overlaps running job {a}'s output",
+        submit(r, ns, profile="p", output="o/./a/sub"): f"overlaps running job {a}'s output",
+        submit(r, ns, profile="o/a", output="o/e"): f"profile: \"o/a\" overlaps running job {a}'s output",
+        submit(r, ns, profile="p", output="slow/x"): f"output: \"slow/x\" overlaps running job {a}'s profile",
+        submit(r, ns, profile="p", output="."): "builds_root itself",
+        submit(r, ns, profile="p", output="p/out"): "and the profile \"p\" overlap",
+    }
+    # What may: a sibling output, and the same profile shared read-only.
+    beside = submit(r, ns, profile="slow", output="o/b")
+    poll(lambda: state(r, ns, beside) == "running", 20, "the sibling job running beside A")
+    assert state(r, ns, a) == "running"
+
+    poll(lambda: all(state(r, ns, j) == "dead" for j in refused), 20, "the overlapping jobs refused")
+    assert state(r, ns, a) == "running", "A must still be running: the refusals came while it ran"
+    by_id = dead_by_id(r, ns)
+    for j, why in refused.items():
+        assert len(by_id.get(j, [])) == 1, (j, by_id.get(j))
+        d = by_id[j][0]
+        assert d["reason"] == "bad_path", d
+        assert why in d["error"], (why, d["error"])
+        assert msgpack.unpackb(d["payload"])["id"] == j   # the payload, untouched, not lost
+        assert r.llen(f"{{{ns}}}:result:{j}") == 0
+    for j in (a, beside):
+        res = wait_result(r, ns, j, 30)
+        assert res["status"] == "succeeded", res
+        assert [x["name"] for x in res["artifacts"]] == ["a.iso"]
+    # Once A is over, its output is free again.
+    again = submit(r, ns, profile="p", output="o/a")
+    assert wait_result(r, ns, again, 20)["status"] == "succeeded"
+    assert "OVERLAP" not in w.log()
+    assert w.alive()
+
+
+# ------------------------------------------------------------ 2. the toggler, real podman
+
+TOGGLER = r'''#!/bin/sh
+# Swap sub and prof between a directory and a symlink out of builds_root
+# every 20 ms, until "stop" appears or {secs} s have passed.
+cd "$OUT_DIR" || exit 1
+mkdir -p hide
+end=$(( $(date +%s) + {secs} ))
+echo "toggler: toggling"
+i=0
+while [ "$(date +%s)" -lt "$end" ] && [ ! -e stop ]; do
+    i=$((i + 1))
+    mv sub "hide/s$i" 2>/dev/null; ln -s '{canary_out}' sub 2>/dev/null
+    mv prof "hide/p$i" 2>/dev/null; ln -s '{canary_prof}' prof 2>/dev/null
+    sleep 0.02
+    rm -f sub prof 2>/dev/null
+    mv "hide/s$i" sub 2>/dev/null || mkdir sub 2>/dev/null
+    mv "hide/p$i" prof 2>/dev/null
+    sleep 0.02
+done
+echo "toggler: done after $i swaps"
+'''
+
+N_VICTIMS = 40
+ISO = "debatetest-2023.11.14-x86_64.iso"
+
+
+def tree_has_no_outside_writes(canary):
+    """What is in the canary directory, recursively."""
+    return sorted(str(p.relative_to(canary)) for p in Path(canary).rglob("*"))
+
+
+@pytest.mark.slow
+def test_toggling_build_cannot_redirect_later_jobs(fleet, r, ns, broot, tmp_path, podman):
+    canary_out = tmp_path / "canary-out"        # outside builds_root: must stay empty
+    canary_out.mkdir()
+    canary_prof = tmp_path / "canary-prof"      # outside builds_root: no build may see it
+    make_profile(tmp_path, "canary-prof")
+    (canary_prof / "SECRET-host-file").write_text("secret\n")
+
+    make_profile(broot, "tog", seconds=0)
+    hook = broot / "tog" / "airootfs" / "root"
+    hook.mkdir(parents=True)
+    (hook / "customize_airootfs.sh").write_text(
+        TOGGLER.replace("{secs}", "150").replace("{canary_out}", str(canary_out))
+        .replace("{canary_prof}", str(canary_prof)))
+    (broot / "x" / "sub").mkdir(parents=True)
+    make_profile(broot / "x", "prof", seconds=0)
+    make_profile(broot, "v", seconds=0)
+
+    hostile = fleet.start(podman, worker={"concurrency": 1})
+    tog = submit(r, ns, profile="tog", output="x", timeout=300)
+    poll(lambda: any(b"toggler: toggling" in (f.get(b"event") or b"")
+                     for _, f in r.xrange(f"{{{ns}}}:log:{tog}")), 60, "the toggler toggling")
+
+    victims = fleet.start(podman, worker={"concurrency": 2})
+    # Keep the queue fed, a pair at a time, until N_VICTIMS of each kind have
+    # run (a refusal takes no time, a run half a second: counting runs keeps
+    # the dangerous case, a job that passed the check, at N_VICTIMS).
+    outs, profs, final, ran_n = [], [], {}, {"out": 0, "prof": 0}
+    deadline = time.time() + 120 * SLOW
+    while min(ran_n.values()) < N_VICTIMS:
+        assert time.time() < deadline, f"only {ran_n} victims ran in time"
+        if r.llen(f"{{{ns}}}:queue") < 2:
+            i = len(profs)
+            outs.append(submit(r, ns, profile="v", output="x/sub"))
+            profs.append(submit(r, ns, profile="x/prof", output=f"pv/{i}"))
+        for kind, ids in (("out", outs), ("prof", profs)):
+            for j in ids:
+                if j not in final:
+                    st = state(r, ns, j)
+                    if st in ("succeeded", "failed", "error", "dead"):
+                        final[j] = st
+                        ran_n[kind] += st != "dead"
+        time.sleep(0.1)
+    everyone = outs + profs
+
+    def settled():
+        return all(state(r, ns, j) in ("succeeded", "failed", "error", "dead") for j in everyone)
+    poll(settled, 60, "every victim job finished or refused")
+    assert state(r, ns, tog) == "running", "the toggler must have toggled all along"
+    (broot / "x" / "stop").write_text("")
+    res_tog = wait_result(r, ns, tog, 60)
+
+    # Nothing was written outside builds_root ...
+    assert tree_has_no_outside_writes(canary_out) == [], "a job wrote outside builds_root"
+    assert sorted(os.listdir(canary_prof)) == ["SECRET-host-file", "packages.x86_64", "profiledef.sh"]
+    # ... and no build was given the host directory as its profile (the ISO lists the profile's files).
+    for i, j in enumerate(profs):
+        if state(r, ns, j) != "succeeded":
+            continue
+        iso = (broot / "pv" / str(i) / ISO).read_bytes()
+        assert b"SECRET" not in iso, f"job {j} was given the host directory as its profile"
+        assert b"profiledef.sh" in iso
+
+    by_id = dead_by_id(r, ns)
+    ran = {"out": 0, "prof": 0}
+    refused = {"out": 0, "prof": 0}
+    for kind, ids in (("out", outs), ("prof", profs)):
+        for j in ids:
+            st = state(r, ns, j)
+            if st == "dead":
+                (d,) = by_id[j]
+                assert d["reason"] == "bad_path", d
+                assert any(s in d["error"] for s in ("is a symlink", "No such file", "overlaps running job")), d
+                refused[kind] += 1
+                continue
+            res = wait_result(r, ns, j, 10)
+            if res["status"] == "error" and "was removed before the build could start" in res["error"]:
+                continue    # the toggler deleted the held directory: nothing was mounted at all
+            assert res["status"] == "succeeded", (kind, res)
+            # (x/sub may also hold what the toggler moved into it: names are relative to it.)
+            assert ISO in [a["name"] for a in res["artifacts"]], res
+            ran[kind] += 1
+    # Each kind hit both states of the toggle: the race was really run.
+    print(f"ran {ran}, refused {refused}")
+    assert ran["out"] and refused["out"] and ran["prof"] and refused["prof"], (ran, refused)
+
+    assert res_tog["status"] == "succeeded", res_tog
+    assert hostile.alive() and victims.alive()
+
+
+# ------------------------------------------------------------ 3. docker, worker in its own mount namespace
+
+def test_docker_sees_the_held_directory_from_a_private_mount_namespace(fleet, r, ns, broot, tmp_path,
+                                                                       dockerd_rt, monkeypatch):
+    """Under the systemd unit (ProtectSystem=, PrivateTmp=) the worker has a
+    mount namespace of its own, whose mounts dockerd (in PID 1's) never
+    sees: the held directory must still be what the container writes to."""
+    import workers
+    wrapper = script(tmp_path / "unshared-worker",
+                     f'exec unshare --mount --propagation slave {workers.WORKER_BIN} "$@"\n')
+    monkeypatch.setattr(workers, "WORKER_BIN", wrapper)
+    make_profile(broot, "p", seconds=0)
+    w = fleet.start(dockerd_rt)
+    jid = submit(r, ns, profile="p", output="o/d")
+    res = wait_result(r, ns, jid, 90)
+    assert res["status"] == "succeeded", res
+    assert [a["name"] for a in res["artifacts"]] == [ISO], res
+    assert (broot / "o" / "d" / ISO).stat().st_size == res["artifacts"][0]["size"]
+    assert w.alive()
+    assert os.readlink(f"/proc/{w.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"), "not unshared"
+
+
+# ------------------------------------------------------------ 4. mount points of a killed worker
+
+def our_mounts(under):
+    """Mount points below the directory under, from our mountinfo."""
+    out = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mp = line.split(" ")[4].encode().decode("unicode_escape")
+        if mp.startswith(str(under) + "/"):
+            out.append(mp)
+    return out
+
+
+def test_mount_points_of_a_killed_worker_are_swept(fleet, r, ns, broot, tmp_path, podman):
+    """A SIGKILLed worker cannot unmount its jobs' mount points; the next
+    worker using the same runtime directory unmounts them before its first
+    mount (the dead worker's lock on its directory is free), and leaves a
+    live worker's alone."""
+    import workers
+    run = tmp_path / "run"
+    run.mkdir()
+    rt = workers.Runtime(podman.name, podman.cmd, dict(podman.env, RUNTIME_DIRECTORY=str(run)), podman.ini)
+    make_profile(broot, "hang", mode="hang")
+    make_profile(broot, "p", seconds=0)
+    live = fleet.start(rt)
+    held = submit(r, ns, profile="hang", output="o/live", timeout=120)
+    doomed = fleet.start(rt)
+    lost = submit(r, ns, profile="hang", output="o/lost", timeout=120)
+    poll(lambda: len(our_mounts(run)) == 4, 30, "both workers' mount points")
+    poll(lambda: r.hget(f"{{{ns}}}:job:{held}", "worker") is not None
+         and r.hget(f"{{{ns}}}:job:{lost}", "worker") is not None, 30, "both jobs claimed")
+    owner = {j: r.hget(f"{{{ns}}}:job:{j}", "worker").decode() for j in (held, lost)}
+    doomed_id = doomed.wait_log(r"notice: worker (\S+) ").group(1)
+    assert owner[lost] == doomed_id or owner[held] == doomed_id
+    dead_job = lost if owner[lost] == doomed_id else held
+    doomed.proc.kill()
+    doomed.proc.wait()
+    # Once the reaper puts it back, it must not take the fresh worker's slot.
+    r.hset(f"{{{ns}}}:cancel", dead_job, str(time.time()))
+    left = [m for m in our_mounts(run) if dead_job in m]
+    assert len(left) == 2, our_mounts(run)
+
+    fresh = fleet.start(rt)
+    jid = submit(r, ns, profile="p", output="o/fresh")
+    assert wait_result(r, ns, jid, 60)["status"] == "succeeded"
+    fresh.wait_log(r"unmounted .*" + dead_job + r"\.1\.output, left by a worker that is gone", 10)
+    remaining = our_mounts(run)
+    assert not [m for m in remaining if dead_job in m], remaining
+    alive_job = held if dead_job == lost else lost
+    assert len([m for m in remaining if alive_job in m]) == 2, remaining
+    assert live.alive()
+    # Ends cleanly: the live job cancelled, its mount points gone with it.
+    r.hset(f"{{{ns}}}:cancel", alive_job, str(time.time()))
+    assert wait_result(r, ns, alive_job, 30)["status"] == "cancelled"
+    poll(lambda: not [m for m in our_mounts(run) if alive_job in m], 10, "the live job's mount points gone")
