@@ -416,9 +416,15 @@ collect_root(struct collect *co, const char *dir)
 {
 	struct stat st;
 	DIR *d;
-	int fd;
+	int fd, nofollow;
 
-	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)) < 0) {
+	/*
+	 * The worker's own held descriptor (paths_collect_dir() names it as
+	 * /proc/self/fd/N) is a magic link that must be followed: it is the
+	 * directory the worker opened beneath builds_root, not the build's.
+	 */
+	nofollow = strncmp(dir, "/proc/self/fd/", 14) == 0 ? 0 : O_NOFOLLOW;
+	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | nofollow | O_NONBLOCK | O_CLOEXEC)) < 0) {
 		if (errno != ENOENT)
 			collect_fail(co, "reading the output directory: %s", strerror(errno));
 		return -1;

@@ -4,7 +4,8 @@ counter, which needs no write access), timeout, cancel and drain still
 reach the container, and env_allow values get through sudo by name.
 
 The test creates a user (when it is missing) and a sudoers rule letting it
-run /usr/bin/podman without a password, keeping CONTAINERS_CONF and the
+run /usr/bin/podman, and mount/umount (the worker binds each job's held
+directories onto its own mount points with them), without a password, keeping CONTAINERS_CONF and the
 env_allow variable (sudo resets the environment); both are removed at
 teardown whatever happens.  podman runs as root through sudo, so root's
 storage and its test image serve.  The worker's files (worker.ini,
@@ -47,7 +48,7 @@ def sudo_user(podman):
             subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", USER], check=True)
             created = True
         rule = (f'Defaults:{USER} env_keep += "CONTAINERS_CONF {TOKEN_VAR}"\n'
-                f"{USER} ALL=(root) NOPASSWD: /usr/bin/podman\n")
+                f"{USER} ALL=(root) NOPASSWD: /usr/bin/podman, /usr/bin/mount, /usr/bin/umount\n")
         tmp = SUDOERS.with_name(f".{USER}.tmp")
         tmp.write_text(rule)
         tmp.chmod(0o440)
