@@ -24,8 +24,10 @@ import msgpack
 import pytest
 
 from conftest import REPO, free_port
-from workers import (Fleet, RedisServer, make_profile, podman, podman_runtime, submit,  # noqa: F401
-                     wait_result)
+import workers
+from workers import Fleet, RedisServer, make_profile, submit, wait_result
+
+podman = workers.podman          # the session fixture, used by name below
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
@@ -91,29 +93,26 @@ class Dashboard:
         except httpx.HTTPError:
             return False
 
-    def stop(self):
+    def stop(self, timeout=10):
+        """SIGTERM (open live streams must not hold it up), then SIGKILL; True if it exited in time."""
+        clean = True
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(10)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                clean = False
                 self.proc.kill()
                 self.proc.wait()
         self._f.close()
+        return clean
 
 
 MOUNTED_APP = '''
 import sys
 from fastapi import FastAPI
+from debate_queue import AsyncClient
 from debate_queue.dashboard import dashboard_app
-
-def client(url, ns):
-    try:
-        from debate_queue import AsyncClient
-        return AsyncClient(url, ns)
-    except ImportError:
-        import redis.asyncio
-        return redis.asyncio.Redis.from_url(url)
 
 app = FastAPI()
 
@@ -121,7 +120,7 @@ app = FastAPI()
 def root():
     return {{"backend": "ok"}}
 
-app.mount("/builds", dashboard_app(client({url!r}, {ns!r}), read_only=False, token={token!r}, namespace={ns!r}))
+app.mount("/builds", dashboard_app(AsyncClient({url!r}, {ns!r}), read_only=False, token={token!r}))
 '''
 
 
@@ -135,9 +134,9 @@ def start_mounted(tmp, redis_url, ns):
     return Dashboard(tmp, argv, base, base + "/builds/")
 
 
-def start_cli(tmp, redis_url, ns, *extra):
+def start_cli(tmp, redis_url, ns, *extra, port=None):
     """python3 -m debate_queue.dashboard, as an operator runs it."""
-    port = free_port()
+    port = port or free_port()
     tf = Path(tmp, f"token-{port}")
     tf.write_text(TOKEN + "\n")
     tf.chmod(0o600)
@@ -190,7 +189,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, podman):  # noqa: F811
+def stack(tmp_path_factory, podman):
     tmp = tmp_path_factory.mktemp("dash")
     srv = RedisServer(tmp / "redis").start()
     s = Stack()
@@ -314,7 +313,7 @@ def test_dashboard_running_build_is_live_and_cancel_stops_it(stack, chrome):
     login(chrome, stack.dash.url)
     js(chrome, "window.__mark = 'no reload'")
     sel = f"#running tr[data-job='{jid}'] .bar"
-    bar = wait_until(lambda: chrome.find_element(By.CSS_SELECTOR, sel), 30, what="the running build's bar")
+    wait_until(lambda: chrome.find_element(By.CSS_SELECTOR, sel), 30, what="the running build's bar")
     wait_until(lambda: chrome.find_element(By.CSS_SELECTOR, sel).get_attribute("data-start"), 15,
                what="the build's start time")
 
@@ -418,8 +417,10 @@ def test_dashboard_refuses_without_token_wrong_origin_and_read_only(stack, chrom
         ro.stop()
 
 
-def test_dashboard_redis_restart_mid_build_misses_no_line(tmp_path, podman, chrome):  # noqa: F811
-    """Redis restarts while the job page follows a build: the page reconnects and shows every line once."""
+def test_dashboard_redis_and_dashboard_restart_mid_build_miss_no_line(tmp_path, podman, chrome):
+    """Mid-build, Redis restarts and then the dashboard server does: the page follows
+    through both (the second time reconnecting with its Last-Event-ID) and shows
+    every line of the build exactly once, in order."""
     from selenium.webdriver.common.by import By
     srv = RedisServer(tmp_path / "redis", persist=True).start()
     ns = "x" + uuid.uuid4().hex[:8]
@@ -427,7 +428,7 @@ def test_dashboard_redis_restart_mid_build_misses_no_line(tmp_path, podman, chro
     broot.mkdir()
     fleet = Fleet(tmp_path, srv.url, ns, broot)
     dash = None
-    n = 120
+    n = 150
     try:
         fleet.start(podman, sandbox={"memory": "256m", "cpus": 1})
         dash = start_cli(tmp_path, srv.url, ns)
@@ -440,19 +441,31 @@ def test_dashboard_redis_restart_mid_build_misses_no_line(tmp_path, podman, chro
         def lines():
             return [t for t in js(chrome, "return Array.from(document.querySelectorAll('#log .ln'))"
                                           ".map(e => e.lastChild.textContent)") if t.startswith("line ")]
-        wait_until(lambda: len(lines()) >= 15, 40, what="the first lines")
-        connects = js(chrome, "return window.dashboard.connects")
+        wait_until(lambda: len(lines()) >= 10, 40, what="the first lines")
         srv.stop()
         wait_until(lambda: js(chrome, "return window.dashboard.conn") != "live", 15,
-                   what="the page to notice Redis is gone")
-        time.sleep(1.5)
+                   what="the page to show Redis is gone")
+        time.sleep(1.0)
         srv.start()
+        wait_until(lambda: js(chrome, "return window.dashboard.conn") == "live", 20,
+                   what="the page to show Redis is back")
+        seen = len(lines())
+        wait_until(lambda: len(lines()) > seen, 20, what="lines after the Redis restart")
+        assert len(lines()) < n, "the build ended before the dashboard restart"
+
+        connects = js(chrome, "return window.dashboard.connects")
+        port = int(dash.base.rsplit(":", 1)[1])
+        t0 = time.time()
+        assert dash.stop(timeout=5), "the dashboard did not stop on SIGTERM with a tab open"
+        stopped = time.time() - t0
+        time.sleep(1.0)                    # lines keep coming while nobody serves the page
+        dash = start_cli(tmp_path, srv.url, ns, port=port)
         wait_until(lambda: chrome.find_element(By.CSS_SELECTOR, "#job-state .chip").text == "succeeded", 60,
                    what="the build to finish on the page")
         got = lines()
         assert got == [f"line {i}" for i in range(1, n + 1)], (len(got), got[:3], got[-3:])
         assert js(chrome, "return window.dashboard.connects") > connects, "the page never reconnected"
-        assert js(chrome, "return window.dashboard.conn") == "live"
+        print(f"dashboard stopped in {stopped:.2f}s with a live tab open")
     finally:
         if dash:
             dash.stop()

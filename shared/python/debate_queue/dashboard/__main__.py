@@ -41,23 +41,24 @@ def main(argv: list[str] | None = None) -> int:
 
     import uvicorn
 
+    from .. import AsyncClient
     from .app import dashboard_app
-    client = _client(a.redis, a.namespace)
-    app = dashboard_app(client, read_only=a.read_only, token=token, namespace=a.namespace, interval=a.interval)
+    app = dashboard_app(AsyncClient(a.redis, a.namespace), read_only=a.read_only, token=token,
+                        interval=a.interval)
     print(f"dashboard: http://{host if ':' not in host else '[' + host.strip('[]') + ']'}:{port}/ "
           f"(namespace {a.namespace}{', read-only' if a.read_only else ''})", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="warning", access_log=False)
+    server = uvicorn.Server(uvicorn.Config(app, host=host.strip("[]"), port=int(port), log_level="warning",
+                                           access_log=False))
+    stop = server.handle_exit
+
+    def handle_exit(sig, frame):  # type: ignore[no-untyped-def]
+        # uvicorn waits for open responses before it exits: end the live
+        # streams first, or a stop would wait for every open tab.
+        app.state.dashboard.hub.shutdown()
+        stop(sig, frame)
+    server.handle_exit = handle_exit  # type: ignore[method-assign]
+    server.run()
     return 0
-
-
-def _client(url: str, namespace: str):  # type: ignore[no-untyped-def]
-    """The package's AsyncClient when it is there, else a bare redis.asyncio connection."""
-    try:
-        from debate_queue import AsyncClient  # type: ignore[attr-defined]
-        return AsyncClient(url, namespace)
-    except ImportError:
-        import redis.asyncio as aioredis
-        return aioredis.Redis.from_url(url)
 
 
 if __name__ == "__main__":

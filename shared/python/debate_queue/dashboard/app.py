@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .. import AsyncClient
 from . import security
 from .live import Hub, stream, valid_jobs
 from .source import ID_RE, Source
@@ -153,8 +154,9 @@ class Dashboard:
             return self._refuse(e)
         if not isinstance(jid, str) or not ID_RE.match(jid):
             return JSONResponse({"ok": False, "error": "id: not a job id"}, status_code=400, headers=HEADERS)
-        await self.src.cancel(jid)
-        return JSONResponse({"ok": True, "message": f"cancel asked for {jid}"}, headers=HEADERS)
+        status, msg = await self.src.cancel(jid)
+        return JSONResponse({"ok": status == 200, ("message" if status == 200 else "error"): msg},
+                            status_code=status, headers=HEADERS)
 
     async def api_retry_dead(self, request: Request) -> Response:
         try:
@@ -173,18 +175,17 @@ class Dashboard:
                             status_code=status, headers=HEADERS)
 
 
-def dashboard_app(client: Any, read_only: bool = False, token: Optional[str] = None,
-                  namespace: Optional[str] = None, interval: float = 2.0) -> Starlette:
-    """The dashboard as a Starlette app, to mount or to run on its own.
+def dashboard_app(client: AsyncClient, read_only: bool = False, token: Optional[str] = None,
+                  interval: float = 2.0) -> Starlette:
+    """The dashboard of client's namespace as a Starlette app, to mount or to run on its own.
 
-    client: a debate_queue AsyncClient (or a redis.asyncio.Redis with
-    namespace=).  read_only hides cancel/retry and refuses them (403).
-    token is required unless read_only.
+    read_only hides cancel and retry and refuses them (403).  token is
+    what changing anything needs; required unless read_only.  interval:
+    seconds between fleet snapshots.
     """
     if not read_only and not token:
         raise ValueError("dashboard_app: give token= (or read_only=True): changing anything needs a token")
-    r, ns = _redis_of(client, namespace)
-    d = Dashboard(Source(r, ns), read_only, token, interval)
+    d = Dashboard(Source(client), read_only, token, interval)
     routes = [
         Route("/", d.page),
         Route("/dead", d.page),
@@ -205,15 +206,3 @@ def dashboard_app(client: Any, read_only: bool = False, token: Optional[str] = N
     app = Starlette(routes=routes, on_shutdown=[d.hub.close])
     app.state.dashboard = d
     return app
-
-
-def _redis_of(client: Any, namespace: Optional[str]) -> tuple[Any, str]:
-    """The redis.asyncio connection and namespace behind a client."""
-    for attr in ("redis", "r", "_redis", "_r"):
-        r = getattr(client, attr, None)
-        if r is not None and hasattr(r, "xread"):
-            ns = namespace or getattr(client, "namespace", None) or getattr(client, "ns", None)
-            return r, ns or "debate"
-    if hasattr(client, "xread"):
-        return client, namespace or "debate"
-    raise TypeError("dashboard_app: client must be a debate_queue AsyncClient or a redis.asyncio.Redis")

@@ -32,6 +32,7 @@ QUEUED_ROWS = 20
 RESULT_ROWS = 25
 MAX_JOBS_PER_TAB = 8
 RETRY_MS = 1000
+STREAM_LIFE = 300.0     # seconds; then the browser reconnects (resuming), so no response lives forever
 
 
 def jdump(v: Any) -> str:
@@ -65,6 +66,7 @@ class Hub:
         self.task: Optional[asyncio.Task[None]] = None
         self.sub: Optional[asyncio.Task[None]] = None
         self.last_seen = time.monotonic()
+        self.closing = False
         self.builds = 0          # snapshots built, for the tests and the report
         self.build_time = 0.0    # seconds the last one took
 
@@ -98,7 +100,14 @@ class Hub:
             pass
         return self.snapshot
 
+    def shutdown(self) -> None:
+        """End every tab's stream now (the server is stopping; it would wait for them)."""
+        self.closing = True
+        for v in list(self.viewers):
+            v.q.put_nowait(("close", None))
+
     async def close(self) -> None:
+        self.shutdown()
         for t in (self.task, self.sub):
             if t is not None:
                 t.cancel()
@@ -308,12 +317,18 @@ async def stream(hub: Hub, jobs: list[str], last_event_id: str, hello: dict[str,
         if hub.snapshot is not None:
             v.fleet_pending = True
             v.q.put_nowait(("fleet", None))
-        while True:
+        end = time.monotonic() + STREAM_LIFE
+        while not hub.closing:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
             try:
-                kind, item = await asyncio.wait_for(v.q.get(), 15)
+                kind, item = await asyncio.wait_for(v.q.get(), min(15.0, left))
             except asyncio.TimeoutError:
                 yield ": keepalive\n\n"
                 continue
+            if kind == "close":
+                return
             if kind == "fleet":
                 v.fleet_pending = False
                 snap = hub.snapshot

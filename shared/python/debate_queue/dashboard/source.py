@@ -1,20 +1,34 @@
-"""Everything the dashboard reads from and writes to Redis, in one place.
+"""What the dashboard reads and changes, as plain dicts the page takes as JSON.
 
-This is a thin adapter: it turns what the data source gives into plain
-dicts the page can take as JSON.  Every list is read with a range
-(LRANGE/ZRANGE with bounds), never KEYS or SCAN: the dashboard costs the
-same with ten jobs or a million.
+Most of it is the package's AsyncClient (events, status, cancel,
+retry_dead, dead, queued, recent_results).  What the client does not
+offer is read here from Redis directly, through the client's own
+connection (`client.redis`), and only here:
+
+- the fleet snapshot in three pipelined round trips (the lengths, every
+  worker's hash and active list, every running job's hash and cancel
+  flag): the client's queue() SCANs for active lists and workers() and
+  running() make one round trip per worker and job;
+- which jobs have a cancel asked (HMGET {NS}:cancel);
+- a dead letter's exact bytes, so a retry can check it is still the
+  entry the page listed (see retry_dead);
+- the newest `stats` and the `started` event of a running job, read back
+  from its stream (live.Hub), and {NS}:events (pub/sub) between snapshots.
+
+Every list is read with a range (LRANGE/ZRANGE with bounds), never KEYS
+or SCAN: the dashboard costs the same with ten jobs or a million.
 """
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import re
-import time
 from typing import Any, AsyncIterator, Optional
 
 import msgpack
 import redis.asyncio as aioredis
+
+from .. import AsyncClient, DebateError, JobNotFound
 
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 FINAL = ("succeeded", "failed", "timed_out", "oom_killed", "cancelled", "error", "dead")
@@ -57,9 +71,10 @@ def num(v: Any) -> Optional[float]:
 class Source:
     """One namespace of one Redis, read the way the page needs it."""
 
-    def __init__(self, r: aioredis.Redis, namespace: str) -> None:
-        self.r = r
-        self.ns = namespace
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self.r: aioredis.Redis = client.redis
+        self.ns = client.namespace
 
     def key(self, *parts: str) -> str:
         return ":".join([f"{{{self.ns}}}", *parts])
@@ -67,7 +82,7 @@ class Source:
     # ---------------------------------------------------------------- reads
 
     async def counts_and_lists(self, queued_count: int, results_count: int) -> dict[str, Any]:
-        """The fleet in one round trip, then one more for the workers and their jobs."""
+        """The fleet in one round trip, then one for the workers, one for their jobs."""
         p = self.r.pipeline(transaction=False)
         p.llen(self.key("queue"))
         p.zcard(self.key("delayed"))
@@ -86,7 +101,6 @@ class Source:
         workers, running = [], []
         for i, (w, score) in enumerate(wz):
             h = text(got[2 * i])
-            active = got[2 * i + 1]
             wid = ids[i]
             conc = int(num(h.get("concurrency")) or 0)
             nrun = int(num(h.get("running")) or 0)
@@ -97,20 +111,19 @@ class Source:
                 "free": max(conc - nrun, 0), "lost": not h,
                 "jobs": [j for j in str(h.get("jobs", "")).split(",") if j],
             })
-            for raw in active:
+            for raw in got[2 * i + 1]:
                 job = unpack(raw)
-                if isinstance(job, dict) and isinstance(job.get("id"), str):
+                if isinstance(job, dict) and isinstance(job.get("id"), str) and ID_RE.match(job["id"]):
                     running.append({"id": job["id"], "worker": wid, "payload": job})
+        queued = [self._queued_entry(x) for x in reversed(qraw)]
+        asking = [j["id"] for j in running] + [q["id"] for q in queued if q["id"]]
         p = self.r.pipeline(transaction=False)
         for j in running:
             p.hgetall(self.key("job", j["id"]))
-        cancel_ids = [j["id"] for j in running]
-        queued = [self._queued_entry(x) for x in reversed(qraw)]
-        cancel_ids += [q["id"] for q in queued if q["id"]]
-        if cancel_ids and ncancel:
-            p.hmget(self.key("cancel"), cancel_ids)
-        got = await p.execute() if running or (cancel_ids and ncancel) else []
-        asked = dict(zip(cancel_ids, got[len(running)])) if cancel_ids and ncancel else {}
+        if asking and ncancel:
+            p.hmget(self.key("cancel"), asking)
+        got = await p.execute() if running or (asking and ncancel) else []
+        asked = dict(zip(asking, got[len(running)])) if asking and ncancel else {}
         for j, h in zip(running, got[: len(running)]):
             h = text(h)
             pl = j.pop("payload")
@@ -118,7 +131,7 @@ class Source:
                 "state": h.get("state", "queued"), "attempt": int(num(h.get("attempt")) or 0),
                 "phase": h.get("phase", ""), "started_at": num(h.get("started_at")),
                 "timeout": num(pl.get("timeout")), "warning": num(pl.get("warning")),
-                "profile": pl.get("profile", ""), "cancel": asked.get(j["id"]) is not None,
+                "profile": text(pl.get("profile", "")), "cancel": asked.get(j["id"]) is not None,
             })
         for q in queued:
             q["cancel"] = asked.get(q["id"]) is not None
@@ -133,136 +146,102 @@ class Source:
 
     def _queued_entry(self, raw: bytes) -> dict[str, Any]:
         job = unpack(raw)
-        if not isinstance(job, dict):
-            return {"id": "", "profile": "", "enqueued_at": None, "bad": f"unreadable payload ({len(raw)} bytes)"}
-        jid = job.get("id")
-        return {"id": jid if isinstance(jid, str) and ID_RE.match(jid) else "",
-                "profile": text(job.get("profile", "")), "enqueued_at": num(job.get("enqueued_at")),
-                "bad": "" if isinstance(jid, str) and ID_RE.match(jid) else "no valid id"}
+        jid = job.get("id") if isinstance(job, dict) else None
+        ok = isinstance(jid, str) and bool(ID_RE.match(jid))
+        return {"id": jid if ok else "", "profile": text(job.get("profile", "")) if isinstance(job, dict) else "",
+                "enqueued_at": num(job.get("enqueued_at")) if isinstance(job, dict) else None,
+                "bad": "" if ok else (f"unreadable payload ({len(raw)} bytes)" if not isinstance(job, dict)
+                                      else "no valid id")}
 
     @staticmethod
     def _result_row(res: Any) -> dict[str, Any]:
         if not isinstance(res, dict):
             return {"id": "", "status": "error", "error": "unreadable result"}
-        return {k: res.get(k) for k in ("id", "status", "exit_code", "duration", "started_at",
-                                         "finished_at", "worker", "attempt", "error")}
+        return {k: text(res.get(k)) for k in ("id", "status", "exit_code", "duration", "started_at",
+                                               "finished_at", "worker", "attempt", "error")}
 
     async def queued(self, start: int, count: int) -> dict[str, Any]:
-        """Queued jobs, the next to run first (workers take from the right)."""
-        p = self.r.pipeline(transaction=False)
-        p.llen(self.key("queue"))
-        p.lrange(self.key("queue"), -(start + count), -(start + 1))
-        total, raw = await p.execute()
-        return {"total": total, "start": start, "items": [self._queued_entry(x) for x in reversed(raw)]}
+        """A page of the queue, the next to run first."""
+        total = await self.r.llen(self.key("queue"))
+        items = [{"id": q.id if q.id and ID_RE.match(q.id) else "", "profile": q.profile or "",
+                  "enqueued_at": q.enqueued_at, "bad": "" if q.id else f"unreadable payload ({q.size} bytes)",
+                  "cancel": False}
+                 for q in await self.client.queued(start, count)]
+        return {"total": total, "start": start, "items": items}
 
     async def results(self, start: int, count: int) -> dict[str, Any]:
-        """Recent results, the newest first."""
-        p = self.r.pipeline(transaction=False)
-        p.llen(self.key("results"))
-        p.lrange(self.key("results"), start, start + count - 1)
-        total, raw = await p.execute()
-        return {"total": total, "start": start, "items": [self._result_row(unpack(x)) for x in raw]}
+        """A page of recent results, the newest first."""
+        total = await self.r.llen(self.key("results"))
+        items = [{"id": x.id, "status": str(x.status) if x.status else "error", "exit_code": x.exit_code,
+                  "duration": x.duration, "started_at": x.started_at, "finished_at": x.finished_at,
+                  "worker": x.worker, "attempt": x.attempt, "error": x.error}
+                 for x in await self.client.recent_results(start, count)]
+        return {"total": total, "start": start, "items": items}
 
     async def dead(self, start: int, count: int) -> dict[str, Any]:
-        """Dead letters, the newest first, each with a digest that names it for a retry."""
-        p = self.r.pipeline(transaction=False)
-        p.llen(self.key("dead"))
-        p.lrange(self.key("dead"), start, start + count - 1)
-        total, raw = await p.execute()
+        """A page of dead letters, the newest first, each with the digest that names it for a retry."""
+        total = await self.r.llen(self.key("dead"))
         items = []
-        for i, x in enumerate(raw):
-            d = unpack(x)
-            d = d if isinstance(d, dict) else {}
-            payload = d.get("payload")
-            if isinstance(payload, str):
-                payload = payload.encode("utf-8", "surrogateescape")
-            pj = unpack(payload) if isinstance(payload, (bytes, bytearray)) else None
+        for d in await self.client.dead(start, count):
+            pj = unpack(d.payload) if d.payload is not None else None
             items.append({
-                "index": start + i, "digest": hashlib.sha256(x).hexdigest(),
-                "reason": text(d.get("reason", "")), "error": text(d.get("error", "")),
-                "id": text(d.get("id", "")), "worker": text(d.get("worker", "")), "ts": num(d.get("ts")),
-                "size": len(payload) if isinstance(payload, (bytes, bytearray)) else 0,
+                "index": d.index, "digest": hashlib.sha256(d.entry).hexdigest(),
+                "reason": d.reason, "error": d.error, "id": d.id or "", "worker": d.worker or "",
+                "ts": d.ts, "size": len(d.payload) if d.payload is not None else 0,
                 "profile": text(pj.get("profile", "")) if isinstance(pj, dict) else "",
-                "retryable": isinstance(payload, (bytes, bytearray)),
+                "retryable": d.payload is not None,
             })
         return {"total": total, "start": start, "items": items}
 
     async def job(self, job_id: str) -> dict[str, Any]:
-        """The job hash and, when it finished, its result."""
-        p = self.r.pipeline(transaction=False)
-        p.hgetall(self.key("job", job_id))
-        p.lindex(self.key("result", job_id), 0)
-        p.hexists(self.key("cancel"), job_id)
-        h, res, asked = await p.execute()
-        return {"id": job_id, "hash": text(h), "result": text(unpack(res)) if res else None,
-                "cancel": bool(asked)}
+        """The job hash and, when it finished, its result (hash None: no such job)."""
+        try:
+            st = await self.client.status(job_id)
+        except JobNotFound:
+            return {"id": job_id, "hash": None, "result": None, "cancel": False}
+        asked = await self.r.hexists(self.key("cancel"), job_id)
+        res = st.result.raw if st.result is not None else None
+        return {"id": job_id, "hash": st.fields, "result": text(res), "cancel": bool(asked)}
 
     async def events(self, job_id: str, after_seq: int = 0) -> AsyncIterator[dict[str, Any]]:
-        """The job's events from its stream after seq after_seq: replay, then XREAD BLOCK.
+        """The job's events after seq after_seq (AsyncClient.events: replay, then follow).
 
-        Ends after a finished or dead event.  Raises on a Redis error; the
-        caller reconnects from the last seq it passed on.
+        The client reconnects by itself while Redis is away and resumes
+        after the last entry it read, so nothing is lost or repeated.  A
+        job that does not exist (yet) is asked for again every 2 s.
         """
-        key = self.key("log", job_id)
-        last = "0-0"
         while True:
-            got = await self.r.xread({key: last}, count=200, block=5000)
-            for _key, entries in got or []:
-                for sid, fields in entries:
-                    last = sid
-                    ev = unpack(fields.get(b"event", b""))
-                    if not isinstance(ev, dict):
-                        continue
-                    ev = text(ev)
-                    seq = ev.get("seq")
-                    if not isinstance(seq, int) or seq <= after_seq:
-                        continue
-                    after_seq = seq
-                    yield ev
-                    if ev.get("type") in ("finished", "dead"):
-                        return
+            try:
+                async for ev in self.client.events(job_id, since_seq=after_seq):
+                    after_seq = max(after_seq, ev.seq)
+                    yield text(ev.to_dict())
+                return
+            except JobNotFound:
+                await asyncio.sleep(2.0)
 
     # ---------------------------------------------------------------- writes
 
-    async def cancel(self, job_id: str) -> None:
-        """Ask for a cancel the way `enqueue cancel` does (PROTOCOL: Cancelling)."""
-        await self.r.hset(self.key("cancel"), job_id, f"{time.time():.6f}")
-
-    RETRY = """
-    if KEYS[3] ~= '' then
-      local st = redis.call('HGET', KEYS[3], 'state')
-      if st == 'queued' or st == 'running' then return -1 end
-    end
-    if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
-    redis.call('LPUSH', KEYS[2], ARGV[2])
-    if KEYS[3] ~= '' then
-      redis.call('DEL', KEYS[3])
-      redis.call('HSET', KEYS[3], 'state', 'queued', 'enqueued_at', ARGV[3], 'last_error', ARGV[4])
-    end
-    return 1
-    """
+    async def cancel(self, job_id: str) -> tuple[int, str]:
+        """Ask for a cancel (AsyncClient.cancel); (HTTP status, message)."""
+        if await self.client.cancel(job_id):
+            return 200, f"cancel asked for {job_id}"
+        return 409, f"{job_id} has already ended"
 
     async def retry_dead(self, index: int, digest: str) -> tuple[int, str]:
-        """Requeue the dead letter at index if it is still the one the page showed.
+        """Requeue the dead letter at index if it is still the one the page listed.
 
-        The page sends the digest of the entry it listed: an index alone
-        could name another entry once a worker pushed a new dead letter.
-        The entry is removed by value and its payload pushed in one script
-        (the one `enqueue retry-dead` runs), so a double click queues it once.
-        Returns (HTTP status, message).
+        The page sends the sha256 of the entry it showed: an index alone
+        names another entry once a worker pushed a new dead letter.  The
+        client then removes the entry by value and pushes its payload in
+        one script, so a double click queues it once.  (Between our check
+        and the client's own LINDEX a new letter could still slip in; a
+        retry_dead that takes the entry's bytes would close that window.)
         """
         raw = await self.r.lindex(self.key("dead"), index)
         if raw is None or hashlib.sha256(raw).hexdigest() != digest:
             return 409, "that dead letter moved or is gone: reload the list"
-        d = unpack(raw)
-        if not isinstance(d, dict) or not isinstance(d.get("payload"), (bytes, bytearray)):
-            return 422, "that dead letter has no payload to retry"
-        jid = d.get("id")
-        jkey = self.key("job", jid) if isinstance(jid, str) and ID_RE.match(jid) else ""
-        v = await self.r.eval(self.RETRY, 3, self.key("dead"), self.key("queue"), jkey,
-                              raw, d["payload"], f"{time.time():.6f}", text(d.get("error", "")))
-        if v == 1:
-            return 200, f"requeued {jid or 'the payload'}"
-        if v == -1:
-            return 409, f"job {jid} is queued or running; left alone"
-        return 409, "that dead letter was removed meanwhile"
+        try:
+            job = await self.client.retry_dead(index)
+        except DebateError as e:
+            return 409, str(e)
+        return 200, f"requeued {job.id or 'the payload'}"

@@ -426,7 +426,7 @@
     getJSON("api/job/" + encodeURIComponent(id)).then((j) => {
       job.hash = j.hash || {};
       job.cancelAsked = j.cancel;
-      if (!job.state) job.state = job.hash.state || (j.result ? j.result.status : "unknown");
+      if (!job.state) job.state = job.hash.state || (j.result ? j.result.status : j.hash ? "unknown" : "not found");
       if (j.result && !job.ev.finished) showResult(j.result);
       renderJobHead();
     }).catch((e) => toast(String(e), true));
