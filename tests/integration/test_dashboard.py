@@ -359,6 +359,60 @@ def test_dashboard_running_build_is_live_and_cancel_stops_it(stack, chrome):
     assert not browser_errors(chrome)
 
 
+def _sse(client, url, headers=None, until=None, seconds=30):
+    """Read an SSE response: [(id, event, data)] until until(list) is true or seconds pass."""
+    out, buf = [], ""
+    deadline = time.time() + seconds
+    with client.stream("GET", url, headers=headers or {}, timeout=30) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        for chunk in resp.iter_text():
+            buf += chunk
+            while "\n\n" in buf:
+                block, buf = buf.split("\n\n", 1)
+                msg = {}
+                for line in block.split("\n"):
+                    field, _, value = line.partition(":")
+                    msg[field] = value[1:] if value.startswith(" ") else value
+                if "event" in msg:
+                    out.append((msg.get("id"), msg["event"], json.loads(msg.get("data", "null"))))
+            if (until and until(out)) or time.time() > deadline:
+                break
+    return out
+
+
+def test_dashboard_live_stream_resumes_and_shares_one_snapshot(stack):
+    """Last-Event-ID resumes a job's stream after the seq it names; every tab gets the same snapshots."""
+    prof = make_profile(stack.broot, "p-quick", mode="ok", seconds=0.5)
+    jid = submit(stack.r, stack.ns, profile=prof, output="out/quick")
+    wait_result(stack.r, stack.ns, jid, 60)
+    url = stack.dash.url + "api/live?job=" + jid
+    with httpx.Client() as c:
+        full = [m for m in _sse(c, url, until=lambda o: any(e == "job" and d["type"] == "finished" for _, e, d in o))
+                if m[1] == "job"]
+        seqs = [d["seq"] for _, _, d in full]
+        assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)) and len(seqs) > 5
+        assert full[-1][0] == f"{jid}:{seqs[-1]}"
+        again = [m for m in _sse(c, url, headers={"Last-Event-ID": f"{jid}:{seqs[3]}"},
+                                 until=lambda o: any(e == "job" and d["type"] == "finished" for _, e, d in o))
+                 if m[1] == "job"]
+        assert [d["seq"] for _, _, d in again] == seqs[4:]
+    # Two tabs at once: the same snapshots (one task builds them), one every ~2 s.
+    import threading
+    got = {}
+
+    def tab(name):
+        with httpx.Client() as c:
+            got[name] = [d["seq"] for _, e, d in _sse(c, stack.dash.url + "api/live", seconds=5.5) if e == "fleet"]
+    ts = [threading.Thread(target=tab, args=(n,)) for n in ("a", "b")]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    a, b = set(got["a"][1:]), set(got["b"][1:])
+    assert a and a & b, got
+    assert 1 <= len(got["a"]) <= 5, got      # not one per tab, not one per request
+
+
 def test_dashboard_refuses_without_token_wrong_origin_and_read_only(stack, chrome):
     """The server refuses changes: no token, a wrong one, a foreign Origin, GET, and read-only mode."""
     from selenium.webdriver.common.by import By

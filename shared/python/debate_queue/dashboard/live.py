@@ -163,9 +163,9 @@ class Hub:
                 del self.live[jid]
         for j in snap["running"]:
             j.update(self._live_fields(j))
-        snap.update(ts=time.time(), ns=self.src.ns, redis="up", error="", down_since=None)
-        self.snapshot = snap
         self.builds += 1
+        snap.update(ts=time.time(), ns=self.src.ns, redis="up", error="", down_since=None, seq=self.builds)
+        self.snapshot = snap
         self.build_time = time.monotonic() - t0
 
     def _down(self, e: Exception) -> None:
