@@ -68,6 +68,12 @@ def js(driver, script, *args):
     return driver.execute_script(script, *args)
 
 
+def click(driver, css, what):
+    """Click the element css names, finding it again if a redraw replaced it meanwhile."""
+    from selenium.webdriver.common.by import By
+    wait_until(lambda: driver.find_element(By.CSS_SELECTOR, css).click() or True, 10, what=what)
+
+
 def browser_errors(driver):
     return [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
 
@@ -144,6 +150,15 @@ def start_cli(tmp, redis_url, ns, *extra, port=None):
             "--listen", f"127.0.0.1:{port}", "--token-file", str(tf), *extra]
     base = f"http://127.0.0.1:{port}"
     return Dashboard(tmp, argv, base, base + "/")
+
+
+HOSTILE = r"""echo '<img src=x onerror="window.__xss=1"> <b>not bold</b>'
+echo '<script>window.__xss=2</script> &amp; &lt;'
+printf 'ESC \033[31mred\033[0m and bad UTF-8 \377\376 end\n'
+head -c 6000 /dev/zero | tr '\0' 'W'; echo
+echo "ERROR: the hostile build gives up" >&2
+exit 7
+"""
 
 
 def _profile_with_script(root, name, script, **conf):
@@ -233,11 +248,15 @@ def test_dashboard_finished_and_failed_pages(stack, chrome):
     """A succeeded job shows its artifacts with size and sha256; a failed one its error and log tail."""
     from selenium.webdriver.common.by import By
     ok = make_profile(stack.broot, "p-ok", iso_name="dashok", mode="ok", seconds=1)
-    bad = make_profile(stack.broot, "p-fail", mode="fail", seconds=0.5, exit=7)
+    # A hostile build: markup, a script tag, a 6000-byte word, escapes and bad UTF-8, then exit 7.
+    bad = _profile_with_script(stack.broot, "p-fail", HOSTILE, mode="ok", seconds=0.5)
     ok_id = submit(stack.r, stack.ns, profile=ok, output="out/ok")
-    bad_id = submit(stack.r, stack.ns, profile=bad, output="out/bad")
+    bad_id = submit(stack.r, stack.ns, profile=bad, output="out/bad", id="f" * 40 + "-a-long-job-id-" + "x" * 8)
     res_ok = wait_result(stack.r, stack.ns, ok_id, 60)
-    res_bad = wait_result(stack.r, stack.ns, bad_id, 60)
+    got = stack.r.blpop(f"{{{stack.ns}}}:result:{bad_id}", timeout=60)
+    assert got, "no result for the hostile build"
+    # The worker passes the build's bytes through; invalid UTF-8 is the reader's to replace.
+    res_bad = msgpack.unpackb(got[1], unicode_errors="replace")
     assert res_ok["status"] == "succeeded" and res_ok["artifacts"], res_ok
     assert res_bad["status"] == "failed", res_bad
 
@@ -258,19 +277,27 @@ def test_dashboard_finished_and_failed_pages(stack, chrome):
     wait_until(lambda: chrome.find_element(By.ID, "result").is_displayed(), 15, what="the failed result")
     assert "panel-bad" in chrome.find_element(By.ID, "result").get_attribute("class")
     assert chrome.find_element(By.CSS_SELECTOR, "#result .errbox").text == res_bad["error"]
-    tail = [e.text for e in chrome.find_elements(By.CSS_SELECTOR, "#result .log-tail .ln")]
-    assert tail and tail[-len(res_bad["log_tail"]):] == [x.rstrip() for x in res_bad["log_tail"]][-len(tail):]
+    tail = js(chrome, "return Array.from(document.querySelectorAll('#result .log-tail .ln')).map(e => e.textContent)")
+    assert tail == res_bad["log_tail"]
+    wait_until(lambda: any("<img src=x" in t for t in js(
+        chrome, "return Array.from(document.querySelectorAll('#log .ln')).map(e => e.lastChild.textContent)")),
+        10, what="the hostile lines in the log, as text")
+    # Build output is text, never markup: nothing ran, no element came from it, nothing overflows.
+    assert js(chrome, "return document.querySelectorAll('#log img, #log b, #log script, #result img, #result b').length") == 0
+    assert js(chrome, "return window.__xss === undefined")
+    assert js(chrome, "return document.documentElement.scrollWidth <= window.innerWidth")
+    assert js(chrome, "const b = document.getElementById('log'); return b.scrollWidth <= b.clientWidth")
     shot(chrome, "job-failed")
 
     # Recent results on the fleet page: colour, duration, worker, attempt.
     chrome.get(stack.dash.url)
-    row = wait_until(lambda: chrome.find_element(By.CSS_SELECTOR, f"#results tr[data-job='{bad_id}']"), 10,
-                     what="the failed job in recent results")
-    tds = row.find_elements(By.TAG_NAME, "td")
-    assert tds[0].find_element(By.CSS_SELECTOR, ".chip").get_attribute("class") == "chip st-failed"
-    assert "row-bad" in row.get_attribute("class")
-    assert tds[3].text == res_bad["worker"] and tds[4].text == str(res_bad["attempt"])
-    assert tds[2].text.endswith("s")
+    sel = f"#results tr[data-job='{bad_id}']"
+    wait_until(lambda: chrome.find_element(By.CSS_SELECTOR, sel), 10, what="the failed job in recent results")
+    row = js(chrome, """const r = document.querySelector(arguments[0]); return {cls: r.className,
+             chip: r.querySelector('.chip').className, tds: Array.from(r.cells).map(c => c.textContent)}""", sel)
+    assert row["chip"] == "chip st-failed" and "row-bad" in row["cls"]
+    assert row["tds"][3] == res_bad["worker"] and row["tds"][4] == str(res_bad["attempt"])
+    assert row["tds"][2].endswith("s") and row["tds"][6] == res_bad["error"]
     assert not browser_errors(chrome)
 
 
@@ -285,15 +312,17 @@ def test_dashboard_dead_letter_retried_from_page_runs(stack, chrome):
 
     login(chrome, stack.dash.url + "dead")
     chrome.get(stack.dash.url + "dead")
-    rows = wait_until(lambda: [r for r in chrome.find_elements(By.CSS_SELECTOR, "#dead-table tbody tr")
-                               if r.get_attribute("data-index")], 15, what="dead letter rows")
-    reasons = {r.find_elements(By.TAG_NAME, "td")[2].text for r in rows}
+    rows = wait_until(lambda: js(chrome, """return Array.from(document.querySelectorAll('#dead-table tbody tr[data-index]'))
+                                   .map(r => [r.dataset.index, ...Array.from(r.cells).map(c => c.textContent)])"""),
+                      15, what="dead letter rows")
+    reasons = {r[3] for r in rows}
     assert {"bad_path", "malformed", "bad_id"} <= reasons, reasons
+    assert any(r[3] == "bad_path" and "p-later" in r[6] for r in rows), rows
     shot(chrome, "dead-letters")
 
     make_profile(stack.broot, later, mode="ok", seconds=0.5)
-    row = next(r for r in rows if r.find_elements(By.TAG_NAME, "td")[3].text == late_id)
-    row.find_element(By.CSS_SELECTOR, "button[data-action=retry]").click()
+    index = next(r[0] for r in rows if r[4] == late_id)
+    click(chrome, f"#dead-table tr[data-index='{index}'] button[data-action=retry]", "the Retry button")
     res = wait_result(stack.r, stack.ns, late_id, 60)
     assert res["status"] == "succeeded", res
     wait_until(lambda: late_id not in chrome.find_element(By.ID, "dead-table").text, 10,
@@ -344,9 +373,19 @@ def test_dashboard_running_build_is_live_and_cancel_stops_it(stack, chrome):
     at_bottom = js(chrome, "const b = arguments[0]; return b.scrollHeight - b.scrollTop - b.clientHeight < 8", box)
     assert at_bottom, "the log follows its end while the user has not scrolled up"
     shot(chrome, "job-running")
+    # Scrolled up, the log stays where the user put it while lines keep coming.
+    js(chrome, "arguments[0].scrollTop = 0", box)
+    n3 = len(ticks())
+    wait_until(lambda: len(ticks()) > n3 + 3, 10, what="lines while scrolled up")
+    assert js(chrome, "return arguments[0].scrollTop", box) == 0
+    follow = chrome.find_element(By.ID, "follow")
+    assert follow.is_displayed()
+    follow.click()
+    wait_until(lambda: js(chrome, "const b = arguments[0]; return b.scrollHeight - b.scrollTop - b.clientHeight < 8", box),
+               5, what="following again")
 
     t0 = time.time()
-    chrome.find_element(By.CSS_SELECTOR, "button[data-action=cancel]").click()
+    click(chrome, "button[data-action=cancel]", "the Cancel button")
     wait_until(lambda: chrome.find_element(By.CSS_SELECTOR, "#job-state .chip").text == "cancelled", 20,
                what="the page to show cancelled")
     took = time.time() - t0
@@ -578,12 +617,12 @@ def test_dashboard_renders_1000_queued_50_running_quickly(stack, chrome):
             figures.append(time.perf_counter() - t0)
         nav = js(chrome, "const t = performance.getEntriesByType('navigation')[0]; return t.domContentLoadedEventEnd")
         shot(chrome, "fleet-1000-queued-50-running")
-        rows = chrome.find_elements(By.CSS_SELECTOR, "#queue tbody tr")
-        assert len(rows) == 20                       # one page, not the whole list
-        assert rows[0].find_elements(By.TAG_NAME, "td")[1].text == "q0000"   # next to run first
-        chrome.find_element(By.CSS_SELECTOR, "#queue .pager button[aria-label='next page']").click()
-        wait_until(lambda: chrome.find_elements(By.CSS_SELECTOR, "#queue tbody tr td a")[0].text == "q0020", 10,
-                   what="the second page of the queue")
+        # Read in one go: the tables are redrawn with every snapshot.
+        ids = js(chrome, "return Array.from(document.querySelectorAll('#queue tbody td a')).map(a => a.textContent)")
+        assert ids == [f"q{i:04d}" for i in range(20)]      # one page, the next to run first
+        click(chrome, "#queue .pager button[aria-label='next page']", "the queue's next page")
+        wait_until(lambda: js(chrome, "return document.querySelector('#queue tbody td a').textContent") == "q0020",
+                   10, what="the second page of the queue")
         report = {"first_snapshot_s": round(first_snapshot, 3), "page_render_s": [round(x, 3) for x in figures],
                   "dom_content_loaded_ms": round(nav, 1)}
         ARTIFACTS.mkdir(parents=True, exist_ok=True)

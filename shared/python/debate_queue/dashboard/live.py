@@ -163,6 +163,10 @@ class Hub:
                 del self.live[jid]
         for j in snap["running"]:
             j.update(self._live_fields(j))
+        # The build closest to its timeout first: what an operator looks at.
+        now = time.time()
+        snap["running"].sort(key=lambda j: (-((now - (j.get("started_at") or now)) / (j.get("timeout") or 1e9)),
+                                            j["id"]))
         self.builds += 1
         snap.update(ts=time.time(), ns=self.src.ns, redis="up", error="", down_since=None, seq=self.builds)
         self.snapshot = snap

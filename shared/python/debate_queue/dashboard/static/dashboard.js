@@ -350,7 +350,11 @@
     if (!res.items.length) tb.append(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "no results yet")));
     t.append(tb);
     const total = res.total === null ? (pages.results + 1) * PAGE.results + 1 : res.total;
-    fleet.results.replaceChildren(head("Recent results", null, [el("span", { class: "muted sub" }, "newest first"),
+    const tally = {};
+    for (const r of res.items) tally[r.status] = (tally[r.status] || 0) + 1;
+    const chips = el("span", { class: "tally", title: "of the results listed" },
+      Object.keys(tally).sort().map((k) => el("span", { class: "chip st-" + k }, tally[k] + " " + k)));
+    fleet.results.replaceChildren(head("Recent results", null, [el("span", { class: "muted sub" }, "newest first"), chips,
       pager("results", res.items.length < PAGE.results && pages.results === 0 ? res.items.length : total, reloadResults)]), t);
   }
 
@@ -410,10 +414,19 @@
     job.result = el("section", { class: "panel", id: "result", hidden: true });
     job.box = el("div", { class: "log", id: "log", tabindex: "0" });
     job.followBtn = el("button", { class: "btn btn-small", id: "follow", hidden: true,
-      onclick: () => { job.follow = true; job.box.scrollTop = job.box.scrollHeight; job.followBtn.hidden = true; } }, "↓ follow");
+      onclick: () => {
+        job.follow = true; job.box.scrollTop = job.box.scrollHeight; job.autoTop = job.box.scrollTop;
+        job.followBtn.hidden = true;
+      } }, "↓ follow");
     job.logCount = el("span", { class: "n" }, "0");
+    // Follow the end until the user scrolls up; scrolling back to the end follows again.
+    // (Our own scrolling also fires "scroll", possibly after more lines came: only a
+    // position above the one we set means the user moved.)
+    job.autoTop = 0;
     job.box.addEventListener("scroll", () => {
-      job.follow = job.box.scrollHeight - job.box.scrollTop - job.box.clientHeight < 8;
+      const b = job.box;
+      if (b.scrollHeight - b.scrollTop - b.clientHeight < 8) job.follow = true;
+      else if (b.scrollTop + 4 < job.autoTop) job.follow = false;
       job.followBtn.hidden = job.follow;
     });
     job.timeline = el("ol", { class: "timeline" });
@@ -494,7 +507,7 @@
       if (box.firstChild !== job.cut) box.insertBefore(job.cut, box.firstChild);
     }
     job.logCount.textContent = String(job.lines);
-    if (job.follow) box.scrollTop = box.scrollHeight;
+    if (job.follow) { box.scrollTop = box.scrollHeight; job.autoTop = box.scrollTop; }
     else job.followBtn.hidden = false;
   }
 
