@@ -297,8 +297,6 @@ class AsyncClient:
         st, err = C.state_of(await r.hmget(self.keys.job(job_id), "state", "error"))
         if C.is_dead(st):
             raise JobDead(job_id, err)
-        if st is None and not await r.exists(self.keys.log(job_id)):
-            raise JobNotFound(job_id)
         if C.is_final(st):
             raw = await r.lindex(self.keys.result(job_id), 0)
             if raw is not None:
@@ -317,38 +315,44 @@ class AsyncClient:
         log, job = self.keys.log(job_id), self.keys.job(job_id)
         conn: Optional[aredis.Redis] = None
         last_id, last_seq = "0-0", since_seq
-        known = ending = False
+        ending = after_final = False
         try:
             while True:
                 try:
                     if conn is None:
                         conn = self._blocking()
-                    if not known:
-                        if not await conn.exists(job, log, self.keys.result(job_id)):
-                            raise JobNotFound(job_id)
-                        known = True
                     left = C.remaining(deadline)
-                    if left is not None and left <= 0 and not ending:
+                    if left is not None and left <= 0 and not (ending or after_final):
                         raise EventsTimeout(job_id, timeout or 0.0)
                     block = None if ending else max(1, min(C.BLOCK_MS, int((left if left is not None
                                                                              else 3600) * 1000)))
                     got = C.xread_entries(await conn.xread({log: last_id}, count=C.REPLAY_COUNT,
-                                                           block=block))
+                                                      block=None if ending or after_final else block))
                     backoff.reset()
                     for sid, fields in got:
                         last_id = sid
                         ev = _event(fields, sid)
-                        if ev is None or ev.seq <= last_seq:
+                        if ev is None:
+                            continue
+                        after_final = ev.final
+                        if ev.seq <= last_seq:
                             continue
                         last_seq = ev.seq
                         yield ev
-                        if ev.final:
-                            return
                     if got:
                         continue
-                    if ending:
-                        return
-                    ending = C.is_final(_s(await conn.hget(job, "state")) or None)
+                    state = _s(await conn.hget(job, "state")) or None
+                    if ending or after_final:
+                        # Nothing after the last event: the end, unless the
+                        # job was queued again under its id (a rerun).
+                        if state not in ("queued", "running"):
+                            return
+                        ending = after_final = False
+                        continue
+                    # A quiet block: did the job end without an event we can
+                    # see?  Its final state and its last event are written
+                    # together, so one more read after seeing it gets that event.
+                    ending = C.is_final(state)
                 except _LOST:
                     await self._drop(conn)
                     conn = None

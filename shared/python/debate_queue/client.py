@@ -263,8 +263,10 @@ class Client:
         Every block is bounded, so a job that ended without an event (a
         stream that expired) is seen by the next check.  When Redis goes
         away the wait reconnects with backoff inside its deadline.
-        Raises ResultTimeout, JobDead (dead letters have no result) or
-        JobNotFound.
+        An id nothing is known of yet is waited for: a producer need not
+        write the job hash, which the worker then writes when it takes the
+        job.  Raises ResultTimeout, JobDead (dead letters have no result)
+        or JobNotFound (the job ended and its result expired).
         """
         deadline = time.monotonic() + timeout
         backoff = C.Backoff(deadline)
@@ -314,8 +316,6 @@ class Client:
         st, err = C.state_of(r.hmget(self.keys.job(job_id), "state", "error"))
         if C.is_dead(st):
             raise JobDead(job_id, err)
-        if st is None and not r.exists(self.keys.log(job_id)):
-            raise JobNotFound(job_id)
         if C.is_final(st):
             raw = r.lindex(self.keys.result(job_id), 0)     # landed between the reads
             if raw is not None:
@@ -327,52 +327,58 @@ class Client:
                timeout: Optional[float] = None) -> Iterator[Event]:
         """The job's events with seq > since_seq: the stored stream
         {ns}:log:<id> first, then new ones as they come (XREAD BLOCK from
-        the last entry read; no pub/sub).  Ends after `finished` or `dead`,
-        or when the job hash says the job ended and the stream has nothing
-        more.  Each seq comes once and in order, across Redis restarts too
+        the last entry read; no pub/sub).  Ends after `finished` or `dead`
+        when nothing follows it and the job hash says the job ended (a
+        rerun adds its events after the earlier run's: the follower goes on
+        into it), or when the hash says the job ended and the stream has
+        nothing more.  Each seq comes once and in order, across Redis restarts too
         (the read resumes from the last entry id, and seqs already given
-        are skipped).  timeout bounds the whole follow (EventsTimeout).
-        Raises JobNotFound when the job has no record, result or stream.
+        are skipped).  An id nothing is known of yet is waited for (see
+        result()); timeout bounds the whole follow (EventsTimeout).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         backoff = C.Backoff(deadline)
         log, job = self.keys.log(job_id), self.keys.job(job_id)
         conn: Optional[redis_lib.Redis] = None
         last_id, last_seq = "0-0", since_seq
-        known = ending = False
+        ending = after_final = False
         try:
             while True:
                 try:
                     if conn is None:
                         conn = self._blocking()
-                    if not known:
-                        if not conn.exists(job, log, self.keys.result(job_id)):
-                            raise JobNotFound(job_id)
-                        known = True
                     left = C.remaining(deadline)
-                    if left is not None and left <= 0 and not ending:
+                    if left is not None and left <= 0 and not (ending or after_final):
                         raise EventsTimeout(job_id, timeout or 0.0)
                     block = None if ending else max(1, min(C.BLOCK_MS, int((left if left is not None
                                                                              else 3600) * 1000)))
-                    got = C.xread_entries(conn.xread({log: last_id}, count=C.REPLAY_COUNT, block=block))
+                    got = C.xread_entries(conn.xread({log: last_id}, count=C.REPLAY_COUNT,
+                                                      block=None if ending or after_final else block))
                     backoff.reset()
                     for sid, fields in got:
                         last_id = sid
                         ev = _event(fields, sid)
-                        if ev is None or ev.seq <= last_seq:
+                        if ev is None:
+                            continue
+                        after_final = ev.final
+                        if ev.seq <= last_seq:
                             continue
                         last_seq = ev.seq
                         yield ev
-                        if ev.final:
-                            return
                     if got:
                         continue
-                    if ending:
-                        return
-                    # A quiet block: did the job end without an event we can see?
-                    # Its final state and its last event are written together,
-                    # so one more read after seeing the state gets that event.
-                    ending = C.is_final(_s(conn.hget(job, "state")) or None)
+                    state = _s(conn.hget(job, "state")) or None
+                    if ending or after_final:
+                        # Nothing after the last event: the end, unless the
+                        # job was queued again under its id (a rerun).
+                        if state not in ("queued", "running"):
+                            return
+                        ending = after_final = False
+                        continue
+                    # A quiet block: did the job end without an event we can
+                    # see?  Its final state and its last event are written
+                    # together, so one more read after seeing it gets that event.
+                    ending = C.is_final(state)
                 except _LOST:
                     self._drop(conn)
                     conn = None
