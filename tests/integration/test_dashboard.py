@@ -250,8 +250,10 @@ def test_dashboard_finished_and_failed_pages(stack, chrome):
     ok = make_profile(stack.broot, "p-ok", iso_name="dashok", mode="ok", seconds=1)
     # A hostile build: markup, a script tag, a 6000-byte word, escapes and bad UTF-8, then exit 7.
     bad = _profile_with_script(stack.broot, "p-fail", HOSTILE, mode="ok", seconds=0.5)
+    plain = make_profile(stack.broot, "p-plain-fail", mode="fail", seconds=0.5, exit=7)
     ok_id = submit(stack.r, stack.ns, profile=ok, output="out/ok")
     bad_id = submit(stack.r, stack.ns, profile=bad, output="out/bad", id="f" * 40 + "-a-long-job-id-" + "x" * 8)
+    fail_id = submit(stack.r, stack.ns, profile=plain, output="out/plain")
     res_ok = wait_result(stack.r, stack.ns, ok_id, 60)
     got = stack.r.blpop(f"{{{stack.ns}}}:result:{bad_id}", timeout=60)
     assert got, "no result for the hostile build"
@@ -287,6 +289,13 @@ def test_dashboard_finished_and_failed_pages(stack, chrome):
     assert js(chrome, "return window.__xss === undefined")
     assert js(chrome, "return document.documentElement.scrollWidth <= window.innerWidth")
     assert js(chrome, "const b = document.getElementById('log'); return b.scrollWidth <= b.clientWidth")
+    shot(chrome, "job-hostile")
+
+    # An ordinary failure, for the screenshot an operator would see most.
+    res_fail = wait_result(stack.r, stack.ns, fail_id, 60)
+    chrome.get(stack.dash.url + "job/" + fail_id)
+    wait_until(lambda: chrome.find_element(By.CSS_SELECTOR, "#result .errbox").text == res_fail["error"], 15,
+               what="the plain failure's error")
     shot(chrome, "job-failed")
 
     # Recent results on the fleet page: colour, duration, worker, attempt.

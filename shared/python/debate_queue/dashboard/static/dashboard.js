@@ -294,7 +294,7 @@
         el("td", { class: "mono ell", title: w.id + (w.version ? "\nversion " + w.version : "") + (w.pid ? "\npid " + w.pid : "") }, w.id),
         el("td", { class: "ell", title: w.host }, w.host || "–"),
         el("td", {}, w.lost ? el("span", { class: "badge badge-bad" }, "lost") : slots),
-        el("td", { class: "mono ell" }, w.jobs.length ? w.jobs.map((id, i) => [i ? ", " : "", el("a", { href: jobHref(id) }, id)]) : el("span", { class: "muted" }, "idle")),
+        el("td", { class: "mono ell", title: w.jobs.join("\n") }, w.jobs.length ? w.jobs.map((id, i) => [i ? ", " : "", el("a", { href: jobHref(id) }, id)]) : el("span", { class: "muted" }, "idle")),
         el("td", { class: "num", "data-ago": w.beat }, ago(w.beat))));
     }
     if (!ws.length) tb.append(el("tr", {}, el("td", { colspan: 5, class: "empty" }, "no workers")));
@@ -475,12 +475,6 @@
         job.bar = bar(st.ts, lim.timeout, lim.warning);
         job.progress.replaceChildren(job.bar);
       }
-    } else if (res && res.started_at && lim.timeout) {
-      const b = bar(res.started_at, lim.timeout, lim.warning, true);
-      b.dataset.done_at = res.finished_at;
-      tickBar(b);
-      job.progress.replaceChildren(b);
-      job.bar = null;
     } else if (!running) {
       job.progress.replaceChildren();
       job.bar = null;
