@@ -640,3 +640,23 @@ def test_dashboard_renders_1000_queued_50_running_quickly(stack, chrome):
         assert min(figures) < 3.0, report         # the figure is reported; this bound is generous
     finally:
         dash.stop()
+
+
+def test_dashboard_cli_refuses_to_start_writable_without_a_token(tmp_path):
+    """No token and no --read-only: a clear error, exit 2, nothing served; an empty token file is refused too."""
+    env = dict(os.environ, PYTHONPATH=SHARED_PY)
+    env.pop("DEBATE_DASHBOARD_TOKEN", None)
+    argv = [sys.executable, "-m", "debate_queue.dashboard", "--redis", "redis://127.0.0.1:1/0",
+            "--listen", f"127.0.0.1:{free_port()}"]
+    cp = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30)
+    assert cp.returncode == 2 and "no token: give --token-file FILE" in cp.stderr, cp.stderr
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    cp = subprocess.run(argv + ["--token-file", str(empty)], capture_output=True, text=True, env=env, timeout=30)
+    assert cp.returncode == 2 and f"--token-file {empty}: the file is empty" in cp.stderr, cp.stderr
+    cp = subprocess.run(argv[:-2] + ["--listen", "8080"], capture_output=True, text=True, env=env, timeout=30)
+    assert cp.returncode == 2 and "give HOST:PORT" in cp.stderr, cp.stderr
+    from debate_queue import AsyncClient
+    from debate_queue.dashboard import dashboard_app
+    with pytest.raises(ValueError, match="give token="):
+        dashboard_app(AsyncClient("redis://127.0.0.1:1/0", "x"))

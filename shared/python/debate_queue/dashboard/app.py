@@ -182,6 +182,12 @@ def dashboard_app(client: AsyncClient, read_only: bool = False, token: Optional[
     read_only hides cancel and retry and refuses them (403).  token is
     what changing anything needs; required unless read_only.  interval:
     seconds between fleet snapshots.
+
+    Live streams end by themselves every 5 minutes (the browser resumes
+    them).  uvicorn waits for open responses before it stops, and a
+    mounted app hears nothing of that: a backend that wants to stop at
+    once calls ``app.state.dashboard.hub.shutdown()`` from its signal
+    handler first (``python3 -m debate_queue.dashboard`` does).
     """
     if not read_only and not token:
         raise ValueError("dashboard_app: give token= (or read_only=True): changing anything needs a token")

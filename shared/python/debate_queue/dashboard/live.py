@@ -161,6 +161,7 @@ class Hub:
         for jid in list(self.live):
             if jid not in running_ids:
                 del self.live[jid]
+        self.seeded = {k for k in self.seeded if k[0] in running_ids}
         for j in snap["running"]:
             j.update(self._live_fields(j))
         # The build closest to its timeout first: what an operator looks at.
