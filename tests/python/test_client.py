@@ -2,6 +2,7 @@
 runtime, one test with podman): submit, wait, follow, cancel, the readers
 a dashboard uses, and the dead letters."""
 import hashlib
+import shutil
 import subprocess
 import threading
 import time
@@ -286,9 +287,16 @@ def test_pip_install_copies_the_submit_script(tmp_path):
     """`pip install shared/python` gives a package that finds submit.lua
     (the symlink in the source tree becomes a copy) and runs."""
     from .conftest import SHARED_PYTHON
+    # A copy of shared/python and shared/lua (the symlink kept), since pip
+    # builds in the tree it is given.
+    src = tmp_path / "shared"
+    ignore = shutil.ignore_patterns("__pycache__", "build", "*.egg-info")
+    shutil.copytree(SHARED_PYTHON, src / "python", symlinks=True, ignore=ignore)
+    shutil.copytree(SHARED_PYTHON.parent / "lua", src / "lua")
+    assert (src / "python" / "debate_queue" / "submit.lua").is_symlink()
     target = tmp_path / "site"
     p = subprocess.run(["/usr/bin/python3", "-m", "pip", "install", "--no-deps", "--no-build-isolation",
-                        "--no-index", "--target", str(target), str(SHARED_PYTHON)],
+                        "--no-index", "--target", str(target), str(src / "python")],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     lua = target / "debate_queue" / "submit.lua"

@@ -7,13 +7,15 @@
         ...
     res = await c.result(job.id, timeout=3600)
 
-Cancelling: redis-py 4.3.4 puts a connection whose command was cancelled
-back into the pool with its reply still on the way, so the next command
-on it would read that reply as its own (fixed upstream in 4.5.4 and
-4.4.4).  This client closes such a connection at once instead (see
-_SafeRedis), and each blocking read (result(), events()) runs on a
-connection of its own that is closed when the read ends, however it ends:
-a cancelled follower leaves the client's pool clean.
+Cancelling: some redis-py 4.x releases (CVE-2023-28858, CVE-2023-28859)
+put a connection whose command was cancelled back
+into the pool with its reply still on the way, so the next command on it
+read that reply as its own.  Debian's 4.3.4 closes such a connection on
+its read path itself; this client does not rely on that: _SafeRedis closes
+it at once, whatever redis-py is installed, and each blocking read
+(result(), events()) runs on a connection of its own that is closed when
+the read ends, however it ends.  A cancelled follower leaves the client's
+pool clean.
 """
 from __future__ import annotations
 
