@@ -310,6 +310,31 @@ def test_dashboard_finished_and_failed_pages(stack, chrome):
     assert not browser_errors(chrome)
 
 
+def test_dashboard_long_log_keeps_the_page_responsive(stack, chrome):
+    """A 30,000-line log replays into the page: the last 20,000 lines are shown, in order, and a note says so."""
+    from selenium.webdriver.common.by import By
+    prof = make_profile(stack.broot, "p-flood", mode="flood", lines=30000)
+    jid = submit(stack.r, stack.ns, profile=prof, output="out/flood")
+    res = wait_result(stack.r, stack.ns, jid, 60)
+    assert res["status"] == "succeeded" and not res["dropped_lines"], res
+    total = sum(len(e["lines"]) for e in (msgpack.unpackb(f[b"event"]) for _, f in
+                                          stack.r.xrange(f"{{{stack.ns}}}:log:{jid}")) if e["type"] == "log")
+    t0 = time.time()
+    chrome.get(stack.dash.url + "job/" + jid)
+    wait_until(lambda: js(chrome, "return document.querySelector('.logpanel h2 .n').textContent") == str(total),
+               60, 0.2, what=f"all {total} lines counted")
+    took = time.time() - t0
+    shown = js(chrome, """return Array.from(document.querySelectorAll('#log .ln'))
+                          .map(e => [e.className, e.lastChild.textContent, e.firstChild.textContent])""")
+    assert shown[0][0] == "ln ln-note" and f"{total - 20000} earlier lines not shown" in shown[0][1], shown[0]
+    lines = shown[1:]
+    assert len(lines) == 20000
+    assert [int(x[2]) for x in lines] == list(range(total - 19999, total + 1))
+    assert lines[-1][1] == res["log_tail"][-1]
+    assert chrome.find_element(By.CSS_SELECTOR, "#job-state .chip").text == "succeeded"
+    print(f"{total} lines replayed into the job page in {took:.1f}s")
+
+
 def test_dashboard_dead_letter_retried_from_page_runs(stack, chrome):
     """Dead letters show their reasons; Retry on the page puts one back and it runs."""
     from selenium.webdriver.common.by import By

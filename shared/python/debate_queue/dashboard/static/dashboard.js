@@ -7,7 +7,7 @@
  */
 "use strict";
 (function () {
-  const MAX_LOG_LINES = 50000;
+  const MAX_LOG_LINES = 20000;
   const FINAL = ["succeeded", "failed", "timed_out", "oom_killed", "cancelled", "error", "dead"];
 
   const $ = (id) => document.getElementById(id);
@@ -400,7 +400,7 @@
 
   // ------------------------------------------------------------ job view
 
-  const job = { seq: 0, lines: 0, follow: true, state: "", ev: {}, box: null };
+  const job = { seq: 0, lines: 0, follow: true, state: "", ev: {}, box: null, pending: [], hidden: 0, flushing: false };
   function jobView() {
     const id = view.id;
     document.title = id + " · builds";
@@ -481,24 +481,52 @@
     }
   }
 
+  /* Log lines are queued here and put in the DOM once per frame: a replay of
+   * a long log arrives as hundreds of events a second, and laying the box
+   * out after each would freeze the page.  Only the last MAX_LOG_LINES are
+   * kept in the DOM. */
   function addLines(ev) {
-    const box = job.box;
-    const frag = document.createDocumentFragment();
-    if (ev.dropped) frag.append(el("div", { class: "ln ln-note" }, "[" + ev.dropped + " lines dropped here]"));
+    if (ev.dropped) job.pending.push({ note: "[" + ev.dropped + " lines dropped here]" });
     for (const line of ev.lines || []) {
       job.lines++;
-      const d = el("div", { class: ev.stream === "stderr" ? "ln ln-err" : "ln" });
-      d.append(el("span", { class: "lno" }, String(job.lines)));
-      d.append(document.createTextNode(String(line)));
+      job.pending.push({ n: job.lines, err: ev.stream === "stderr", t: String(line) });
+    }
+    if (job.pending.length > 2 * MAX_LOG_LINES) {
+      job.hidden += job.pending.length - MAX_LOG_LINES;
+      job.pending.splice(0, job.pending.length - MAX_LOG_LINES);
+    }
+    if (!job.flushing) {
+      job.flushing = true;
+      requestAnimationFrame(flushLines);
+    }
+  }
+
+  function flushLines() {
+    job.flushing = false;
+    const box = job.box;
+    let items = job.pending;
+    job.pending = [];
+    if (items.length > MAX_LOG_LINES) {
+      job.hidden += items.length - MAX_LOG_LINES;
+      items = items.slice(-MAX_LOG_LINES);
+    }
+    const frag = document.createDocumentFragment();
+    for (const it of items) {
+      if (it.note) { frag.append(el("div", { class: "ln ln-note" }, it.note)); continue; }
+      const d = el("div", { class: it.err ? "ln ln-err" : "ln" });
+      d.append(el("span", { class: "lno" }, String(it.n)));
+      d.append(document.createTextNode(it.t));
       frag.append(d);
     }
     box.append(frag);
-    let extra = box.childElementCount - MAX_LOG_LINES;
-    if (extra > 0) {
-      if (!job.cut) { job.cut = el("div", { class: "ln ln-note" }); }
-      while (extra-- > 0) box.removeChild(box.firstChild === job.cut ? job.cut.nextSibling : box.firstChild);
-      job.cut.textContent = "[earlier lines not shown here; `enqueue logs " + view.id + "` has them]";
-      if (box.firstChild !== job.cut) box.insertBefore(job.cut, box.firstChild);
+    let extra = box.childElementCount - MAX_LOG_LINES - (job.cut ? 1 : 0);
+    if (extra > 0 || job.hidden) {
+      if (!job.cut) job.cut = el("div", { class: "ln ln-note" });
+      if (job.cut.parentNode) job.cut.remove();
+      job.hidden += Math.max(extra, 0);
+      while (extra-- > 0) box.removeChild(box.firstChild);
+      job.cut.textContent = "[" + job.hidden + " earlier lines not shown here; `enqueue logs " + view.id + "` has them]";
+      box.insertBefore(job.cut, box.firstChild);
     }
     job.logCount.textContent = String(job.lines);
     if (job.follow) { box.scrollTop = box.scrollHeight; job.autoTop = box.scrollTop; }
