@@ -216,7 +216,7 @@ def stack(tmp_path_factory, podman):
     s.worker = None
     s.dash = None
     try:
-        s.worker = s.fleet.start(podman, worker={"concurrency": 3}, sandbox={"memory": "256m", "cpus": 1})
+        s.worker = s.fleet.start(podman, worker={"concurrency": 2}, sandbox={"memory": "256m", "cpus": 1})
         s.worker.wait_log(r"redis fetch: connected", timeout=20)
         s.dash = start_mounted(tmp, srv.url, s.ns)
         yield s
@@ -372,8 +372,12 @@ def test_dashboard_running_build_is_live_and_cancel_stops_it(stack, chrome):
                                 mode="ok", seconds=2)
     jid = submit(stack.r, stack.ns, profile=slow, output="out/slow", timeout=120, warning=6)
     other = submit(stack.r, stack.ns, profile=slow, output="out/slow2", timeout=120, warning=90)
+    waiting = submit(stack.r, stack.ns, profile=slow, output="out/slow3")   # both slots are taken
 
     login(chrome, stack.dash.url)
+    # Cancel a queued job from the queue table: it never starts.
+    click(chrome, f"#queue tr button[data-action=cancel][data-id='{waiting}']", "the queued job's Cancel")
+    wait_until(lambda: stack.r.hget(f"{{{stack.ns}}}:cancel", waiting), 10, what="the cancel recorded")
     js(chrome, "window.__mark = 'no reload'")
     sel = f"#running tr[data-job='{jid}'] .bar"
     wait_until(lambda: chrome.find_element(By.CSS_SELECTOR, sel), 30, what="the running build's bar")
@@ -426,6 +430,9 @@ def test_dashboard_running_build_is_live_and_cancel_stops_it(stack, chrome):
     res = wait_result(stack.r, stack.ns, jid, 10)
     assert res["status"] == "cancelled", res
     assert took < 15, f"cancel took {took:.1f}s"
+    res = wait_result(stack.r, stack.ns, waiting, 30)     # taken by the freed slot, recorded at once
+    assert res["status"] == "cancelled", res
+    assert "started" not in {e[b"type"] for _, e in stack.r.xrange(f"{{{stack.ns}}}:log:{waiting}")}
     stack.r.hset(f"{{{stack.ns}}}:cancel", other, time.time())
     wait_result(stack.r, stack.ns, other, 30)
     print(f"cancel from the page to `cancelled` on the page: {took:.1f}s")

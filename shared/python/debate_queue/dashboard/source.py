@@ -91,7 +91,8 @@ class Source:
         p.lrange(self.key("queue"), -queued_count, -1)
         p.lrange(self.key("results"), 0, results_count - 1)
         p.hlen(self.key("cancel"))
-        nq, nd, ndead, wz, qraw, rraw, ncancel = await p.execute()
+        p.llen(self.key("results"))
+        nq, nd, ndead, wz, qraw, rraw, ncancel, nres = await p.execute()
         ids = [text(w) for w, _ in wz]
         p = self.r.pipeline(transaction=False)
         for w in ids:
@@ -117,13 +118,18 @@ class Source:
                     running.append({"id": job["id"], "worker": wid, "payload": job})
         queued = [self._queued_entry(x) for x in reversed(qraw)]
         asking = [j["id"] for j in running] + [q["id"] for q in queued if q["id"]]
+        undated = [q for q in queued if q["id"] and q["enqueued_at"] is None]
         p = self.r.pipeline(transaction=False)
         for j in running:
             p.hgetall(self.key("job", j["id"]))
+        for q in undated:       # a producer may put enqueued_at in the job hash only (PROTOCOL's example)
+            p.hget(self.key("job", q["id"]), "enqueued_at")
         if asking and ncancel:
             p.hmget(self.key("cancel"), asking)
-        got = await p.execute() if running or (asking and ncancel) else []
-        asked = dict(zip(asking, got[len(running)])) if asking and ncancel else {}
+        got = await p.execute() if running or undated or (asking and ncancel) else []
+        for q, at in zip(undated, got[len(running):len(running) + len(undated)]):
+            q["enqueued_at"] = num(at)
+        asked = dict(zip(asking, got[len(running) + len(undated)])) if asking and ncancel else {}
         for j, h in zip(running, got[: len(running)]):
             h = text(h)
             pl = j.pop("payload")
@@ -136,7 +142,7 @@ class Source:
         for q in queued:
             q["cancel"] = asked.get(q["id"]) is not None
         return {
-            "counts": {"queued": nq, "delayed": nd, "dead": ndead, "workers": len(ids),
+            "counts": {"queued": nq, "delayed": nd, "dead": ndead, "workers": len(ids), "results": nres,
                        "running": len(running),
                        "slots": sum(w["concurrency"] for w in workers if not w["lost"]),
                        "free": sum(w["free"] for w in workers if not w["lost"])},
@@ -167,6 +173,19 @@ class Source:
                   "enqueued_at": q.enqueued_at, "bad": "" if q.id else f"unreadable payload ({q.size} bytes)",
                   "cancel": False}
                  for q in await self.client.queued(start, count)]
+        ids = [q["id"] for q in items if q["id"]]
+        if ids:
+            p = self.r.pipeline(transaction=False)
+            for i in ids:
+                p.hget(self.key("job", i), "enqueued_at")
+            p.hmget(self.key("cancel"), ids)
+            got = await p.execute()
+            at = dict(zip(ids, got[:-1]))
+            asked = dict(zip(ids, got[-1]))
+            for q in items:
+                if q["id"]:
+                    q["enqueued_at"] = q["enqueued_at"] or num(at.get(q["id"]))
+                    q["cancel"] = asked.get(q["id"]) is not None
         return {"total": total, "start": start, "items": items}
 
     async def results(self, start: int, count: int) -> dict[str, Any]:

@@ -116,9 +116,9 @@
       title: asked ? "cancel already asked; the worker stops it at its next check" : "stop this build",
       onclick: async (e) => {
         e.preventDefault();
-        if (await post("api/cancel", { id: id })) e.target.textContent = "cancelling…";
+        if (await post("api/cancel", { id: id })) e.target.textContent = "asked";
       },
-    }, asked ? "cancelling…" : "Cancel");
+    }, asked ? "asked" : "Cancel");
   }
 
   /* The elapsed-time bar: fill to elapsed/timeout, a mark at the warning point. */
@@ -239,7 +239,7 @@
     renderRunning(snap.running || []);
     renderWorkers(snap.workers || []);
     if (pages.queued === 0) renderQueue({ total: snap.counts.queued, items: snap.queued || [] });
-    if (pages.results === 0) renderResults({ total: null, items: snap.results || [] });
+    if (pages.results === 0) renderResults({ total: snap.counts.results, items: snap.results || [] });
   }
 
   function head(title, n, extra) {
@@ -349,13 +349,12 @@
     }
     if (!res.items.length) tb.append(el("tr", {}, el("td", { colspan: 7, class: "empty" }, "no results yet")));
     t.append(tb);
-    const total = res.total === null ? (pages.results + 1) * PAGE.results + 1 : res.total;
     const tally = {};
     for (const r of res.items) tally[r.status] = (tally[r.status] || 0) + 1;
     const chips = el("span", { class: "tally", title: "of the results listed" },
       Object.keys(tally).sort().map((k) => el("span", { class: "chip st-" + k }, tally[k] + " " + k)));
     fleet.results.replaceChildren(head("Recent results", null, [el("span", { class: "muted sub" }, "newest first"), chips,
-      pager("results", res.items.length < PAGE.results && pages.results === 0 ? res.items.length : total, reloadResults)]), t);
+      pager("results", res.total || 0, reloadResults)]), t);
   }
 
   // ------------------------------------------------------------ dead letters
