@@ -207,7 +207,7 @@ class Hub:
             "started_at": j.get("started_at") or started.get("ts"),
             "memory": stats.get("memory"), "cpu": stats.get("cpu"), "cpu_pct": cpu_pct,
             "stats_elapsed": stats.get("elapsed"),
-            "warned": bool(st.get("warning")) and st.get("attempt") == j.get("attempt"),
+            "warned": (st.get("warning") or {}).get("attempt") == j.get("attempt"),
             "phase": j.get("phase") or st.get("phase", ""),
         }
 
