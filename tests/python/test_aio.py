@@ -1,6 +1,7 @@
 """Following builds with Client and AsyncClient through a Redis restart,
 and what a cancelled asyncio follower leaves behind (nothing)."""
 import asyncio
+import random
 import threading
 import time
 
@@ -113,15 +114,27 @@ def test_a_cancelled_async_follower_leaves_the_client_usable(fleet, r, redis_srv
                 async for ev in c.events(job.id):
                     got.append(ev)
 
-            task = asyncio.create_task(follow())
-            while len(got) < 3:
-                await asyncio.sleep(0.05)
-            assert len(r.client_list()) == before + 1       # its own connection
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            await asyncio.sleep(0.1)
-            assert len(r.client_list()) == before           # ... closed with the task
+            # Cancelled at random moments (mid-send, mid-read, between
+            # reads), a follower stops every time and closes its connection.
+            rnd = random.Random(7)
+            for _ in range(30):
+                got.clear()
+                task = asyncio.create_task(follow())
+                while len(got) < 3:
+                    await asyncio.sleep(0)
+                assert len(r.client_list()) == before + 1   # its own connection
+                for _ in range(rnd.randrange(40)):
+                    await asyncio.sleep(0)                  # a few loop turns: a send, a read
+                if rnd.random() < 0.3:
+                    await asyncio.sleep(rnd.uniform(0, 0.2))
+                task.cancel()
+                done, _ = await asyncio.wait({task}, timeout=5 * SLOW)
+                assert task in done and task.cancelled(), "a cancelled follower went on"
+                for _ in range(40):
+                    if len(r.client_list()) == before:
+                        break
+                    await asyncio.sleep(0.05)
+                assert len(r.client_list()) == before       # ... closed with the task
 
             # A follower left early (break) closes its connection too, when
             # the event loop finalizes the generator.

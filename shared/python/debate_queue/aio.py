@@ -15,7 +15,8 @@ its read path itself; this client does not rely on that: _SafeRedis closes
 it at once, whatever redis-py is installed, and each blocking read
 (result(), events()) runs on a connection of its own that is closed when
 the read ends, however it ends.  A cancelled follower leaves the client's
-pool clean.
+pool clean, and it does stop: see _OWN_TIMEOUT for the cancel that
+Python 3.11's wait_for() inside redis-py could lose.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ from .validate import Limits, build_payload, payload_id
 
 __all__ = ["AsyncClient"]
 
-_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+_LOST = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
 
 
 def _abandon(conn: Any) -> None:
@@ -58,11 +59,35 @@ def _abandon(conn: Any) -> None:
     conn._writer = None
 
 
+# Python 3.11's asyncio.wait_for(), which redis-py wraps around every send
+# when the connection has a socket timeout, returns the inner result when
+# a cancel lands just as the send completes: the CancelledError is lost,
+# and a cancelled follower would go on following forever (this happened
+# in tests/python/test_aio.py).  So on 3.11 and later the connections get
+# no socket timeout, and each command runs inside asyncio.timeout()
+# instead, which neither loses a cancel nor mistakes one for its own.
+# That is done for the blocking reads (result(), events()), which spend
+# their time in commands; the client's shared pool keeps redis-py's socket
+# timeout, so a cancel landing on one of its short commands may still be
+# lost by redis-py (the method then returns normally).
+_OWN_TIMEOUT = hasattr(asyncio, "timeout")
+
+
 class _SafeRedis(aredis.Redis):
-    """redis.asyncio.Redis whose interrupted commands (a cancelled task)
-    close their connection instead of pooling it with a reply pending."""
+    """redis.asyncio.Redis whose interrupted commands (a cancelled task, a
+    timeout) close their connection instead of pooling it with a reply
+    pending, and which times each command out itself (``command_timeout``,
+    see _OWN_TIMEOUT)."""
+
+    command_timeout: Optional[float] = None
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.command_timeout is None:
+            return await self._guarded(*args, **options)
+        async with asyncio.timeout(self.command_timeout):  # type: ignore[attr-defined]
+            return await self._guarded(*args, **options)
+
+    async def _guarded(self, *args: Any, **options: Any) -> Any:
         await self.initialize()
         pool = self.connection_pool
         conn = self.connection or await pool.get_connection(args[0], **options)
@@ -80,6 +105,21 @@ class _SafeRedis(aredis.Redis):
                 await pool.release(conn)
 
 
+def _safe(pool: aredis.ConnectionPool, timeout: Optional[float], **kw: Any) -> _SafeRedis:
+    """A _SafeRedis on pool whose commands time out after timeout seconds."""
+    r = _SafeRedis(connection_pool=pool, **kw)
+    r.command_timeout = timeout if _OWN_TIMEOUT else None
+    return r
+
+
+def _pool_kwargs(kw: dict, socket_timeout: Optional[float]) -> dict:  # type: ignore[type-arg]
+    """Connection options with the socket timeout left to asyncio.timeout()."""
+    kw = dict(kw)
+    kw["socket_timeout"] = None if _OWN_TIMEOUT else socket_timeout
+    kw.setdefault("socket_connect_timeout", 10.0)
+    return kw
+
+
 class AsyncClient:
     """Client (client.py) on asyncio: the same methods, awaited; events()
     is an async iterator.  See Client for what each method does."""
@@ -90,6 +130,9 @@ class AsyncClient:
         self.keys = Keys(namespace)
         self.namespace = namespace
         self.limits = limits or Limits()
+        # The shared pool keeps its socket timeout: pipelines and pub/sub on
+        # it (the dashboard's) need one.  Its commands are short; the long,
+        # blocking reads run on connections of their own (_blocking()).
         self.redis: aredis.Redis = redis if redis is not None else _SafeRedis.from_url(
             url, socket_timeout=socket_timeout, socket_connect_timeout=min(socket_timeout, 10.0))
 
@@ -108,11 +151,9 @@ class AsyncClient:
     def _blocking(self) -> aredis.Redis:
         """A client on one connection of its own, for a blocking read."""
         pool = self.redis.connection_pool
-        kw = dict(pool.connection_kwargs)
-        kw["socket_timeout"] = C.BLOCK_SOCKET_TIMEOUT
-        kw.setdefault("socket_connect_timeout", 10.0)
-        own = aredis.ConnectionPool(connection_class=pool.connection_class, max_connections=1, **kw)
-        return _SafeRedis(connection_pool=own, single_connection_client=True)
+        own = aredis.ConnectionPool(connection_class=pool.connection_class, max_connections=1,
+                                    **_pool_kwargs(pool.connection_kwargs, C.BLOCK_SOCKET_TIMEOUT))
+        return _safe(own, C.BLOCK_SOCKET_TIMEOUT, single_connection_client=True)
 
     @staticmethod
     async def _drop(r: Optional[aredis.Redis]) -> None:
