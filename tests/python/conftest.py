@@ -16,13 +16,13 @@ for p in (REPO / "shared" / "python", REPO / "tests" / "integration"):
         sys.path.insert(0, str(p))
 
 from conftest import (ENQUEUE_BIN, SANITIZED, SLOW, WORKER_BIN, builds_root, enqueue,  # noqa: E402
-                      enqueue_bg, free_port, ini, make_ini, redis_factory, redis_server)
+                      enqueue_bg, free_port, ini, make_ini, redis_factory, redis_server, write_ini)
 from workers import (CONTAINERS_CONF, TEST_IMAGE, Fleet, RedisServer, Worker, broot, fleet,  # noqa: E402
                      make_profile, ns, podman, r, redis_srv)
 
 SHARED_PYTHON = REPO / "shared" / "python"
 
 __all__ = ["ENQUEUE_BIN", "SANITIZED", "SLOW", "WORKER_BIN", "builds_root", "enqueue", "enqueue_bg",
-           "free_port", "ini", "make_ini", "redis_factory", "redis_server", "CONTAINERS_CONF",
+           "free_port", "write_ini", "ini", "make_ini", "redis_factory", "redis_server", "CONTAINERS_CONF",
            "TEST_IMAGE", "Fleet", "RedisServer", "Worker", "broot", "fleet", "make_profile", "ns",
            "podman", "r", "redis_srv", "REPO", "SHARED_PYTHON"]

@@ -4,7 +4,9 @@ tests/unit/test_vectors.c runs the same file through the worker's
 job_decode(): a payload gets the same verdict from both, or one of these
 two tests fails.
 """
-from debate_queue import CLIENT_REFUSALS, refusal
+from debate_queue import CLIENT_REFUSALS, Limits, refusal
+
+from .conftest import REPO, write_ini
 
 from .vectors import load
 
@@ -37,3 +39,18 @@ def test_refusals_name_the_field():
         assert r.field in ("payload", "id", "profile", "output", "source_date_epoch", "enqueued_at",
                            "memory", "cpus", "timeout", "warning", "retries", "image", "meta"), v
         assert r.message.startswith(r.field) or r.field == "payload", (v, r.message)
+
+
+def test_limits_from_a_worker_ini(tmp_path):
+    """Limits.from_ini() reads what the vectors' @ lines stand for, and the
+    shipped worker.ini gives the defaults."""
+    lim, _ = load()
+    path = write_ini(tmp_path / "worker.ini", {
+        "queue": {"max_payload": 4096},
+        "worker": {"builds_root": lim.builds_root},
+        "sandbox": {"image": lim.images[0], "images": " ".join(lim.images[1:]), "max_memory": "16g",
+                    "max_cpus": 16, "max_timeout": 14400, "timeout": "1200   ; the default"},
+    })
+    assert Limits.from_ini(path) == lim
+    shipped = Limits.from_ini(REPO / "worker.ini")
+    assert shipped == Limits(builds_root="/var/lib/debate/builds", images=("localhost/debate-archiso:latest",))

@@ -15,6 +15,7 @@ drift apart.
 """
 from __future__ import annotations
 
+import configparser
 import math
 import os
 import secrets
@@ -69,6 +70,30 @@ class Limits:
     max_timeout: float = 4 * 3600.0
     timeout: float = 1200.0
     max_payload: int = 1 << 20
+
+    @classmethod
+    def from_ini(cls, path: Union[str, "os.PathLike[str]"]) -> "Limits":
+        """The limits a worker.ini sets (what is not set keeps its default,
+        and the image allow list is ``image`` plus ``images``)."""
+        cp = configparser.ConfigParser(interpolation=None, delimiters=("=",), strict=False,
+                                       comment_prefixes=("#", ";"), inline_comment_prefixes=(";",))
+        with open(path) as f:
+            cp.read_file(f)
+
+        def get(sec: str, key: str) -> Optional[str]:
+            v = cp.get(sec, key, fallback=None)
+            return v.strip() if v is not None and v.strip() else None
+
+        d = cls()
+        image = get("sandbox", "image") or "localhost/debate-archiso:latest"
+        mem, pay = get("sandbox", "max_memory"), get("queue", "max_payload")
+        return cls(builds_root=get("worker", "builds_root") or "/var/lib/debate/builds",
+                   images=(image,) + tuple((get("sandbox", "images") or "").split()),
+                   max_memory=parse_size(mem) if mem else d.max_memory,
+                   max_cpus=float(get("sandbox", "max_cpus") or d.max_cpus),
+                   max_timeout=float(get("sandbox", "max_timeout") or d.max_timeout),
+                   timeout=float(get("sandbox", "timeout") or d.timeout),
+                   max_payload=parse_size(pay) if pay else d.max_payload)
 
 
 class MpStr(bytes):

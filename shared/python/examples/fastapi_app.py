@@ -1,6 +1,7 @@
 """A FastAPI backend over debate_queue: submit builds, stream their events.
 
     DEBATE_REDIS_URL=redis://localhost:6379/0 DEBATE_NAMESPACE=debate \\
+    DEBATE_WORKER_INI=/etc/debate/worker.ini \\
     PYTHONPATH=shared/python uvicorn --app-dir shared/python/examples fastapi_app:app
 
     curl -X POST localhost:8000/builds -H 'content-type: application/json' \\
@@ -112,8 +113,10 @@ def create_app(client: AsyncClient) -> FastAPI:
 
 
 def _limits_from_env() -> Limits:
-    root = os.environ.get("DEBATE_BUILDS_ROOT")
-    return Limits(builds_root=root) if root else Limits()
+    """The workers' worker.ini (DEBATE_WORKER_INI), so submit() checks jobs
+    against the limits they enforce; else worker.ini's defaults."""
+    ini = os.environ.get("DEBATE_WORKER_INI")
+    return Limits.from_ini(ini) if ini else Limits()
 
 
 app = create_app(AsyncClient(os.environ.get("DEBATE_REDIS_URL", "redis://localhost:6379/0"),
