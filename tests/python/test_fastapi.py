@@ -10,6 +10,8 @@ import time
 import httpx
 import pytest
 
+from debate_queue import Client
+
 from .conftest import SHARED_PYTHON, SLOW, free_port, make_profile
 from .test_client import script
 
@@ -95,3 +97,32 @@ def test_submit_and_stream_events_over_http(api, fleet, broot, tmp_path):
         assert r.status_code == 409 and r.json()["detail"]["state"] == "succeeded"
         assert http.get("/builds/no-such-job").status_code == 404
         assert http.get("/builds/bad%20id/events").status_code == 400
+
+
+def test_a_client_that_goes_away_ends_its_stream(api, fleet, r, ns, broot, tmp_path):
+    """An HTTP client that disconnects mid-build: the app's follower is
+    cancelled and its Redis connection closed; the build goes on."""
+    make_profile(broot, "p")
+    cmd = script(tmp_path, 'i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.1; done\n')
+    fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"log_batch_interval": 0.1})
+    with httpx.Client(base_url=api, timeout=30) as http:
+        jid = http.post("/builds", json={"profile": "p", "output": "o"}).json()["id"]
+        base = None
+        for _ in range(3):
+            with http.stream("GET", f"/builds/{jid}/events") as resp:
+                n = 0
+                for line in resp.iter_lines():
+                    n += line.startswith("id: ")
+                    if n == 3:
+                        break
+                if base is None:
+                    base = len(r.client_list()) - 1     # less the follower's own
+            deadline = time.time() + 10 * SLOW
+            while len(r.client_list()) != base and time.time() < deadline:
+                time.sleep(0.05)
+            assert len(r.client_list()) == base
+        assert http.get(f"/builds/{jid}").json()["state"] == "running"
+        c = Client(namespace=ns, redis=r)
+        assert c.cancel(jid)
+        assert c.result(jid, timeout=20).status.value == "cancelled"
+        assert http.get(f"/builds/{jid}").json()["state"] == "cancelled"
