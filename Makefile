@@ -25,8 +25,8 @@ ALL_LDFLAGS = $(LDFLAGS) $(SAN_CFLAGS)
 B ?= build
 SHARED_LIBS = -lmsgpackc -linih -lm
 # libsystemd and libmicrohttpd are loaded with dlopen() when used (notify.c, metrics.c).
-WORKER_LIBS = -lhiredis -lev -lmd -ldl
-ENQUEUE_LIBS = -lhiredis
+WORKER_LIBS = -lhiredis -lev -lmd -ldl -larchive -lcurl
+ENQUEUE_LIBS = -lhiredis -larchive
 
 SHARED_SRC = $(wildcard shared/*.c)
 WORKER_SRC = $(wildcard worker/*.c)

@@ -32,7 +32,11 @@ fetch_reply(redisAsyncContext *ac, void *reply, void *priv)
 	fetch_inflight = false;
 	if (r == NULL)
 		return;	/* the connection went; its up callback fetches again */
-	if (r->type == REDIS_REPLY_STRING)
+	if (r->type == REDIS_REPLY_STRING && !outdir_disk_ok(NULL)) {
+		/* The disk filled while BLMOVE waited: the release puts it back for a worker with room. */
+		log_warn("fetch: builds_root is below min_free; putting the job back");
+		fetch_recover_later();
+	} else if (r->type == REDIS_REPLY_STRING)
 		job_fetched(r->str, r->len);
 	else if (r->type == REDIS_REPLY_ERROR) {
 		/*
@@ -82,6 +86,10 @@ fetch_kick(void)
 	}
 	if (wk->held >= wk->slots || (wk->once && (wk->done > 0 || !TAILQ_EMPTY(&wk->jobs))))
 		return;
+	if (!outdir_disk_ok(NULL)) {
+		outdir_disk_wait();	/* fetches again once there is room */
+		return;
+	}
 	argv[0] = "BLMOVE";
 	argv[1] = wk->keys.queue;
 	argv[2] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);

@@ -2,8 +2,9 @@
  * job.c: one build, from the payload BLMOVE gave us to its one result.
  *
  *   fetched -> (refused) REFUSING -> DONE
+ *           [-> UNPACKING (profile_archive; bad_archive: REFUSING)]
  *           -> CLAIMING -> STARTING -> RUNNING [-> STOPPING] -> COLLECTING
- *              -> FINISHING -> DONE
+ *              [-> UPLOADING (succeeded, with upload)] -> FINISHING -> DONE
  *
  * The job embeds every watcher it needs (w.data = job).  Invariant: a job
  * is finished only when its child is reaped AND both pipes are at EOF;
@@ -31,7 +32,7 @@ static void job_end(struct job *j);
 static void job_finish(struct job *j);
 
 static const char *job_state_names[] = {
-	[JOB_CLAIMING] = "claiming", [JOB_STARTING] = "starting", [JOB_RUNNING] = "running",
+	[JOB_UNPACKING] = "unpacking", [JOB_UPLOADING] = "uploading", [JOB_CLAIMING] = "claiming", [JOB_STARTING] = "starting", [JOB_RUNNING] = "running",
 	[JOB_STOPPING] = "stopping", [JOB_COLLECTING] = "collecting", [JOB_FINISHING] = "finishing",
 	[JOB_REFUSING] = "refusing", [JOB_DONE] = "done",
 };
@@ -72,6 +73,10 @@ job_free(void *p)
 	output_close(&j->err);
 	cgroup_close(&j->cg);
 	collect_free(j->collect);
+	unpack_free(j->unpack);
+	upload_free(j->upload);
+	if (j->profile_fd >= 0)
+		close(j->profile_fd);
 	strv_free(&j->tail);
 	job_spec_free(&j->spec);
 	free(j->payload);
@@ -92,6 +97,8 @@ job_done(struct job *j)
 	ev_io_stop(EV_DEFAULT, &j->oom_io);
 	ev_child_stop(EV_DEFAULT, &j->child);
 	TAILQ_REMOVE(&wk->jobs, j, entry);
+	if (j->profile_owned)
+		outdir_remove(j->profile_path);	/* the unpacked profile_archive */
 	wk->done++;
 	if (j->emits == 0)
 		defer_free(job_free, j);
@@ -437,7 +444,7 @@ job_pipe_closed(struct job *j)
 void
 job_lease_lost(struct job *j)
 {
-	if (j->lease_lost || j->state == JOB_COLLECTING || j->state == JOB_FINISHING)
+	if (j->lease_lost || j->state == JOB_COLLECTING || j->state == JOB_UPLOADING || j->state == JOB_FINISHING)
 		return;
 	j->lease_lost = true;
 	wk->m.results_refused++;
@@ -483,10 +490,29 @@ job_name_conflict(const struct job *j)
 	return false;
 }
 
-/* The artifacts are hashed: record the result. */
+/* The upload is over: a failure is the job's error; files kept unless all arrived. */
+static void
+job_uploaded(struct job *j)
+{
+	const char *err;
+
+	if (upload_result(j->upload, &err) != 0) {
+		j->status = ST_ERROR;
+		snprintf(j->error, sizeof j->error, "%s; the files are kept on %s", err, wk->host);
+	} else if (j->output_owned && !wk->conf->keep_outputs)
+		outdir_remove(j->output_path);
+	job_finish(j);
+}
+
+/* The artifacts are hashed: upload them when the job asks, then record the result. */
 static void
 job_collected(struct job *j)
 {
+	if (j->status == ST_SUCCEEDED && j->spec.upload_url != NULL && j->retry_due == 0) {
+		job_set_state(j, JOB_UPLOADING);
+		j->upload = upload_start(j, job_uploaded);
+		return;
+	}
 	job_finish(j);
 }
 
@@ -724,6 +750,30 @@ job_spawn(struct job *j)
 	}
 }
 
+/* No output in the job: make builds_root/jobs/<id>/<attempt>/; false (and an error result) if we cannot. */
+static bool
+job_own_output(struct job *j)
+{
+	char leaf[24], err[ERR_MAX];
+	int fd;
+
+	snprintf(leaf, sizeof leaf, "%ld", j->attempt);
+	if (outdir_make(j->id, leaf, j->output_path, sizeof j->output_path, &fd, err, sizeof err) == 0) {
+		close(fd);
+		j->output_owned = true;
+		return true;
+	}
+	log_err("job %s: output: %s", j->id, err);
+	j->finished_at = now_real();
+	j->status = ST_ERROR;
+	j->exit_code = -1;
+	snprintf(j->error, sizeof j->error, "output: %s", err);
+	job_release_slot(j);
+	job_set_state(j, JOB_COLLECTING);
+	j->collect = collect_start("", job_collected, j);
+	return false;
+}
+
 /* The claim's answer: run it, record it cancelled, or let it go. */
 static void
 job_claimed(redisReply *r, void *arg)
@@ -768,6 +818,8 @@ job_claimed(redisReply *r, void *arg)
 	job_set_state(j, JOB_STARTING);
 	j->started_mono = now_mono();
 	snprintf(j->cidfile, sizeof j->cidfile, "%s/%s.%ld.cid", wk->cid_dir, j->id, j->attempt);
+	if (j->spec.output == NULL && !job_own_output(j))
+		return;
 	job_spawn(j);
 	if (j->state != JOB_STARTING)
 		return;
@@ -784,54 +836,18 @@ job_claimed(redisReply *r, void *arg)
 	ev_timer_start(EV_DEFAULT, &j->stats_timer);
 }
 
-/* A payload arrived from BLMOVE: validate, resolve paths, claim. */
-void
-job_fetched(const char *payload, size_t len)
+/* Send the claim script. */
+static void
+job_claim(struct job *j)
 {
 	const struct config *c = wk->conf;
-	struct job *j = xcalloc(1, sizeof *j);
-	char err[ERR_MAX], e2[ERR_MAX], seqoff[24], attoff[24], maxlen[24];
+	char seqoff[24], attoff[24], maxlen[24];
 	char kjob[KEY_MAX], kact[KEY_MAX], klog[KEY_MAX], kprog[KEY_MAX], now[32];
 	const char *args[14];
 	size_t lens[14], so, ao;
 	msgpack_sbuffer started;
-	enum refusal r;
 
-	j->payload = xmalloc(len + 1);
-	memcpy(j->payload, payload, len);
-	j->payload[len] = '\0';
-	j->payload_len = len;
-	j->phase = -1;
-	j->exit_code = -1;
-	j->has_slot = true;
-	wk->held++;
-	TAILQ_INSERT_TAIL(&wk->jobs, j, entry);
-	ev_timer_init(&j->warn_timer, job_warn_cb, 0, 0);
-	ev_timer_init(&j->timeout_timer, job_timeout_cb, 0, 0);
-	ev_timer_init(&j->stats_timer, job_stats_cb, 0, 0);
-	ev_timer_init(&j->kill_timer, job_kill_cb, 0, 0);
-	j->warn_timer.data = j->timeout_timer.data = j->stats_timer.data = j->kill_timer.data = j;
-	output_init(&j->out, j, "stdout", -1);
-	output_init(&j->err, j, "stderr", -1);
-	j->cg.event_fd = j->cg.watch_fd = -1;
-	j->state = JOB_CLAIMING;
-
-	r = job_decode(payload, len, c, &j->spec, err, sizeof err);
-	snprintf(j->id, sizeof j->id, "%s", j->spec.id);
-	if (r == REFUSE_NONE && path_resolve(c->builds_root, j->spec.profile, false, j->profile_path,
-	    sizeof j->profile_path, e2, sizeof e2) != 0) {
-		r = REFUSE_PATH;
-		snprintf(err, sizeof err, "profile: %s", e2);
-	}
-	if (r == REFUSE_NONE && path_resolve(c->builds_root, j->spec.output, true, j->output_path,
-	    sizeof j->output_path, e2, sizeof e2) != 0) {
-		r = REFUSE_PATH;
-		snprintf(err, sizeof err, "output: %s", e2);
-	}
-	if (r != REFUSE_NONE) {
-		fetch_refuse(j, r, err);
-		return;
-	}
+	job_set_state(j, JOB_CLAIMING);
 	if (!j->spec.has_epoch)
 		j->spec.source_date_epoch = (int64_t)now_real();
 	if (j->spec.cpus > wk->host_cpus) {
@@ -864,7 +880,116 @@ job_fetched(const char *payload, size_t len)
 	args[12] = attoff;
 	args[13] = maxlen;
 	for (int i = 0; i < 14; i++)
-		lens[i] = i == 7 ? len : i == 10 ? started.size : strlen(args[i]);
+		lens[i] = i == 7 ? j->payload_len : i == 10 ? started.size : strlen(args[i]);
 	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 6, 14, args, lens);
 	msgpack_sbuffer_destroy(&started);
+}
+
+/* defer_free() of an unpack. */
+static void
+job_unpack_free(void *p)
+{
+	unpack_free(p);
+}
+
+/*
+ * profile_archive is unpacked (or refused): claim, or dead-letter it as
+ * bad_archive.  Before the claim, so a refused job never ran.  Called
+ * from the unpack's own watcher: the unpack is freed on the next turn.
+ */
+static void
+job_unpacked(struct job *j)
+{
+	const char *err;
+	char msg[ERR_MAX];
+	int rc = unpack_result(j->unpack, &err);
+
+	snprintf(msg, sizeof msg, "%s", err);
+	defer_free(job_unpack_free, j->unpack);
+	j->unpack = NULL;
+	close(j->profile_fd);
+	j->profile_fd = -1;
+	if (rc != 0)
+		fetch_refuse(j, REFUSE_ARCHIVE, msg);
+	else
+		job_claim(j);
+}
+
+/* Make the job's own profile directory and unpack profile_archive into it. */
+static void
+job_unpack(struct job *j)
+{
+	const struct config *c = wk->conf;
+	struct unpack_caps caps = { c->profile_max_entries, c->profile_max_bytes, c->profile_max_depth };
+	char err[ERR_MAX], msg[ERR_MAX];
+
+	job_set_state(j, JOB_UNPACKING);
+	if (outdir_make(j->id, NULL, j->profile_path, sizeof j->profile_path, &j->profile_fd, err,
+	    sizeof err) != 0) {
+		snprintf(msg, sizeof msg, "profile_archive: no directory to unpack it in: %s", err);
+		fetch_refuse(j, REFUSE_ARCHIVE, msg);
+		return;
+	}
+	j->profile_owned = true;
+	j->unpack = unpack_start(j->profile_fd, j->spec.profile_archive, j->spec.profile_archive_len, &caps,
+	    job_unpacked, j);
+}
+
+/* A payload arrived from BLMOVE: validate, resolve paths, unpack, claim. */
+void
+job_fetched(const char *payload, size_t len)
+{
+	const struct config *c = wk->conf;
+	struct job *j = xcalloc(1, sizeof *j);
+	char err[ERR_MAX], e2[ERR_MAX];
+	enum refusal r;
+
+	j->payload = xmalloc(len + 1);
+	memcpy(j->payload, payload, len);
+	j->payload[len] = '\0';
+	j->payload_len = len;
+	j->phase = -1;
+	j->exit_code = -1;
+	j->has_slot = true;
+	wk->held++;
+	TAILQ_INSERT_TAIL(&wk->jobs, j, entry);
+	ev_timer_init(&j->warn_timer, job_warn_cb, 0, 0);
+	ev_timer_init(&j->timeout_timer, job_timeout_cb, 0, 0);
+	ev_timer_init(&j->stats_timer, job_stats_cb, 0, 0);
+	ev_timer_init(&j->kill_timer, job_kill_cb, 0, 0);
+	j->warn_timer.data = j->timeout_timer.data = j->stats_timer.data = j->kill_timer.data = j;
+	output_init(&j->out, j, "stdout", -1);
+	output_init(&j->err, j, "stderr", -1);
+	j->cg.event_fd = j->cg.watch_fd = -1;
+	j->profile_fd = -1;
+	j->state = JOB_CLAIMING;
+
+	r = job_decode(payload, len, c, &j->spec, err, sizeof err);
+	snprintf(j->id, sizeof j->id, "%s", j->spec.id);
+	if (r == REFUSE_NONE && j->spec.profile != NULL && path_resolve(c->builds_root, j->spec.profile,
+	    false, j->profile_path, sizeof j->profile_path, e2, sizeof e2) != 0) {
+		r = REFUSE_PATH;
+		snprintf(err, sizeof err, "profile: %s", e2);
+	}
+	if (r == REFUSE_NONE && j->spec.output != NULL && path_resolve(c->builds_root, j->spec.output, true,
+	    j->output_path, sizeof j->output_path, e2, sizeof e2) != 0) {
+		r = REFUSE_PATH;
+		snprintf(err, sizeof err, "output: %s", e2);
+	}
+	/* A symlink may lead into builds_root/jobs/: that tree is the worker's own. */
+	if (r == REFUSE_NONE && ((j->spec.profile != NULL && outdir_is_owned(j->profile_path)) ||
+	    (j->spec.output != NULL && outdir_is_owned(j->output_path)))) {
+		r = REFUSE_PATH;
+		snprintf(err, sizeof err, "%s: leads into builds_root/%s/, which is the worker's own",
+		    j->spec.output != NULL && outdir_is_owned(j->output_path) ? "output" : "profile", JOBS_DIR);
+	}
+	if (r != REFUSE_NONE) {
+		fetch_refuse(j, r, err);
+		return;
+	}
+	if (j->spec.profile_archive != NULL) {
+		job_unpack(j);
+		return;
+	}
+	job_claim(j);
 }

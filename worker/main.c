@@ -389,6 +389,7 @@ main(int argc, char **argv)
 	fetch_stop();
 	rconn_close(wk->cmd);
 	defer_flush();
+	upload_shutdown();
 	metrics_stop();
 	rmdir(wk->cid_dir);
 	free(wk->cid_dir);

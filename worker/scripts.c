@@ -179,7 +179,8 @@ static const char script_refuse[] = LUA_PRELUDE
 /*
  * beat: KEYS worker, workers, reaper lock, delayed, queue, dead, orphans
  * of this host; ARGV id, now, ttl ms, reaper ms, prefix, max_attempts,
- * host, pid, version, started_at, concurrency, running, jobs, maxlen, ttl.
+ * host, pid, version, started_at, concurrency, running, jobs, maxlen, ttl,
+ * disk_free, disk_low.
  * One command per beat; the lock holder also promotes due retries and
  * reaps workers whose heartbeat lapsed.  Returns {reaped ids and counts,
  * dead workers whose containers this host should remove, queue length}.
@@ -196,7 +197,7 @@ static const char script_beat[] = LUA_PRELUDE
 	"if now > last then redis.call('HSET', P .. 'clock', 'beat', ARGV[2]) end\n"
 	"redis.call('HSET', KEYS[1], 'id', ARGV[1], 'host', ARGV[7], 'pid', ARGV[8], 'version', ARGV[9],\n"
 	"  'started_at', ARGV[10], 'beat', ARGV[2], 'concurrency', ARGV[11], 'running', ARGV[12],\n"
-	"  'jobs', ARGV[13])\n"
+	"  'jobs', ARGV[13], 'disk_free', ARGV[16], 'disk_low', ARGV[17])\n"
 	"redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
 	"redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])\n"
 	"redis.call('HSET', P .. 'hosts', ARGV[1], ARGV[7])\n"
