@@ -32,9 +32,10 @@ static void job_end(struct job *j);
 static void job_finish(struct job *j);
 
 static const char *job_state_names[] = {
-	[JOB_UNPACKING] = "unpacking", [JOB_UPLOADING] = "uploading", [JOB_CLAIMING] = "claiming", [JOB_STARTING] = "starting", [JOB_RUNNING] = "running",
+	[JOB_CLAIMING] = "claiming", [JOB_STARTING] = "starting", [JOB_RUNNING] = "running",
 	[JOB_STOPPING] = "stopping", [JOB_COLLECTING] = "collecting", [JOB_FINISHING] = "finishing",
 	[JOB_REFUSING] = "refusing", [JOB_DONE] = "done",
+	[JOB_UNPACKING] = "unpacking", [JOB_UPLOADING] = "uploading",
 };
 
 /* A state's name for logs. */
@@ -444,7 +445,8 @@ job_pipe_closed(struct job *j)
 void
 job_lease_lost(struct job *j)
 {
-	if (j->lease_lost || j->state == JOB_COLLECTING || j->state == JOB_UPLOADING || j->state == JOB_FINISHING)
+	if (j->lease_lost || j->state == JOB_COLLECTING || j->state == JOB_FINISHING ||
+	    j->state == JOB_UPLOADING)
 		return;
 	j->lease_lost = true;
 	wk->m.results_refused++;

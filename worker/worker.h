@@ -260,6 +260,9 @@ const char *upload_url(const struct upload *u, size_t i, bool *uploaded);
 void upload_free(struct upload *u);
 /* At exit: the multi handle and libcurl's globals. */
 void upload_shutdown(void);
+
+/* --- uploadurl.c: an upload's URL and digest (pure) ------------------ */
+
 /* The URL of name under url ({name} replaced, or appended), percent-encoded (pure). */
 char *upload_target(const char *url, const char *name);
 /* url without userinfo, query and fragment: what logs, events and results show (pure). */

@@ -194,15 +194,19 @@ struct ent {
 	mode_t perm;
 };
 
-/* A gzip'd pax tar of the entries. */
+/* A pax tar of the entries, gzip'd (or zstd'd). */
 static void
-make_tar(struct mem *m, const struct ent *e, size_t n)
+make_tar_with(struct mem *m, const struct ent *e, size_t n, bool zstd)
 {
 	struct archive *a = archive_write_new();
 
 	memset(m, 0, sizeof *m);
 	archive_write_set_format_pax_restricted(a);
-	archive_write_add_filter_gzip(a);
+	archive_write_set_bytes_in_last_block(a, 1);	/* no zero padding after a zstd frame */
+	if (zstd)
+		assert_int_equal(archive_write_add_filter_zstd(a), ARCHIVE_OK);
+	else
+		archive_write_add_filter_gzip(a);
 	assert_int_equal(archive_write_open(a, m, NULL, mem_write, NULL), ARCHIVE_OK);
 	for (size_t i = 0; i < n; i++) {
 		struct archive_entry *ae = archive_entry_new();
@@ -227,6 +231,12 @@ make_tar(struct mem *m, const struct ent *e, size_t n)
 	}
 	archive_write_close(a);
 	archive_write_free(a);
+}
+
+static void
+make_tar(struct mem *m, const struct ent *e, size_t n)
+{
+	make_tar_with(m, e, n, false);
 }
 
 static char top[256], root[300], outside[300];
@@ -313,6 +323,17 @@ test_unpack_good(void **state)
 	snprintf(p, sizeof p, "%s/airootfs/etc/again", root);
 	assert_int_equal(lstat(p, &st), 0);
 	assert_int_equal(st.st_nlink, 2);
+	free(m.data);
+
+	/* zstd-compressed, into a fresh root */
+	unit_rmtree(root);
+	assert_int_equal(mkdir(root, 0755), 0);
+	make_tar_with(&m, e, 2, true);
+	if (unpack_mem(&m, &caps, err) != 0)
+		fail_msg("zstd: %s", err);
+	snprintf(p, sizeof p, "%s/profiledef.sh", root);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_size, 11);
 	free(m.data);
 }
 
