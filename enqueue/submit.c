@@ -314,8 +314,11 @@ submit_parse(int argc, char **argv, struct submit_args *a)
 			break;
 		}
 	}
-	if ((a->profile == NULL) == (a->profile_dir == NULL))
-		enq_usage("submit", "give one of --profile DIR (on the workers) and --profile-dir DIR (packed from here)");
+	if (a->profile != NULL && a->profile_dir != NULL)
+		enq_usage("submit", "give only one of --profile and --profile-dir");
+	if (a->profile == NULL && a->profile_dir == NULL)
+		enq_usage("submit", "one of --profile DIR (on the workers) and --profile-dir DIR (packed from here) "
+		    "is required");
 	if (a->output == NULL && a->upload == NULL)
 		enq_usage("submit", "--output DIR is required (unless --upload URL is given)");
 	if (a->headers.n > 0 && a->upload == NULL)
