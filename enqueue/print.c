@@ -375,6 +375,13 @@ print_event(struct printer *p, const msgpack_object *ev)
 			if (mp_get_num(ev, "due", &d) && d > 0)
 				printf(", retry in %s", print_duration(d - ts, s2, sizeof s2));
 			putchar('\n');
+		} else if (strcmp(type, "upload") == 0) {
+			char b1[32], b2[32];
+			mp_get_str(ev, "name", s1, sizeof s1);
+			mp_get_num(ev, "bytes", &d);
+			mp_get_num(ev, "total", &d2);
+			printf("upload %s: %s of %s\n", print_safe(s1), fmt_bytes(d > 0 ? (uint64_t)d : 0, b1, sizeof b1),
+			    fmt_bytes(d2 > 0 ? (uint64_t)d2 : 0, b2, sizeof b2));
 		} else if (strcmp(type, "dead") == 0) {
 			mp_get_str(ev, "reason", s1, sizeof s1);
 			mp_get_str(ev, "error", s2, sizeof s2);

@@ -398,6 +398,8 @@ def test_profile_archive_and_upload(remote, tmp_path, hosts):
 
     ups = [e for e in remote.events(job_id) if e["type"] == "upload"]
     assert ups and ups[-1]["name"] == ISO_NAME and ups[-1]["bytes"] == ups[-1]["total"] == art["size"]
+    shown = subprocess.run([ENQUEUE_BIN, "-c", ini, "logs", job_id], capture_output=True, text=True, timeout=30)
+    assert f"upload {ISO_NAME}: " in shown.stdout, shown.stdout + shown.stderr
 
     # the worker's own dirs go once the upload is done
     jobdir = w.broot / "jobs" / job_id
