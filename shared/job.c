@@ -229,6 +229,7 @@ job_upload(const msgpack_object *v, struct job_spec *js, char *err, size_t errle
 	static const char *own[] = { "content-length", "content-digest", "transfer-encoding", "host",
 		"expect", "connection", "te", "upgrade", NULL };
 	const msgpack_object *u, *h;
+	const char *auth, *path, *hole;
 
 	if (v->type != MSGPACK_OBJECT_MAP)
 		REFUSE(REFUSE_TYPE, "upload: must be a map {url, headers}, not %s", job_type_name(v));
@@ -245,6 +246,19 @@ job_upload(const msgpack_object *v, struct job_spec *js, char *err, size_t errle
 	    (u->via.str.size > 8 && strncasecmp(u->via.str.ptr, "https://", 8) == 0)))
 		REFUSE(REFUSE_VALUE, "upload.url: must be an http:// or https:// URL");
 	js->upload_url = xstrndup(u->via.str.ptr, u->via.str.size);
+	/*
+	 * The build names its files: a name must never reach the host part,
+	 * or a file called "evil.example/x" would send the headers there.
+	 */
+	auth = strstr(js->upload_url, "://") + 3;
+	path = auth + strcspn(auth, "/?#");
+	if (path == auth)
+		REFUSE(REFUSE_VALUE, "upload.url: no host");
+	if ((hole = strstr(js->upload_url, "{name}")) != NULL && hole < path)
+		REFUSE(REFUSE_VALUE, "upload.url: {name} may only stand in the path or the query, not the host");
+	if (hole == NULL && *path != '/')
+		REFUSE(REFUSE_VALUE, "upload.url: without {name}, the URL is a prefix and needs a path "
+		    "(\"https://host/\" at least)");
 	if ((h = mp_get(v, "headers")) == NULL || h->type == MSGPACK_OBJECT_NIL)
 		return REFUSE_NONE;
 	if (h->type != MSGPACK_OBJECT_MAP)

@@ -503,7 +503,7 @@ upload_start(struct job *j, void (*done)(struct job *))
 		u->items[i].url = upload_target(j->spec.upload_url, collect_get(j->collect, i)->name);
 		u->items[i].shown = upload_display(u->items[i].url);
 	}
-	u->dirfd = open(j->output_path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	u->dirfd = open(j->output_path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	u->open_errno = errno;
 	if (upload_load(u->err, sizeof u->err) == 0 && (u->easy = cu.easy_init()) == NULL)
 		snprintf(u->err, sizeof u->err, "upload: libcurl: out of memory");

@@ -135,6 +135,16 @@ test_decode_upload(void **state)
 	assert_non_null(strstr(err, "upload.url"));
 	job_spec_free(&js);
 
+	/* a file name must not choose the host */
+	pack_job(&sb, 3, "id", 's', "j1", "profile", 's', "p", "upload", 'm', "http://{name}.h/x", "X-Ok");
+	assert_int_equal(decode(&sb, &js, err), REFUSE_VALUE);
+	assert_non_null(strstr(err, "not the host"));
+	job_spec_free(&js);
+	pack_job(&sb, 3, "id", 's', "j1", "profile", 's', "p", "upload", 'm', "http://h", "X-Ok");
+	assert_int_equal(decode(&sb, &js, err), REFUSE_VALUE);
+	assert_non_null(strstr(err, "needs a path"));
+	job_spec_free(&js);
+
 	pack_job(&sb, 3, "id", 's', "j1", "profile", 's', "p", "upload", 'm', "http://h/x", "Content-Length");
 	assert_int_equal(decode(&sb, &js, err), REFUSE_VALUE);
 	job_spec_free(&js);
