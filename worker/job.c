@@ -233,13 +233,38 @@ job_container(const struct job *j, char *buf, size_t len)
 	return strlen(buf) >= 12 ? buf : j->cname;
 }
 
-/* Stop the build: the runtime's stop (TERM, grace, KILL), or signals. */
+/* An upload abandoned by the shutdown: the job is over here (job_stop). */
+static void
+job_abandoned_cb(EV_P_ ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	job_done(w->data);
+}
+
+/* Stop the build (the runtime's stop: TERM, grace, KILL, or signals), or abandon its upload. */
 void
 job_stop(struct job *j, enum stop_reason why)
 {
 	struct strv argv = { 0 };
 	char cid[128];
 
+	if (j->state == JOB_UPLOADING && why == STOP_DRAIN && j->upload != NULL) {
+		/*
+		 * A shutdown that cannot wait for the upload: abandon it (not
+		 * from a curl callback: freed now, so none comes later); the
+		 * release at exit puts the job back on the queue.
+		 */
+		log_notice("job %s: upload abandoned by the shutdown; the job goes back on the queue", j->id);
+		upload_free(j->upload);
+		j->upload = NULL;
+		j->stop = why;
+		/* job_stop() never removes a job from the list: job_done() comes from a timer. */
+		ev_timer_init(&j->kill_timer, job_abandoned_cb, 0, 0);
+		j->kill_timer.data = j;
+		ev_timer_start(EV_DEFAULT, &j->kill_timer);
+		return;
+	}
 	if (j->state != JOB_RUNNING)
 		return;
 	j->stop = why;

@@ -89,7 +89,7 @@ worker_stop_all(void)
 	/* job_stop() never removes a job from the list, so plain iteration is safe. */
 	wk->stopping = true;
 	TAILQ_FOREACH(j, &wk->jobs, entry) {
-		if (j->state == JOB_RUNNING)
+		if (j->state == JOB_RUNNING || j->state == JOB_UPLOADING)
 			job_stop(j, STOP_DRAIN);
 	}
 	worker_check_exit();

@@ -33,10 +33,65 @@
 	"    redis.call('XADD', logkey, 'MAXLEN', '~', maxlen, '*', 'seq', seq, 'type', typ, 'event', ev)\n" \
 	"  end\n"                                                                            \
 	"end\n"                                                                              \
+	"-- Redis 7.0's cmsgpack cannot read bin (a profile_archive): for such a payload\n"  \
+	"-- the id is found by walking the msgpack bytes (the last \"id\" key, as cmsgpack does).\n" \
+	"local function mp_len(p, i, n)\n"                                                   \
+	"  local v = 0\n"                                                                    \
+	"  for k = 0, n - 1 do v = v * 256 + (string.byte(p, i + k) or error('short')) end\n" \
+	"  return v\n"                                                                       \
+	"end\n"                                                                              \
+	"local function mp_skip(p, i)\n"                                                     \
+	"  local b = string.byte(p, i) or error('short')\n"                                  \
+	"  local n, c\n"                                                                     \
+	"  if b <= 0x7f or b >= 0xe0 or b == 0xc0 or b == 0xc2 or b == 0xc3 then return i + 1 end\n" \
+	"  if b >= 0xa0 and b <= 0xbf then return i + 1 + b - 0xa0 end\n"                    \
+	"  if b >= 0x80 and b <= 0x8f then n, c, i = b - 0x80, 2, i + 1\n"                   \
+	"  elseif b >= 0x90 and b <= 0x9f then n, c, i = b - 0x90, 1, i + 1\n"               \
+	"  elseif b == 0xdc or b == 0xde then n, c, i = mp_len(p, i + 1, 2), (b == 0xde and 2 or 1), i + 3\n" \
+	"  elseif b == 0xdd or b == 0xdf then n, c, i = mp_len(p, i + 1, 4), (b == 0xdf and 2 or 1), i + 5\n" \
+	"  elseif b == 0xc4 or b == 0xd9 then return i + 2 + mp_len(p, i + 1, 1)\n"          \
+	"  elseif b == 0xc5 or b == 0xda then return i + 3 + mp_len(p, i + 1, 2)\n"          \
+	"  elseif b == 0xc6 or b == 0xdb then return i + 5 + mp_len(p, i + 1, 4)\n"          \
+	"  elseif b == 0xc7 then return i + 3 + mp_len(p, i + 1, 1)\n"                       \
+	"  elseif b == 0xc8 then return i + 4 + mp_len(p, i + 1, 2)\n"                       \
+	"  elseif b == 0xc9 then return i + 6 + mp_len(p, i + 1, 4)\n"                       \
+	"  elseif b == 0xcc or b == 0xd0 then return i + 2\n"                                \
+	"  elseif b == 0xcd or b == 0xd1 then return i + 3\n"                                \
+	"  elseif b == 0xce or b == 0xd2 or b == 0xca then return i + 5\n"                   \
+	"  elseif b == 0xcf or b == 0xd3 or b == 0xcb then return i + 9\n"                   \
+	"  elseif b >= 0xd4 and b <= 0xd8 then return i + 2 + ({1, 2, 4, 8, 16})[b - 0xd3]\n" \
+	"  else error('bad byte') end\n"                                                     \
+	"  for k = 1, n * c do i = mp_skip(p, i) end\n"                                      \
+	"  return i\n"                                                                       \
+	"end\n"                                                                              \
+	"local function mp_id(p)\n"                                                          \
+	"  local b = string.byte(p, 1) or error('empty')\n"                                  \
+	"  local n, i, id\n"                                                                 \
+	"  if b >= 0x80 and b <= 0x8f then n, i = b - 0x80, 2\n"                             \
+	"  elseif b == 0xde then n, i = mp_len(p, 2, 2), 4\n"                                \
+	"  elseif b == 0xdf then n, i = mp_len(p, 2, 4), 6\n"                                \
+	"  else return nil end\n"                                                            \
+	"  for k = 1, n do\n"                                                                \
+	"    local j = mp_skip(p, i)\n"                                                      \
+	"    local v = string.byte(p, j)\n"                                                  \
+	"    if string.sub(p, i, j - 1) == '\\162id' and v and v >= 0xa0 and v <= 0xbf then\n" \
+	"      id = string.sub(p, j + 1, j + v - 0xa0)\n"                                    \
+	"    elseif string.sub(p, i, j - 1) == '\\162id' and v == 0xd9 then\n"               \
+	"      id = string.sub(p, j + 2, j + 1 + mp_len(p, j + 1, 1))\n"                     \
+	"    end\n"                                                                          \
+	"    i = mp_skip(p, j)\n"                                                            \
+	"  end\n"                                                                            \
+	"  return id\n"                                                                      \
+	"end\n"                                                                              \
 	"local function payload_id(p)\n"                                                     \
 	"  local ok, j = pcall(cmsgpack.unpack, p)\n"                                        \
-	"  if not ok or type(j) ~= 'table' then return nil end\n"                            \
-	"  local id = j['id']\n"                                                             \
+	"  local id\n"                                                                       \
+	"  if ok and type(j) == 'table' then id = j['id']\n"                                 \
+	"  elseif ok then return nil\n"                                                      \
+	"  else\n"                                                                           \
+	"    ok, id = pcall(mp_id, p)\n"                                                     \
+	"    if not ok then return nil end\n"                                                \
+	"  end\n"                                                                            \
 	"  if type(id) ~= 'string' or #id > 64 or not string.match(id, '^[%w][%w_%.%-]*$') then return nil end\n" \
 	"  return id\n"                                                                      \
 	"end\n"                                                                              \

@@ -565,6 +565,43 @@ def test_nginx_stopped_mid_upload(remote, tmp_path, hosts):
     assert SECRET.split()[1] not in w.log() + w2.log()
 
 
+def test_shutdown_abandons_a_long_upload(remote, tmp_path, hosts):
+    """A stop that cannot wait (SIGTERM, then drain_timeout) abandons an upload in flight: the
+    worker exits and the job goes back on the queue, unrecorded, for another worker."""
+    hosts.throttle("8mbit")      # 64 MiB would take over a minute
+    w = remote.start(drain_timeout=1)
+    job_id = remote.submit("stop-" + uuid.uuid4().hex[:6],
+                           profile_archive=profile_tar(tmp_path, 'truncate -s 64M "$OUT_DIR/mid.img"\n', seconds=0.1),
+                           upload={"url": remote.url("stop")})
+    wait_upload_started(remote, job_id, "mid.img")
+    w.signal(signal.SIGTERM)
+    assert w.wait(timeout=20) == 0, w.log()[-3000:]
+    assert "upload abandoned by the shutdown" in w.log()
+    assert remote.r.hget(f"{{{remote.ns}}}:job:{job_id}", "state") == b"queued", w.log()[-3000:]
+    assert remote.r.llen(f"{{{remote.ns}}}:queue") == 1
+    assert remote.r.llen(f"{{{remote.ns}}}:results") == 0
+    assert any(e["type"] == "requeued" and e["reason"] == "drained" for e in remote.events(job_id))
+
+
+def test_worker_lost_mid_build_requeues_archive_job(remote, tmp_path, hosts):
+    """A worker killed (SIGKILL) mid-build: the reaper puts the profile_archive job (a bin
+    field, which Redis's cmsgpack cannot read) back as queued and counts the loss; another
+    worker builds it and uploads."""
+    w1 = remote.start()
+    job_id = remote.submit("lost-" + uuid.uuid4().hex[:6], profile_archive=profile_tar(tmp_path, seconds=5),
+                           upload={"url": remote.url("lost")})
+    w1.wait_log(rf"job {job_id}: started")
+    os.kill(w1.pid, signal.SIGKILL)
+    w1.proc.wait()
+    w2 = remote.start()
+    res = remote.result(job_id, timeout=60)
+    assert res["status"] == "succeeded" and res["attempt"] == 2, res
+    assert all(a["uploaded"] for a in res["artifacts"])
+    assert remote.r.hget(f"{{{remote.ns}}}:job:{job_id}", "lost") == b"1"
+    assert any(e["type"] == "requeued" and e["reason"] == "worker_lost" for e in remote.events(job_id)), \
+        w2.log()[-3000:]
+
+
 @pytest.mark.slow
 def test_2gib_artifact_streams_with_small_rss(remote, tmp_path, hosts):
     """A 2 GiB artifact (sparse where the build makes it, 2 GiB of bytes on the wire and at
