@@ -193,6 +193,8 @@ job_profile(const msgpack_object *o, const struct config *c, struct job_spec *js
 
 	if (pv != NULL && av != NULL)
 		REFUSE(REFUSE_VALUE, "profile, profile_archive: give exactly one of them");
+	if (pv == NULL && av == NULL)
+		REFUSE(REFUSE_MISSING, "profile: missing (a directory relative to builds_root, or give profile_archive)");
 	if (av == NULL)
 		return job_path(pv, "profile", c->builds_root, &js->profile, err, errlen);
 	if (av->type != MSGPACK_OBJECT_BIN)
