@@ -475,6 +475,11 @@ print_result(const msgpack_object *res, bool json)
 			mp_get_num(a, "size", &size);
 			printf("    %s  %s  sha256 %s\n", print_safe(name), fmt_bytes((uint64_t)size, buf, sizeof buf),
 			    print_safe(sha));
+			if (mp_get_str(a, "url", name, sizeof name)) {
+				const msgpack_object *up = mp_get(a, "uploaded");
+				bool ok = up != NULL && up->type == MSGPACK_OBJECT_BOOLEAN && up->via.boolean;
+				printf("      %s %s\n", ok ? "uploaded to" : "NOT uploaded to", print_safe(name));
+			}
 		}
 	}
 	if (dropped > 0)

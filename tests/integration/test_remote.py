@@ -282,9 +282,10 @@ class Remote:
         return job_id
 
     def result(self, job_id: str, timeout: float = 90) -> dict:
-        got = self.r.blpop(f"{{{self.ns}}}:result:{job_id}", timeout=int(timeout * SLOW))
+        key = f"{{{self.ns}}}:result:{job_id}"
+        got = self.r.blmove(key, key, int(timeout * SLOW), "RIGHT", "LEFT")    # waits, leaves it there
         assert got is not None, f"no result for {job_id}; logs:\n" + "\n".join(w.log()[-3000:] for w in self.workers)
-        return msgpack.unpackb(got[1])
+        return msgpack.unpackb(got)
 
     def events(self, job_id: str) -> List[dict]:
         return [msgpack.unpackb(f[b"event"]) for _, f in self.r.xrange(f"{{{self.ns}}}:log:{job_id}")]
@@ -400,6 +401,8 @@ def test_profile_archive_and_upload(remote, tmp_path, hosts):
     assert ups and ups[-1]["name"] == ISO_NAME and ups[-1]["bytes"] == ups[-1]["total"] == art["size"]
     shown = subprocess.run([ENQUEUE_BIN, "-c", ini, "logs", job_id], capture_output=True, text=True, timeout=30)
     assert f"upload {ISO_NAME}: " in shown.stdout, shown.stdout + shown.stderr
+    shown = subprocess.run([ENQUEUE_BIN, "-c", ini, "status", job_id], capture_output=True, text=True, timeout=30)
+    assert f"uploaded to {art['url']}" in shown.stdout, shown.stdout + shown.stderr
 
     # the worker's own dirs go once the upload is done
     jobdir = w.broot / "jobs" / job_id
