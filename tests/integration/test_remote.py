@@ -589,17 +589,20 @@ def test_shutdown_abandons_a_long_upload(remote, tmp_path, hosts):
 def test_worker_lost_mid_build_requeues_archive_job(remote, tmp_path, hosts):
     """A worker killed (SIGKILL) mid-build: the reaper puts the profile_archive job (a bin
     field, which Redis's cmsgpack cannot read) back as queued and counts the loss; another
-    worker builds it and uploads."""
+    worker builds it, uploads, and keeps its output (keep_outputs = yes)."""
     w1 = remote.start()
     job_id = remote.submit("lost-" + uuid.uuid4().hex[:6], profile_archive=profile_tar(tmp_path, seconds=5),
                            upload={"url": remote.url("lost")})
     w1.wait_log(rf"job {job_id}: started")
     os.kill(w1.pid, signal.SIGKILL)
     w1.proc.wait()
-    w2 = remote.start()
+    w2 = remote.start(keep_outputs=True)
     res = remote.result(job_id, timeout=60)
     assert res["status"] == "succeeded" and res["attempt"] == 2, res
     assert all(a["uploaded"] for a in res["artifacts"])
+    kept = w2.broot / "jobs" / job_id / "2" / ISO_NAME     # keep_outputs = yes
+    time.sleep(0.5)
+    assert kept.is_file() and sha256_file(kept) == res["artifacts"][0]["sha256"]
     assert remote.r.hget(f"{{{remote.ns}}}:job:{job_id}", "lost") == b"1"
     assert any(e["type"] == "requeued" and e["reason"] == "worker_lost" for e in remote.events(job_id)), \
         w2.log()[-3000:]
