@@ -24,9 +24,11 @@ ALL_LDFLAGS = $(LDFLAGS) $(SAN_CFLAGS)
 
 B ?= build
 SHARED_LIBS = -lmsgpackc -linih -lm
-# libsystemd and libmicrohttpd are loaded with dlopen() when used (notify.c, metrics.c).
+# libsystemd, libmicrohttpd, libarchive and libcurl are loaded with dlopen()
+# when used (notify.c, metrics.c, archive.c, upload.c); the unit tests make
+# archives with libarchive itself.
 WORKER_LIBS = -lhiredis -lev -lmd -ldl
-ENQUEUE_LIBS = -lhiredis
+ENQUEUE_LIBS = -lhiredis -larchive
 
 SHARED_SRC = $(wildcard shared/*.c)
 WORKER_SRC = $(wildcard worker/*.c)
@@ -109,7 +111,7 @@ $(B)/tests/test_%: tests/unit/test_%.c tests/unit/unit.h $(B)/libworker.a $(B)/l
 	@mkdir -p $(dir $@)
 	$(say) CC $<
 	$(Q)$(CC) $(ALL_CFLAGS) -Iworker $(ALL_LDFLAGS) -o $@ $< $(B)/libworker.a $(B)/libshared.a \
-		-lcmocka $(WORKER_LIBS) $(SHARED_LIBS)
+		-lcmocka -larchive $(WORKER_LIBS) $(SHARED_LIBS)
 
 deps:
 	@bash scripts/install-deps

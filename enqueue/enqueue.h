@@ -197,6 +197,8 @@ struct fleet_worker {
 	double beat;
 	long concurrency;
 	long running;
+	double disk_free;	/* bytes free in its builds_root */
+	bool disk_low;		/* below its min_free: it takes no job */
 	struct fleet_job *jobs;
 	size_t njobs;
 };
@@ -214,5 +216,10 @@ int fleet_main(int argc, char **argv);
 /* --- top.c: enqueue top ---------------------------------------------- */
 
 int top_main(int argc, char **argv);
+
+/* --- pack.c: submit --profile-dir ------------------------------------ */
+
+/* DIR as a .tar.gz in memory; 0, or -1 with err. */
+int pack_dir(const char *dir, char **out, size_t *outlen, char *err, size_t errlen);
 
 #endif

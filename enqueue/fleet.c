@@ -107,6 +107,8 @@ fleet_load(redisContext *ctx, struct fleet *f, bool timeouts)
 		w->beat = fleet_num(h, "beat");
 		w->concurrency = (long)fleet_num(h, "concurrency");
 		w->running = (long)fleet_num(h, "running");
+		w->disk_free = fleet_num(h, "disk_free");
+		w->disk_low = (v = redis_field(h, "disk_low")) != NULL && strcmp(v, "1") == 0;
 		fleet_jobs(ctx, w, (v = redis_field(h, "jobs")) ? v : "");
 		freeReplyObject(h);
 		if (timeouts && w->njobs > 0)
@@ -141,7 +143,7 @@ fleet_json(const struct fleet *f, double now)
 	msgpack_pack_array(&jb.pk, f->n);
 	for (size_t i = 0; i < f->n; i++) {
 		const struct fleet_worker *w = &f->w[i];
-		msgpack_pack_map(&jb.pk, w->lost ? 3 : 12);
+		msgpack_pack_map(&jb.pk, w->lost ? 3 : 14);
 		print_json_kv_str(&jb, "id", w->id);
 		mp_kv_bool(&jb.pk, "lost", w->lost);
 		mp_kv_double(&jb.pk, "last_beat", w->score);
@@ -155,6 +157,8 @@ fleet_json(const struct fleet *f, double now)
 		mp_kv_int(&jb.pk, "concurrency", w->concurrency);
 		mp_kv_int(&jb.pk, "running", w->running);
 		mp_kv_int(&jb.pk, "free", w->concurrency > w->running ? w->concurrency - w->running : 0);
+		mp_kv_uint(&jb.pk, "disk_free", (uint64_t)w->disk_free);
+		mp_kv_bool(&jb.pk, "disk_low", w->disk_low);
 		mp_str(&jb.pk, "jobs");
 		msgpack_pack_array(&jb.pk, w->njobs);
 		for (size_t j = 0; j < w->njobs; j++) {
@@ -203,8 +207,14 @@ fleet_main(int argc, char **argv)
 			continue;
 		}
 		snprintf(slots, sizeof slots, "%ld/%ld", w->running, w->concurrency);
-		printf("%-28s %-16s %-8s %-5s %-8s %s ago\n", w->id, w->host,
+		printf("%-28s %-16s %-8s %-5s %-8s %s ago", w->id, w->host,
 		    print_duration(now - w->started_at, up, sizeof up), slots, w->version, beat);
+		if (w->disk_low) {
+			char b[32];
+			printf(" %s(disk low: %s free, below min_free; takes no job)%s", print_sgr("1;33"),
+			    fmt_bytes((uint64_t)w->disk_free, b, sizeof b), print_sgr("0"));
+		}
+		printf("\n");
 		for (size_t j = 0; j < w->njobs; j++) {
 			const struct fleet_job *fj = &w->jobs[j];
 			const char *what = fj->phase[0] ? fj->phase : (fj->state[0] ? fj->state : "-");

@@ -39,14 +39,18 @@ static const struct command {
 	const char *usage;
 } commands[] = {
 	{ "submit", submit_main, "queue a build job",
-	  "usage: enqueue submit --profile DIR --output DIR [options]\n"
+	  "usage: enqueue submit --profile DIR|--profile-dir DIR --output DIR|--upload URL [options]\n"
 	  "\n"
 	  "Queue an archiso build.  DIR is relative to worker.ini's builds_root (an\n"
 	  "absolute path below builds_root is made relative).  The job is checked\n"
 	  "with the worker's own rules first; prints the job id.\n"
 	  "\n"
-	  "  --profile DIR     the archiso profile directory (required)\n"
-	  "  --output DIR      where the ISO goes (required)\n"
+	  "  --profile DIR     the archiso profile directory (this or --profile-dir)\n"
+	  "  --profile-dir DIR a local profile, packed into the job (profile_archive)\n"
+	  "  --output DIR      where the ISO goes (required unless --upload)\n"
+	  "  --upload URL      PUT each artifact to URL ({name} is its name)\n"
+	  "  --upload-header 'Name: value'  sent with each PUT (repeatable);\n"
+	  "                    a value env:VAR is read from $VAR\n"
 	  "  --id ID           the job id (default: YYYYmmdd-HHMMSS-<8 hex>)\n"
 	  "  --memory M        memory limit: bytes, or 512m, 8g (default: the worker's)\n"
 	  "  --cpus N          CPU limit (default: the worker's)\n"

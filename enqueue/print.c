@@ -375,6 +375,13 @@ print_event(struct printer *p, const msgpack_object *ev)
 			if (mp_get_num(ev, "due", &d) && d > 0)
 				printf(", retry in %s", print_duration(d - ts, s2, sizeof s2));
 			putchar('\n');
+		} else if (strcmp(type, "upload") == 0) {
+			char b1[32], b2[32];
+			mp_get_str(ev, "name", s1, sizeof s1);
+			mp_get_num(ev, "bytes", &d);
+			mp_get_num(ev, "total", &d2);
+			printf("upload %s: %s of %s\n", print_safe(s1), fmt_bytes(d > 0 ? (uint64_t)d : 0, b1, sizeof b1),
+			    fmt_bytes(d2 > 0 ? (uint64_t)d2 : 0, b2, sizeof b2));
 		} else if (strcmp(type, "dead") == 0) {
 			mp_get_str(ev, "reason", s1, sizeof s1);
 			mp_get_str(ev, "error", s2, sizeof s2);
@@ -468,6 +475,11 @@ print_result(const msgpack_object *res, bool json)
 			mp_get_num(a, "size", &size);
 			printf("    %s  %s  sha256 %s\n", print_safe(name), fmt_bytes((uint64_t)size, buf, sizeof buf),
 			    print_safe(sha));
+			if (mp_get_str(a, "url", name, sizeof name)) {
+				const msgpack_object *up = mp_get(a, "uploaded");
+				bool ok = up != NULL && up->type == MSGPACK_OBJECT_BOOLEAN && up->via.boolean;
+				printf("      %s %s\n", ok ? "uploaded to" : "NOT uploaded to", print_safe(name));
+			}
 		}
 	}
 	if (dropped > 0)

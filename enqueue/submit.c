@@ -24,7 +24,7 @@
 
 enum {
 	O_PROFILE = 1, O_OUTPUT, O_ID, O_MEMORY, O_CPUS, O_TIMEOUT, O_WARNING, O_IMAGE, O_EPOCH,
-	O_RETRIES, O_META, O_WAIT, O_WAIT_TIMEOUT, O_FOLLOW, O_RERUN,
+	O_RETRIES, O_META, O_WAIT, O_WAIT_TIMEOUT, O_FOLLOW, O_RERUN, O_PROFILE_DIR, O_UPLOAD, O_UPLOAD_HEADER,
 };
 
 static const struct opt submit_opts[] = {
@@ -33,15 +33,18 @@ static const struct opt submit_opts[] = {
 	{ "warning", 0, true, O_WARNING }, { "image", 0, true, O_IMAGE }, { "epoch", 0, true, O_EPOCH },
 	{ "retries", 0, true, O_RETRIES }, { "meta", 0, true, O_META }, { "wait", 0, false, O_WAIT },
 	{ "wait-timeout", 0, true, O_WAIT_TIMEOUT }, { "follow", 0, false, O_FOLLOW },
-	{ "rerun", 0, false, O_RERUN }, { NULL, 0, false, 0 },
+	{ "rerun", 0, false, O_RERUN }, { "profile-dir", 0, true, O_PROFILE_DIR },
+	{ "upload", 0, true, O_UPLOAD }, { "upload-header", 0, true, O_UPLOAD_HEADER },
+	{ NULL, 0, false, 0 },
 };
 
 static int submit_wait(const char *id, double timeout);
 
 struct submit_args {
 	const char *profile, *output, *id, *memory, *cpus, *timeout, *warning, *image, *epoch,
-	    *retries;
+	    *retries, *profile_dir, *upload;
 	struct strv meta;	/* "KEY=VALUE" each */
+	struct strv headers;	/* "Name: value" each; "Name: env:VAR" reads $VAR */
 	bool wait, follow, rerun;
 	double wait_timeout;
 };
@@ -139,6 +142,32 @@ submit_meta(const struct strv *meta, struct job_spec *js)
 	js->meta_len = sb.size;
 }
 
+/*
+ * --upload URL and its --upload-header "Name: value" options.  A value
+ * "env:VAR" is read from the environment, so a credential need not be
+ * on the command line.
+ */
+static void
+submit_upload(const struct submit_args *a, struct job_spec *js)
+{
+	js->upload_url = xstrdup(a->upload);
+	for (size_t i = 0; i < a->headers.n; i++) {
+		const char *h = a->headers.v[i], *colon = strchr(h, ':'), *val;
+		char *line;
+		if (colon == NULL || colon == h)
+			enq_die(EXIT_USAGE, "--upload-header: \"%.40s\" is not \"Name: value\"", h);
+		val = colon + 1;
+		while (*val == ' ')
+			val++;
+		if (strncmp(val, "env:", 4) == 0 && (val = getenv(val + 4)) == NULL)
+			enq_die(EXIT_USAGE, "--upload-header %.*s: $%s is not set", (int)(colon - h), h, colon + 1 +
+			    strspn(colon + 1, " ") + 4);
+		line = xasprintf("%.*s: %s", (int)(colon - h), h, val);
+		strv_push(&js->upload_headers, line);
+		free(line);
+	}
+}
+
 /* Fill js from the options; every bad value exits 2 naming its option. */
 static void
 submit_spec(const struct submit_args *a, struct job_spec *js)
@@ -155,8 +184,15 @@ submit_spec(const struct submit_args *a, struct job_spec *js)
 		snprintf(js->id, sizeof js->id, "%s", a->id);
 	} else
 		submit_make_id(js->id, sizeof js->id);
-	js->profile = submit_path("profile", a->profile);
-	js->output = submit_path("output", a->output);
+	if (a->profile_dir != NULL) {
+		if (pack_dir(a->profile_dir, &js->profile_archive, &js->profile_archive_len, err, sizeof err) != 0)
+			enq_die(EXIT_USAGE, "%s", err);
+	} else
+		js->profile = submit_path("profile", a->profile);
+	if (a->output != NULL)
+		js->output = submit_path("output", a->output);
+	if (a->upload != NULL)
+		submit_upload(a, js);
 	js->memory = c->memory;
 	if (a->memory != NULL && parse_size(a->memory, &js->memory, err, sizeof err) != 0)
 		enq_die(EXIT_USAGE, "--memory: %s", err);
@@ -192,7 +228,7 @@ submit_check_local(const struct job_spec *js)
 	char real[4096], err[ERR_MAX];
 	struct stat st;
 
-	if (stat(en->conf.builds_root, &st) != 0 || !S_ISDIR(st.st_mode))
+	if (js->profile == NULL || stat(en->conf.builds_root, &st) != 0 || !S_ISDIR(st.st_mode))
 		return;		/* the workers' builds_root is not on this host */
 	if (path_resolve(en->conf.builds_root, js->profile, false, real, sizeof real, err, sizeof err) != 0)
 		enq_warn("profile %s (checked on this host)", err);
@@ -271,16 +307,24 @@ submit_parse(int argc, char **argv, struct submit_args *a)
 		case O_WAIT: a->wait = true; break;
 		case O_FOLLOW: a->follow = true; break;
 		case O_RERUN: a->rerun = true; break;
+		case O_PROFILE_DIR: a->profile_dir = arg; break;
+		case O_UPLOAD: a->upload = arg; break;
+		case O_UPLOAD_HEADER: strv_push(&a->headers, arg); break;
 		case O_WAIT_TIMEOUT:
 			if (parse_seconds(arg, &a->wait_timeout, err, sizeof err) != 0)
 				enq_die(EXIT_USAGE, "--wait-timeout: %s", err);
 			break;
 		}
 	}
-	if (a->profile == NULL)
-		enq_usage("submit", "--profile DIR is required");
-	if (a->output == NULL)
-		enq_usage("submit", "--output DIR is required");
+	if (a->profile != NULL && a->profile_dir != NULL)
+		enq_usage("submit", "give only one of --profile and --profile-dir");
+	if (a->profile == NULL && a->profile_dir == NULL)
+		enq_usage("submit", "one of --profile DIR (on the workers) and --profile-dir DIR (packed from here) "
+		    "is required");
+	if (a->output == NULL && a->upload == NULL)
+		enq_usage("submit", "--output DIR is required (unless --upload URL is given)");
+	if (a->headers.n > 0 && a->upload == NULL)
+		enq_usage("submit", "--upload-header needs --upload URL");
 }
 
 /* enqueue submit */
@@ -299,6 +343,7 @@ submit_main(int argc, char **argv)
 	enq_setup(false);
 	submit_spec(&a, &js);
 	strv_free(&a.meta);
+	strv_free(&a.headers);
 	/* Limits not given are left out, so the worker's own defaults apply. */
 	js.omit = (a.memory ? 0 : JOB_OMIT_MEMORY) | (a.cpus ? 0 : JOB_OMIT_CPUS) |
 	    (a.timeout ? 0 : JOB_OMIT_TIMEOUT) | (a.warning ? 0 : JOB_OMIT_WARNING);

@@ -50,6 +50,13 @@ static const struct conf_key conf_keys[] = {
 	K("worker", "reaper_interval", T_SECS, reaper_interval),
 	K("worker", "drain_timeout", T_SECS, drain_timeout),
 	K("worker", "stats_interval", T_SECS, stats_interval),
+	K("worker", "keep_outputs", T_BOOL, keep_outputs),
+	K("worker", "min_free", T_SIZE, min_free),
+	KI("worker", "profile_max_entries", profile_max_entries, 1, 100000000),
+	K("worker", "profile_max_bytes", T_SIZE, profile_max_bytes),
+	KI("worker", "profile_max_depth", profile_max_depth, 1, 1024),
+	K("worker", "upload_timeout", T_SECS, upload_timeout),
+	K("worker", "upload_retry_backoff", T_SECS, upload_retry_backoff),
 	K("worker", "log_level", T_LEVEL, log_level),
 	K("worker", "metrics_listen", T_STR, metrics_listen),
 	KI("worker", "log_batch_lines", log_batch_lines, 1, 100000),
@@ -123,6 +130,11 @@ config_defaults(struct config *c)
 	c->reaper_interval = 5;
 	c->drain_timeout = 60;
 	c->stats_interval = 5;
+	c->profile_max_entries = 100000;
+	c->profile_max_bytes = 4ULL << 30;
+	c->profile_max_depth = 64;
+	c->upload_timeout = 3600;
+	c->upload_retry_backoff = 1;
 	c->log_level = LOG_INFO;
 	c->log_batch_lines = 256;
 	c->log_batch_interval = 0.2;
@@ -418,6 +430,10 @@ config_check(const struct config *c, char *err, size_t errlen)
 	}
 	if (c->collect_max_bytes == 0 || c->collect_timeout <= 0) {
 		snprintf(err, errlen, "%s: collect_max_bytes and collect_timeout must be above 0", p);
+		return -1;
+	}
+	if (c->upload_timeout <= 0 || c->upload_retry_backoff <= 0) {
+		snprintf(err, errlen, "%s: upload_timeout and upload_retry_backoff must be above 0", p);
 		return -1;
 	}
 	/* 64m: a dead letter holding the whole payload stays far below Redis's 512 MB bulk limit. */

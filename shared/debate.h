@@ -160,6 +160,13 @@ struct config {
 	double reaper_interval;
 	double drain_timeout;
 	double stats_interval;
+	bool keep_outputs;		/* keep worker-owned outputs after their upload */
+	uint64_t min_free;		/* take no job while builds_root has less free */
+	long profile_max_entries;	/* profile_archive caps */
+	uint64_t profile_max_bytes;
+	long profile_max_depth;
+	double upload_timeout;		/* total seconds for one job's uploads */
+	double upload_retry_backoff;	/* first wait between tries, doubled */
 	enum log_level log_level;
 	char *metrics_listen;		/* "host:port" or NULL */
 	long log_batch_lines;		/* lines per log event */
@@ -276,6 +283,7 @@ enum refusal {
 	REFUSE_IMAGE,		/* image_not_allowed */
 	REFUSE_LIMIT,		/* over_limit */
 	REFUSE_CLAIM,		/* claim_failed: Redis answered the claim with an error */
+	REFUSE_ARCHIVE,		/* bad_archive: profile_archive cannot be unpacked safely */
 };
 const char *refusal_name(enum refusal r);
 
@@ -294,6 +302,10 @@ struct job_spec {
 	char *meta;			/* raw msgpack of meta, or NULL */
 	size_t meta_len;
 	double enqueued_at;		/* 0 when the producer gave none */
+	char *profile_archive;		/* bin: a tar (gzip/zstd) of the profile, or NULL */
+	size_t profile_archive_len;
+	char *upload_url;		/* upload.url, or NULL: no upload */
+	struct strv upload_headers;	/* "Name: value" each (values may be credentials) */
 	unsigned omit;			/* JOB_OMIT_*: limits job_encode leaves out */
 };
 
@@ -302,6 +314,7 @@ struct job_spec {
 #define JOB_OMIT_CPUS 0x2
 #define JOB_OMIT_TIMEOUT 0x4
 #define JOB_OMIT_WARNING 0x8
+#define JOBS_DIR "jobs"		/* builds_root/jobs/: the worker's own directories */
 #define EPOCH_MAX 253402300799LL	/* 9999-12-31: the latest epoch accepted */
 
 /*

@@ -10,6 +10,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -17,6 +18,9 @@
 
 #define PATH_FIELD_MAX 1024	/* longest profile/output accepted */
 #define MIN_MEMORY (6ULL << 20)	/* docker refuses less */
+#define UPLOAD_URL_MAX 2048
+#define UPLOAD_HEADERS_MAX 32
+#define UPLOAD_HEADER_MAX 4096
 
 /* The wire name of a refusal. */
 const char *
@@ -36,6 +40,7 @@ refusal_name(enum refusal r)
 	case REFUSE_IMAGE: return "image_not_allowed";
 	case REFUSE_LIMIT: return "over_limit";
 	case REFUSE_CLAIM: return "claim_failed";
+	case REFUSE_ARCHIVE: return "bad_archive";
 	}
 	return "unknown";
 }
@@ -121,6 +126,7 @@ job_path(const msgpack_object *v, const char *name, const char *root, char **out
 	const char *s;
 	size_t n, rl = strlen(root);
 	char *p, *save, *tok;
+	bool first = true;
 
 	if (v == NULL)
 		REFUSE(REFUSE_MISSING, "%s: missing (a directory relative to builds_root)", name);
@@ -155,6 +161,14 @@ job_path(const msgpack_object *v, const char *name, const char *root, char **out
 	p = xstrndup(s, n);
 	save = xstrdup(p);
 	for (tok = strtok(save, "/"); tok != NULL; tok = strtok(NULL, "/")) {
+		if (first && strcmp(tok, ".") != 0) {
+			first = false;
+			if (strcmp(tok, JOBS_DIR) == 0) {
+				free(save);
+				free(p);
+				REFUSE(REFUSE_PATH, "%s: %s/ below builds_root is the worker's own", name, JOBS_DIR);
+			}
+		}
 		if (strcmp(tok, "..") == 0) {
 			free(save);
 			free(p);
@@ -168,6 +182,116 @@ job_path(const msgpack_object *v, const char *name, const char *root, char **out
 	}
 	free(save);
 	*out = p;
+	return REFUSE_NONE;
+}
+
+/* profile (a path) or profile_archive (a tar in the job): exactly one. */
+static enum refusal
+job_profile(const msgpack_object *o, const struct config *c, struct job_spec *js, char *err,
+    size_t errlen)
+{
+	const msgpack_object *pv = mp_get(o, "profile"), *av = mp_get(o, "profile_archive");
+
+	if (pv != NULL && av != NULL)
+		REFUSE(REFUSE_VALUE, "profile, profile_archive: give exactly one of them");
+	if (pv == NULL && av == NULL)
+		REFUSE(REFUSE_MISSING, "profile: missing (a directory relative to builds_root, or give profile_archive)");
+	if (av == NULL)
+		return job_path(pv, "profile", c->builds_root, &js->profile, err, errlen);
+	if (av->type != MSGPACK_OBJECT_BIN)
+		REFUSE(REFUSE_TYPE, "profile_archive: must be binary (a tar archive), not %s", job_type_name(av));
+	if (av->via.bin.size == 0)
+		REFUSE(REFUSE_ARCHIVE, "profile_archive: empty");
+	js->profile_archive = xmalloc(av->via.bin.size);
+	memcpy(js->profile_archive, av->via.bin.ptr, av->via.bin.size);
+	js->profile_archive_len = av->via.bin.size;
+	return REFUSE_NONE;
+}
+
+/* Whether s[0..n) is an HTTP header name (an RFC 9110 token). */
+static bool
+job_token(const char *s, size_t n)
+{
+	if (n == 0)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') ||
+		    strchr("!#$%&'*+-.^_`|~", s[i]) != NULL) || s[i] == '\0')
+			return false;
+	return true;
+}
+
+/*
+ * upload: {url: "http(s)://host/prefix/{name}", headers: {str: str}}.
+ * Header values may be credentials: messages name the header, never
+ * quote its value.  The headers the worker sets itself are refused.
+ */
+static enum refusal
+job_upload(const msgpack_object *v, struct job_spec *js, char *err, size_t errlen)
+{
+	static const char *own[] = { "content-length", "content-digest", "transfer-encoding", "host",
+		"expect", "connection", "te", "upgrade", NULL };
+	const msgpack_object *u, *h;
+	const char *auth, *path, *hole;
+
+	if (v->type != MSGPACK_OBJECT_MAP)
+		REFUSE(REFUSE_TYPE, "upload: must be a map {url, headers}, not %s", job_type_name(v));
+	if ((u = mp_get(v, "url")) == NULL)
+		REFUSE(REFUSE_MISSING, "upload.url: missing");
+	if (u->type != MSGPACK_OBJECT_STR)
+		REFUSE(REFUSE_TYPE, "upload.url: must be a string, not %s", job_type_name(u));
+	if (u->via.str.size > UPLOAD_URL_MAX)
+		REFUSE(REFUSE_VALUE, "upload.url: longer than %d bytes", UPLOAD_URL_MAX);
+	for (uint32_t i = 0; i < u->via.str.size; i++)
+		if ((unsigned char)u->via.str.ptr[i] <= 0x20 || u->via.str.ptr[i] == 0x7f)
+			REFUSE(REFUSE_VALUE, "upload.url: contains a space or a control character");
+	if (!((u->via.str.size > 7 && strncasecmp(u->via.str.ptr, "http://", 7) == 0) ||
+	    (u->via.str.size > 8 && strncasecmp(u->via.str.ptr, "https://", 8) == 0)))
+		REFUSE(REFUSE_VALUE, "upload.url: must be an http:// or https:// URL");
+	js->upload_url = xstrndup(u->via.str.ptr, u->via.str.size);
+	/*
+	 * The build names its files: a name must never reach the host part,
+	 * or a file called "evil.example/x" would send the headers there.
+	 */
+	auth = strstr(js->upload_url, "://") + 3;
+	path = auth + strcspn(auth, "/?#");
+	if (path == auth)
+		REFUSE(REFUSE_VALUE, "upload.url: no host");
+	if ((hole = strstr(js->upload_url, "{name}")) != NULL && hole < path)
+		REFUSE(REFUSE_VALUE, "upload.url: {name} may only stand in the path or the query, not the host");
+	if (hole == NULL && *path != '/')
+		REFUSE(REFUSE_VALUE, "upload.url: without {name}, the URL is a prefix and needs a path "
+		    "(\"https://host/\" at least)");
+	if ((h = mp_get(v, "headers")) == NULL || h->type == MSGPACK_OBJECT_NIL)
+		return REFUSE_NONE;
+	if (h->type != MSGPACK_OBJECT_MAP)
+		REFUSE(REFUSE_TYPE, "upload.headers: must be a map of strings, not %s", job_type_name(h));
+	if (h->via.map.size > UPLOAD_HEADERS_MAX)
+		REFUSE(REFUSE_LIMIT, "upload.headers: more than %d headers", UPLOAD_HEADERS_MAX);
+	for (uint32_t i = 0; i < h->via.map.size; i++) {
+		const msgpack_object *k = &h->via.map.ptr[i].key, *val = &h->via.map.ptr[i].val;
+		char name[64], *line;
+		if (k->type != MSGPACK_OBJECT_STR || !job_token(k->via.str.ptr, k->via.str.size) ||
+		    k->via.str.size >= sizeof name)
+			REFUSE(REFUSE_VALUE, "upload.headers: a name is not an HTTP header name (a token of 1 to 63 bytes)");
+		memcpy(name, k->via.str.ptr, k->via.str.size);
+		name[k->via.str.size] = '\0';
+		for (const char **o = own; *o != NULL; o++)
+			if (strcasecmp(name, *o) == 0)
+				REFUSE(REFUSE_VALUE, "upload.headers: %s is set by the worker", name);
+		if (val->type != MSGPACK_OBJECT_STR)
+			REFUSE(REFUSE_TYPE, "upload.headers.%s: must be a string, not %s", name, job_type_name(val));
+		if (val->via.str.size > UPLOAD_HEADER_MAX)
+			REFUSE(REFUSE_VALUE, "upload.headers.%s: longer than %d bytes", name, UPLOAD_HEADER_MAX);
+		for (uint32_t b = 0; b < val->via.str.size; b++) {
+			unsigned char ch = (unsigned char)val->via.str.ptr[b];
+			if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+				REFUSE(REFUSE_VALUE, "upload.headers.%s: the value contains a control character", name);
+		}
+		line = xasprintf("%s: %.*s", name, (int)val->via.str.size, val->via.str.ptr);
+		strv_push(&js->upload_headers, line);
+		free(line);
+	}
 	return REFUSE_NONE;
 }
 
@@ -199,9 +323,15 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 	memcpy(js->id, v->via.str.ptr, v->via.str.size);
 	js->id[v->via.str.size] = '\0';
 
-	if ((r = job_path(mp_get(o, "profile"), "profile", c->builds_root, &js->profile, err, errlen)))
+	if ((r = job_profile(o, c, js, err, errlen)))
 		return r;
-	if ((r = job_path(mp_get(o, "output"), "output", c->builds_root, &js->output, err, errlen)))
+	if ((v = mp_get(o, "upload")) != NULL && (r = job_upload(v, js, err, errlen)))
+		return r;
+	/* Without output the worker makes one; only a job whose artifacts are uploaded may leave it out. */
+	if ((v = mp_get(o, "output")) == NULL && js->upload_url == NULL)
+		REFUSE(REFUSE_MISSING, "output: missing (a directory relative to builds_root; "
+		    "only a job with upload may leave it out)");
+	if (v != NULL && (r = job_path(v, "output", c->builds_root, &js->output, err, errlen)))
 		return r;
 
 	if ((v = mp_get(o, "source_date_epoch")) != NULL) {
@@ -356,7 +486,10 @@ job_spec_free(struct job_spec *js)
 	free(js->output);
 	free(js->image);
 	free(js->meta);
-	js->profile = js->output = js->image = js->meta = NULL;
+	free(js->profile_archive);
+	free(js->upload_url);
+	strv_free(&js->upload_headers);
+	js->profile = js->output = js->image = js->meta = js->profile_archive = js->upload_url = NULL;
 }
 
 /* Encode js as the contract's job map. */
@@ -364,15 +497,35 @@ void
 job_encode(const struct job_spec *js, msgpack_sbuffer *sb)
 {
 	msgpack_packer pk;
-	int n = 3 + !(js->omit & JOB_OMIT_MEMORY) + !(js->omit & JOB_OMIT_CPUS) +
+	int n = 1 + (js->profile || !js->profile_archive) + (js->output || !js->upload_url) +
+	    (js->profile_archive ? 1 : 0) + (js->upload_url ? 1 : 0) + !(js->omit & JOB_OMIT_MEMORY) + !(js->omit & JOB_OMIT_CPUS) +
 	    !(js->omit & JOB_OMIT_TIMEOUT) + !(js->omit & JOB_OMIT_WARNING) + (js->has_epoch ? 1 : 0) +
 	    (js->image ? 1 : 0) + (js->meta ? 1 : 0) + (js->retries ? 1 : 0) + (js->enqueued_at > 0 ? 1 : 0);
 
 	msgpack_packer_init(&pk, sb, msgpack_sbuffer_write);
 	msgpack_pack_map(&pk, (size_t)n);
 	mp_kv_str(&pk, "id", js->id);
-	mp_kv_str(&pk, "profile", js->profile);
-	mp_kv_str(&pk, "output", js->output);
+	if (js->profile_archive) {
+		mp_str(&pk, "profile_archive");
+		msgpack_pack_bin(&pk, js->profile_archive_len);
+		msgpack_pack_bin_body(&pk, js->profile_archive, js->profile_archive_len);
+	}
+	if (js->profile || !js->profile_archive)
+		mp_kv_str(&pk, "profile", js->profile ? js->profile : "");
+	if (js->output || !js->upload_url)
+		mp_kv_str(&pk, "output", js->output ? js->output : "");
+	if (js->upload_url) {
+		mp_str(&pk, "upload");
+		msgpack_pack_map(&pk, 2);
+		mp_kv_str(&pk, "url", js->upload_url);
+		mp_str(&pk, "headers");
+		msgpack_pack_map(&pk, js->upload_headers.n);
+		for (size_t i = 0; i < js->upload_headers.n; i++) {
+			const char *l = js->upload_headers.v[i], *colon = strchr(l, ':');
+			mp_strn(&pk, l, (size_t)(colon - l));
+			mp_str(&pk, colon + 2);
+		}
+	}
 	if (!(js->omit & JOB_OMIT_MEMORY))
 		mp_kv_uint(&pk, "memory", js->memory);
 	if (!(js->omit & JOB_OMIT_CPUS))

@@ -40,8 +40,10 @@ void
 beat_now(void)
 {
 	char kwork[KEY_MAX], korph[KEY_MAX], now[32], ttlms[24], reapms[24], maxatt[24], pid[24];
-	char started[32], conc[24], running[24], maxlen[24], ttl[24], deadmax[24], *prefix, *jobs;
-	const char *args[23];
+	char started[32], conc[24], running[24], maxlen[24], ttl[24], deadmax[24], dfree[24], *prefix, *jobs;
+	const char *args[25];
+	uint64_t free_bytes;
+	bool disk_ok = outdir_disk_ok(&free_bytes);
 	size_t jl = 0, nrun = 0;
 	struct job *j;
 
@@ -88,7 +90,10 @@ beat_now(void)
 	args[21] = ttl;
 	snprintf(deadmax, sizeof deadmax, "%ld", wk->conf->dead_maxlen);
 	args[22] = deadmax;
-	script_call(wk->cmd, SCRIPT_BEAT, RQ_ONCE, beat_reply, NULL, 7, 23, args, NULL);
+	snprintf(dfree, sizeof dfree, "%llu", (unsigned long long)free_bytes);
+	args[23] = dfree;
+	args[24] = disk_ok ? "0" : "1";
+	script_call(wk->cmd, SCRIPT_BEAT, RQ_ONCE, beat_reply, NULL, 7, 25, args, NULL);
 	free(prefix);
 	free(jobs);
 }

@@ -147,11 +147,25 @@ event_result(struct job *j, msgpack_sbuffer *sb)
 	msgpack_pack_array(&pk, n);
 	for (size_t i = 0; i < n; i++) {
 		const struct artifact *a = collect_get(j->collect, i);
-		msgpack_pack_map(&pk, 3);
+		bool up = j->spec.upload_url != NULL, sent = false;
+		char *url = NULL;
+		msgpack_pack_map(&pk, up ? 5 : 3);
 		mp_str(&pk, "name");
 		utf8_pack(&pk, a->name, strlen(a->name));	/* a file name is any bytes */
 		mp_kv_uint(&pk, "size", a->size);
 		mp_kv_str(&pk, "sha256", a->sha256);
+		if (up) {
+			/* The URL as shown (no userinfo, no query: they may be credentials). */
+			const char *shown = upload_url(j->upload, i, &sent);
+			if (shown == NULL) {
+				char *target = upload_target(j->spec.upload_url, a->name);
+				shown = url = upload_display(target);
+				free(target);
+			}
+			mp_kv_str(&pk, "url", shown);
+			mp_kv_bool(&pk, "uploaded", sent);
+			free(url);
+		}
 	}
 	mp_str(&pk, "error");
 	utf8_pack(&pk, j->error, strlen(j->error));

@@ -101,6 +101,10 @@ fetch_reply(redisAsyncContext *ac, void *reply, void *priv)
 	if (r->type == REDIS_REPLY_STRING && fetch_big.pending) {
 		fetch_big.pending = false;
 		job_fetched(NULL, fetch_big.len, fetch_big.sha1, fetch_big.sha256);
+	} else if (r->type == REDIS_REPLY_STRING && !outdir_disk_ok(NULL)) {
+		/* The disk filled while BLMOVE waited: the release puts it back for a worker with room. */
+		log_warn("fetch: builds_root is below min_free; putting the job back");
+		fetch_recover_later();
 	} else if (r->type == REDIS_REPLY_STRING)
 		job_fetched(r->str, r->len, NULL, NULL);
 	fetch_kick();
@@ -161,6 +165,10 @@ fetch_kick(void)
 	}
 	if (wk->held >= wk->slots || (wk->once && (wk->done > 0 || !TAILQ_EMPTY(&wk->jobs))))
 		return;
+	if (!outdir_disk_ok(NULL)) {
+		outdir_disk_wait();	/* fetches again once there is room */
+		return;
+	}
 	argv[0] = "BLMOVE";
 	argv[1] = wk->keys.queue;
 	argv[2] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);

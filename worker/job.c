@@ -2,8 +2,9 @@
  * job.c: one build, from the payload BLMOVE gave us to its one result.
  *
  *   fetched -> (refused) REFUSING -> DONE
+ *           [-> UNPACKING (profile_archive; bad_archive: REFUSING)]
  *           -> CLAIMING -> STARTING -> RUNNING [-> STOPPING] -> COLLECTING
- *              -> FINISHING -> DONE
+ *              [-> UPLOADING (succeeded, with upload)] -> FINISHING -> DONE
  *
  * The job embeds every watcher it needs (w.data = job).  Invariant: a job
  * is finished only when its child is reaped AND both pipes are at EOF;
@@ -38,6 +39,7 @@ static const char *job_state_names[] = {
 	[JOB_CLAIMING] = "claiming", [JOB_STARTING] = "starting", [JOB_RUNNING] = "running",
 	[JOB_STOPPING] = "stopping", [JOB_COLLECTING] = "collecting", [JOB_FINISHING] = "finishing",
 	[JOB_REFUSING] = "refusing", [JOB_DONE] = "done",
+	[JOB_UNPACKING] = "unpacking", [JOB_UPLOADING] = "uploading",
 };
 
 /* A state's name for logs. */
@@ -76,6 +78,10 @@ job_free(void *p)
 	output_close(&j->err);
 	cgroup_close(&j->cg);
 	collect_free(j->collect);
+	unpack_free(j->unpack);
+	upload_free(j->upload);
+	if (j->profile_fd >= 0)
+		close(j->profile_fd);
 	strv_free(&j->tail);
 	job_spec_free(&j->spec);
 	free(j->payload);
@@ -97,6 +103,8 @@ job_done(struct job *j)
 	ev_io_stop(EV_DEFAULT, &j->oom_io);
 	ev_child_stop(EV_DEFAULT, &j->child);
 	TAILQ_REMOVE(&wk->jobs, j, entry);
+	if (j->profile_owned)
+		outdir_remove(j->profile_path);	/* the unpacked profile_archive */
 	wk->done++;
 	if (j->emits == 0)
 		defer_free(job_free, j);
@@ -253,13 +261,38 @@ job_container(const struct job *j, char *buf, size_t len)
 #define JOB_EOF_GRACE 3.0
 #define JOB_OOM_POLL 0.05	/* seconds between reads of oom_kill without a notification */
 
-/* Stop the build: the runtime's stop (TERM, grace, KILL), or signals. */
+/* An upload abandoned by the shutdown: the job is over here (job_stop). */
+static void
+job_abandoned_cb(EV_P_ ev_timer *w, int revents)
+{
+	(void)loop;
+	(void)revents;
+	job_done(w->data);
+}
+
+/* Stop the build (the runtime's stop: TERM, grace, KILL, or signals), or abandon its upload. */
 void
 job_stop(struct job *j, enum stop_reason why)
 {
 	struct strv argv = { 0 };
 	char cid[128];
 
+	if (j->state == JOB_UPLOADING && why == STOP_DRAIN && j->upload != NULL) {
+		/*
+		 * A shutdown that cannot wait for the upload: abandon it (not
+		 * from a curl callback: freed now, so none comes later); the
+		 * release at exit puts the job back on the queue.
+		 */
+		log_notice("job %s: upload abandoned by the shutdown; the job goes back on the queue", j->id);
+		upload_free(j->upload);
+		j->upload = NULL;
+		j->stop = why;
+		/* job_stop() never removes a job from the list: job_done() comes from a timer. */
+		ev_timer_init(&j->kill_timer, job_abandoned_cb, 0, 0);
+		j->kill_timer.data = j;
+		ev_timer_start(EV_DEFAULT, &j->kill_timer);
+		return;
+	}
 	if (j->state != JOB_RUNNING)
 		return;
 	j->stop = why;
@@ -538,7 +571,7 @@ void
 job_lease_lost(struct job *j)
 {
 	if (j->lease_lost || j->state == JOB_COLLECTING || j->state == JOB_FINISHING ||
-	    j->state == JOB_DONE)
+	    j->state == JOB_UPLOADING || j->state == JOB_DONE)
 		return;	/* over: an event sent again after our result finds the job final */
 	j->lease_lost = true;
 	wk->m.results_refused++;
@@ -655,13 +688,32 @@ job_conflict_inspected(int wstatus, const char *out, size_t len, void *arg)
 	strv_free(&argv);
 }
 
-/* The artifacts are hashed (or could not be): record the result. */
+/* The upload is over: a failure is the job's error; files kept unless all arrived. */
+static void
+job_uploaded(struct job *j)
+{
+	const char *err;
+
+	if (upload_result(j->upload, &err) != 0) {
+		j->status = ST_ERROR;
+		snprintf(j->error, sizeof j->error, "%s; the files are kept on %s", err, wk->host);
+	} else if (j->output_owned && !wk->conf->keep_outputs)
+		outdir_remove(j->output_path);
+	job_finish(j);
+}
+
+/* The artifacts are hashed (or could not be): upload them when the job asks, then record the result. */
 static void
 job_collected(struct job *j)
 {
 	j->status = collect_outcome(j->collect, j->status, j->error, sizeof j->error);
 	if (j->status == ST_CANCELLED)
 		j->retry_due = 0;	/* a cancel is never retried */
+	if (j->status == ST_SUCCEEDED && j->spec.upload_url != NULL && j->retry_due == 0) {
+		job_set_state(j, JOB_UPLOADING);
+		j->upload = upload_start(j, job_uploaded);
+		return;
+	}
 	job_finish(j);
 }
 
@@ -919,6 +971,32 @@ failed:
 	}
 }
 
+/* No output in the job: make builds_root/jobs/<id>/<attempt>/; false (and an error result) if we cannot. */
+static bool
+job_own_output(struct job *j)
+{
+	char leaf[24], err[ERR_MAX];
+	int fd;
+
+	snprintf(leaf, sizeof leaf, "%ld", j->attempt);
+	if (outdir_make(j->id, leaf, j->output_path, sizeof j->output_path, &fd, err, sizeof err) == 0) {
+		int rc = paths_adopt(j, true, fd, err, sizeof err);
+		close(fd);
+		j->output_owned = true;
+		if (rc == 0)
+			return true;
+	}
+	log_err("job %s: output: %s", j->id, err);
+	j->finished_at = now_real();
+	j->status = ST_ERROR;
+	j->exit_code = -1;
+	snprintf(j->error, sizeof j->error, "output: %s", err);
+	job_release_slot(j);
+	job_set_state(j, JOB_COLLECTING);
+	j->collect = collect_start("", job_collected, j);
+	return false;
+}
+
 /* The claim's answer: run it, record it cancelled, or let it go. */
 static void
 job_claimed(redisReply *r, void *arg)
@@ -978,6 +1056,8 @@ job_claimed(redisReply *r, void *arg)
 	job_set_state(j, JOB_STARTING);
 	j->started_mono = now_mono();
 	snprintf(j->cidfile, sizeof j->cidfile, "%s/%s.%ld.cid", wk->cid_dir, j->id, j->attempt);
+	if (j->spec.output == NULL && !job_own_output(j))
+		return;
 	job_spawn(j);
 	if (j->state != JOB_STARTING)
 		return;
@@ -994,17 +1074,119 @@ job_claimed(redisReply *r, void *arg)
 	ev_timer_start(EV_DEFAULT, &j->stats_timer);
 }
 
-/* A payload arrived from BLMOVE: validate, resolve paths, claim. */
+/* Send the claim script. */
+static void
+job_claim(struct job *j)
+{
+	const struct config *c = wk->conf;
+	char seqoff[24], attoff[24], maxlen[24], deadmax[24];
+	char kjob[KEY_MAX], kact[KEY_MAX], klog[KEY_MAX], kprog[KEY_MAX], now[32];
+	const char *args[15];
+	size_t lens[15], so, ao;
+	msgpack_sbuffer started;
+
+	job_set_state(j, JOB_CLAIMING);
+	if (!j->spec.has_epoch)
+		j->spec.source_date_epoch = (int64_t)now_real();
+	if (j->spec.cpus > wk->host_cpus) {
+		j->cpus_clamped_from = j->spec.cpus;
+		j->spec.cpus = wk->host_cpus;
+	}
+	j->tail.n = (size_t)c->log_tail_lines;
+	j->tail.v = xcalloc(j->tail.n + 1, sizeof *j->tail.v);
+	sandbox_name(c->namespace, j->id, j->cname, sizeof j->cname);
+
+	/* The claim script sends `started` itself, with the seq and attempt it decides. */
+	msgpack_sbuffer_init(&started);
+	event_started(j, &started, &so, &ao);
+	snprintf(now, sizeof now, "%.6f", now_real());
+	snprintf(seqoff, sizeof seqoff, "%zu", so);
+	snprintf(attoff, sizeof attoff, "%zu", ao);
+	snprintf(maxlen, sizeof maxlen, "%ld", c->log_maxlen);
+	snprintf(deadmax, sizeof deadmax, "%ld", c->dead_maxlen);
+	args[0] = keys_id(&wk->keys, "job", j->id, kjob, sizeof kjob);
+	args[1] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);
+	args[2] = wk->keys.cancel;
+	args[3] = keys_id(&wk->keys, "log", j->id, klog, sizeof klog);
+	args[4] = keys_id(&wk->keys, "progress", j->id, kprog, sizeof kprog);
+	args[5] = wk->keys.events;
+	args[6] = wk->id;
+	args[7] = j->payload;
+	args[8] = now;
+	args[9] = j->id;
+	args[10] = started.data;
+	args[11] = seqoff;
+	args[12] = attoff;
+	args[13] = maxlen;
+	args[14] = deadmax;
+	for (int i = 0; i < 15; i++)
+		lens[i] = i == 7 ? j->payload_len : i == 10 ? started.size : strlen(args[i]);
+	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 6, 15, args, lens);
+	msgpack_sbuffer_destroy(&started);
+}
+
+/* defer_free() of an unpack. */
+static void
+job_unpack_free(void *p)
+{
+	unpack_free(p);
+}
+
+/*
+ * profile_archive is unpacked (or refused): claim, or dead-letter it as
+ * bad_archive.  Before the claim, so a refused job never ran.  Called
+ * from the unpack's own watcher: the unpack is freed on the next turn.
+ * The unpacked directory is then held like a path-mode profile.
+ */
+static void
+job_unpacked(struct job *j)
+{
+	const char *err;
+	char msg[ERR_MAX], e2[ERR_MAX];
+	int rc = unpack_result(j->unpack, &err);
+
+	snprintf(msg, sizeof msg, "%s", err);
+	defer_free(job_unpack_free, j->unpack);
+	j->unpack = NULL;
+	if (rc == 0 && paths_adopt(j, false, j->profile_fd, e2, sizeof e2) != 0) {
+		rc = -1;
+		snprintf(msg, sizeof msg, "profile_archive: cannot hold the unpacked directory: %s", e2);
+	}
+	close(j->profile_fd);
+	j->profile_fd = -1;
+	if (rc != 0)
+		fetch_refuse(j, REFUSE_ARCHIVE, msg);
+	else
+		job_claim(j);
+}
+
+/* Make the job's own profile directory and unpack profile_archive into it. */
+static void
+job_unpack(struct job *j)
+{
+	const struct config *c = wk->conf;
+	struct unpack_caps caps = { c->profile_max_entries, c->profile_max_bytes, c->profile_max_depth };
+	char err[ERR_MAX], msg[ERR_MAX];
+
+	job_set_state(j, JOB_UNPACKING);
+	if (outdir_make(j->id, NULL, j->profile_path, sizeof j->profile_path, &j->profile_fd, err,
+	    sizeof err) != 0) {
+		snprintf(msg, sizeof msg, "profile_archive: no directory to unpack it in: %s", err);
+		fetch_refuse(j, REFUSE_ARCHIVE, msg);
+		return;
+	}
+	j->profile_owned = true;
+	j->unpack = unpack_start(j->profile_fd, j->spec.profile_archive, j->spec.profile_archive_len, &caps,
+	    job_unpacked, j);
+}
+
+/* A payload arrived from BLMOVE: validate, hold its directories, unpack, claim. */
 void
 job_fetched(const char *payload, size_t len, const char *sha1, const char *sha256)
 {
 	const struct config *c = wk->conf;
 	struct job *j = xcalloc(1, sizeof *j);
-	char err[ERR_MAX], e2[ERR_MAX], seqoff[24], attoff[24], maxlen[24], deadmax[24];
-	char kjob[KEY_MAX], kact[KEY_MAX], klog[KEY_MAX], kprog[KEY_MAX], now[32];
-	const char *args[15];
-	size_t lens[15], so, ao;
-	msgpack_sbuffer started;
+	char err[ERR_MAX], e2[ERR_MAX];
 	enum refusal r;
 
 	/*
@@ -1040,6 +1222,7 @@ job_fetched(const char *payload, size_t len, const char *sha1, const char *sha25
 	output_init(&j->out, j, "stdout", -1);
 	output_init(&j->err, j, "stderr", -1);
 	j->cg.event_fd = j->cg.watch_fd = -1;
+	j->profile_fd = -1;
 	j->state = JOB_CLAIMING;
 
 	r = job_decode(payload, len, c, &j->spec, err, sizeof err);
@@ -1048,45 +1231,21 @@ job_fetched(const char *payload, size_t len, const char *sha1, const char *sha25
 		r = REFUSE_PATH;
 		snprintf(err, sizeof err, "%s", e2);
 	}
+	/* builds_root/jobs/ is the worker's own tree: no producer names it. */
+	if (r == REFUSE_NONE && ((j->spec.profile != NULL && outdir_is_owned(j->profile_path)) ||
+	    (j->spec.output != NULL && outdir_is_owned(j->output_path)))) {
+		r = REFUSE_PATH;
+		snprintf(err, sizeof err, "%s: leads into builds_root/%s/, which is the worker's own",
+		    j->spec.output != NULL && outdir_is_owned(j->output_path) ? "output" : "profile", JOBS_DIR);
+	}
 	if (r != REFUSE_NONE) {
 		fetch_refuse(j, r, err);
 		return;
 	}
-	if (!j->spec.has_epoch)
-		j->spec.source_date_epoch = (int64_t)now_real();
-	if (j->spec.cpus > wk->host_cpus) {
-		j->cpus_clamped_from = j->spec.cpus;
-		j->spec.cpus = wk->host_cpus;
+	if (j->spec.profile_archive != NULL) {
+		job_unpack(j);
+		return;
 	}
-	j->tail.n = (size_t)c->log_tail_lines;
-	j->tail.v = xcalloc(j->tail.n + 1, sizeof *j->tail.v);
-	sandbox_name(c->namespace, j->id, j->cname, sizeof j->cname);
-
-	/* The claim script sends `started` itself, with the seq and attempt it decides. */
-	msgpack_sbuffer_init(&started);
-	event_started(j, &started, &so, &ao);
-	snprintf(now, sizeof now, "%.6f", now_real());
-	snprintf(seqoff, sizeof seqoff, "%zu", so);
-	snprintf(attoff, sizeof attoff, "%zu", ao);
-	snprintf(maxlen, sizeof maxlen, "%ld", c->log_maxlen);
-	snprintf(deadmax, sizeof deadmax, "%ld", c->dead_maxlen);
-	args[0] = keys_id(&wk->keys, "job", j->id, kjob, sizeof kjob);
-	args[1] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);
-	args[2] = wk->keys.cancel;
-	args[3] = keys_id(&wk->keys, "log", j->id, klog, sizeof klog);
-	args[4] = keys_id(&wk->keys, "progress", j->id, kprog, sizeof kprog);
-	args[5] = wk->keys.events;
-	args[6] = wk->id;
-	args[7] = j->payload;
-	args[8] = now;
-	args[9] = j->id;
-	args[10] = started.data;
-	args[11] = seqoff;
-	args[12] = attoff;
-	args[13] = maxlen;
-	args[14] = deadmax;
-	for (int i = 0; i < 15; i++)
-		lens[i] = i == 7 ? len : i == 10 ? started.size : strlen(args[i]);
-	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 6, 15, args, lens);
-	msgpack_sbuffer_destroy(&started);
+	job_claim(j);
 }
+

@@ -90,7 +90,7 @@ worker_stop_all(void)
 	/* job_stop() never removes a job from the list, so plain iteration is safe. */
 	wk->stopping = true;
 	TAILQ_FOREACH(j, &wk->jobs, entry) {
-		if (j->state == JOB_RUNNING)
+		if (j->state == JOB_RUNNING || j->state == JOB_UPLOADING)
 			job_stop(j, STOP_DRAIN);
 	}
 	worker_check_exit();
@@ -390,6 +390,7 @@ main(int argc, char **argv)
 	fetch_stop();
 	rconn_close(wk->cmd);
 	defer_flush();
+	upload_shutdown();
 	metrics_stop();
 	rmdir(wk->cid_dir);
 	free(wk->cid_dir);

@@ -55,12 +55,15 @@ static bool
 paths_clash(const struct job_paths *c, const struct job_spec *cs, const struct job_paths *h,
     char *err, size_t errlen)
 {
+	const char *out = cs->output != NULL ? cs->output : c->output.real;
+	const char *prof = cs->profile != NULL ? cs->profile : c->profile.real;
+
 	if (path_nested(&c->output, &h->output))
-		snprintf(err, errlen, "output: \"%s\" overlaps running job %s's output", cs->output, h->job_id);
+		snprintf(err, errlen, "output: \"%s\" overlaps running job %s's output", out, h->job_id);
 	else if (path_nested(&c->output, &h->profile))
-		snprintf(err, errlen, "output: \"%s\" overlaps running job %s's profile", cs->output, h->job_id);
+		snprintf(err, errlen, "output: \"%s\" overlaps running job %s's profile", out, h->job_id);
 	else if (path_nested(&c->profile, &h->output))
-		snprintf(err, errlen, "profile: \"%s\" overlaps running job %s's output", cs->profile, h->job_id);
+		snprintf(err, errlen, "profile: \"%s\" overlaps running job %s's output", prof, h->job_id);
 	else
 		return false;
 	return true;
@@ -75,11 +78,12 @@ paths_take(struct job *j, char *err, size_t errlen)
 	char e[ERR_MAX];
 
 	p->job_id = j->id;
-	if (path_open(root, j->spec.profile, false, &p->profile, e, sizeof e) != 0) {
+	/* No profile (profile_archive) or no output (the worker's own): paths_adopt() holds them later. */
+	if (j->spec.profile != NULL && path_open(root, j->spec.profile, false, &p->profile, e, sizeof e) != 0) {
 		snprintf(err, errlen, "profile: %s", e);
 		return -1;
 	}
-	if (path_open(root, j->spec.output, true, &p->output, e, sizeof e) != 0) {
+	if (j->spec.output != NULL && path_open(root, j->spec.output, true, &p->output, e, sizeof e) != 0) {
 		snprintf(err, errlen, "output: %s", e);
 		goto fail;
 	}
@@ -95,9 +99,12 @@ paths_take(struct job *j, char *err, size_t errlen)
 		if (paths_clash(p, &j->spec, h, err, errlen))
 			goto fail;
 	}
-	snprintf(j->profile_path, sizeof j->profile_path, "%s", p->profile.real);
-	snprintf(j->output_path, sizeof j->output_path, "%s", p->output.real);
-	snprintf(p->collect_dir, sizeof p->collect_dir, "/proc/self/fd/%d", p->output.fd);
+	if (j->spec.profile != NULL)
+		snprintf(j->profile_path, sizeof j->profile_path, "%s", p->profile.real);
+	if (j->spec.output != NULL) {
+		snprintf(j->output_path, sizeof j->output_path, "%s", p->output.real);
+		snprintf(p->collect_dir, sizeof p->collect_dir, "/proc/self/fd/%d", p->output.fd);
+	}
 	TAILQ_INSERT_TAIL(&held, p, entry);
 	p->held = true;
 	return 0;
@@ -105,6 +112,33 @@ fail:
 	path_close(&p->profile);
 	path_close(&p->output);
 	return -1;
+}
+
+/*
+ * Hold a directory the worker made itself (outdir_make(): the unpacked
+ * profile_archive, or builds_root/jobs/<id>/<attempt>/) as the job's
+ * profile or output, from the descriptor it was made with.  Fresh and
+ * the job's own, it overlaps nothing another job holds.
+ */
+int
+paths_adopt(struct job *j, bool output, int fd, char *err, size_t errlen)
+{
+	struct job_paths *p = &j->paths;
+	struct path_dir *pd = output ? &p->output : &p->profile;
+
+	if (!p->held) {
+		snprintf(err, errlen, "internal error: the job holds no directories");
+		return -1;
+	}
+	path_close(pd);
+	if (path_from_fd(fd, pd, err, errlen) != 0)
+		return -1;
+	if (output) {
+		snprintf(j->output_path, sizeof j->output_path, "%s", pd->real);
+		snprintf(p->collect_dir, sizeof p->collect_dir, "/proc/self/fd/%d", pd->fd);
+	} else
+		snprintf(j->profile_path, sizeof j->profile_path, "%s", pd->real);
+	return 0;
 }
 
 /* Run "sudo -n" and args (mount, umount) to completion; 0 when it exited 0. */

@@ -266,6 +266,8 @@ struct job_paths {
 
 /* Open both, check them against the jobs running here, hold them; -1 with err. */
 int paths_take(struct job *j, char *err, size_t errlen);
+/* Hold a directory the worker made (outdir_make) as the job's profile or output; -1 with err. */
+int paths_adopt(struct job *j, bool output, int fd, char *err, size_t errlen);
 /* Where the runtime binds from: private mount points (containers) or real paths (exec). */
 int paths_stage(struct job *j, struct sandbox_spec *s, char *err, size_t errlen);
 /* The held output for collect, by a name no build can change (exec: its real path). */
@@ -273,14 +275,76 @@ const char *paths_collect_dir(struct job *j);
 /* Unmount, close, forget; safe on a job that holds nothing. */
 void paths_release(struct job *j);
 
+/* --- archive.c: unpacking profile_archive safely --------------------- */
+
+struct unpack_caps {
+	long max_entries;
+	uint64_t max_bytes;		/* bytes actually written, all files */
+	long max_depth;
+};
+
+struct unpack;
+/* A reader of data (borrowed until unpack_free) into the directory rootfd. */
+struct unpack *unpack_new(int rootfd, const char *data, size_t len, const struct unpack_caps *caps);
+/* One slice of work; true when over (then unpack_result). */
+bool unpack_step(struct unpack *u);
+/* unpack_new, then slices from an idle watcher; done(j) when over. */
+struct unpack *unpack_start(int rootfd, const char *data, size_t len, const struct unpack_caps *caps,
+    void (*done)(struct job *), struct job *j);
+/* 0 when unpacked; -1 with *err naming the entry (bad_archive). */
+int unpack_result(const struct unpack *u, const char **err);
+void unpack_free(struct unpack *u);
+
+/* --- outdir.c: the worker's own directories and the disk check ------- */
+
+/*
+ * Make builds_root/jobs/<id>/<leaf> fresh, never following a symlink
+ * (leaf NULL: a new "profile.XXXXXX").  Its real path goes to path, an
+ * fd of it to *fd.  An existing leaf is moved aside, never reused.
+ */
+int outdir_make(const char *id, const char *leaf, char *path, size_t pathlen, int *fd, char *err,
+    size_t errlen);
+/* Remove a directory outdir_make() made (rm -rf in a helper process). */
+void outdir_remove(const char *path);
+/* Whether path is builds_root/jobs or below (the worker's own). */
+bool outdir_is_owned(const char *real);
+/* Free bytes in builds_root; true when at least min_free (0: no check). */
+bool outdir_disk_ok(uint64_t *free_bytes);
+/* Re-check the disk every heartbeat while it is low; fetch when it has room. */
+void outdir_disk_wait(void);
+
+/* --- upload.c: PUT artifacts with libcurl, driven by the loop -------- */
+
+struct upload;
+/* Upload every artifact of j's collect from the output dir; done(j) when over. */
+struct upload *upload_start(struct job *j, void (*done)(struct job *));
+/* 0 when every artifact is uploaded; -1 with *err. */
+int upload_result(const struct upload *u, const char **err);
+/* The i-th artifact's URL (without query or userinfo) and whether it arrived. */
+const char *upload_url(const struct upload *u, size_t i, bool *uploaded);
+void upload_free(struct upload *u);
+/* At exit: the multi handle and libcurl's globals. */
+void upload_shutdown(void);
+
+/* --- uploadurl.c: an upload's URL and digest (pure) ------------------ */
+
+/* The URL of name under url ({name} replaced, or appended), percent-encoded (pure). */
+char *upload_target(const char *url, const char *name);
+/* url without userinfo, query and fragment: what logs, events and results show (pure). */
+char *upload_display(const char *url);
+/* base64 of the sha256 given in hex, for Content-Digest (pure); -1 if hex is not one. */
+int upload_digest_b64(const char *hex, char *out, size_t outlen);
+
 /* --- job.c: one build from fetch to result --------------------------- */
 
 enum job_state {
+	JOB_UNPACKING,	/* profile_archive being unpacked, before the claim */
 	JOB_CLAIMING,	/* claim script in flight */
 	JOB_STARTING,	/* resolving paths, spawning */
 	JOB_RUNNING,	/* child alive */
 	JOB_STOPPING,	/* timeout, cancel or drain: stop sent */
 	JOB_COLLECTING,	/* child reaped and pipes at EOF: hashing artifacts */
+	JOB_UPLOADING,	/* PUTting the artifacts to upload.url */
 	JOB_FINISHING,	/* finish script in flight */
 	JOB_REFUSING,	/* dead-letter script in flight */
 	JOB_DONE,	/* nothing left; freed from the loop */
@@ -311,6 +375,11 @@ struct job {
 	char cname[ID_MAX + 128];
 	char profile_path[4096], output_path[4096];
 	struct job_paths paths;	/* the held profile and output */
+
+	bool profile_owned, output_owned;	/* made by the worker: removed by it */
+	int profile_fd;		/* the unpack's directory, or -1 */
+	struct unpack *unpack;
+	struct upload *upload;
 
 	ev_timer warn_timer, timeout_timer, stats_timer, cid_timer, kill_timer;
 	ev_io oom_io;

@@ -976,6 +976,7 @@ static const char *const refusal_names[] = {
 	[REFUSE_IMAGE] = "image_not_allowed",
 	[REFUSE_LIMIT] = "over_limit",
 	[REFUSE_CLAIM] = "claim_failed",
+	[REFUSE_ARCHIVE] = "bad_archive",
 };
 
 /* shared/PROTOCOL.md, found from this source file's place in the tree. */
@@ -1015,7 +1016,7 @@ test_refusal_names(void **state)
 
 	(void)state;
 	assert_string_equal(refusal_name(REFUSE_NONE), "none");
-	for (int r = REFUSE_TOO_LARGE; r <= REFUSE_CLAIM; r++)
+	for (int r = REFUSE_TOO_LARGE; r <= REFUSE_ARCHIVE; r++)
 		assert_string_equal(refusal_name((enum refusal)r), refusal_names[r]);
 	assert_string_equal(refusal_name((enum refusal)99), "unknown");
 
@@ -1023,7 +1024,7 @@ test_refusal_names(void **state)
 	doc = read_protocol();
 	dead = strstr(doc, "## Dead letters");
 	assert_non_null(dead);
-	for (int r = REFUSE_TOO_LARGE; r <= REFUSE_CLAIM; r++) {
+	for (int r = REFUSE_TOO_LARGE; r <= REFUSE_ARCHIVE; r++) {
 		snprintf(row, sizeof row, "\n| `%s` |", refusal_names[r]);
 		if (strstr(dead, row) == NULL)
 			fail_msg("PROTOCOL.md's dead-letter table has no row for `%s`", refusal_names[r]);

@@ -24,6 +24,8 @@
 -- ARGV[14] log_maxlen
 -- ARGV[15] heartbeat ttl, s
 -- ARGV[16] dead_maxlen ('0': untrimmed)
+-- ARGV[17] free bytes in builds_root
+-- ARGV[18] '1' when below min_free (the worker takes no job), else '0'
 --
 -- Returns {reaped workers and how many payloads each held (flat), dead
 -- workers whose containers this host should remove, queue length}.
@@ -46,7 +48,7 @@ if now - last > tonumber(ARGV[15]) then redis.call('HSET', P .. 'clock', 'back',
 if now > last then redis.call('HSET', P .. 'clock', 'beat', ARGV[2]) end
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'host', ARGV[7], 'pid', ARGV[8], 'version', ARGV[9],
   'started_at', ARGV[10], 'beat', ARGV[2], 'concurrency', ARGV[11], 'running', ARGV[12],
-  'jobs', ARGV[13])
+  'jobs', ARGV[13], 'disk_free', ARGV[17], 'disk_low', ARGV[18])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('HSET', P .. 'hosts', ARGV[1], ARGV[7])
