@@ -131,7 +131,7 @@ dead_list(int argc, char **argv)
 				localtime_r(&t, &tm);
 				strftime(date, sizeof date, "%Y-%m-%d %H:%M:%S", &tm);
 			}
-			printf("%-5zu %-19s %-24s %-18s %8zu  %s\n", i, date, d.id[0] ? d.id : "-",
+			printf("%-5zu %-19s %-24s %-18s %8zu  %s\n", i, date, d.id[0] ? print_safe(d.id) : "-",
 			    d.ok ? print_safe(d.reason) : "(unreadable)", d.payload_len, print_safe(d.error));
 		}
 	}

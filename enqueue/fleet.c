@@ -202,13 +202,13 @@ fleet_main(int argc, char **argv)
 		const struct fleet_worker *w = &f.w[i];
 		print_duration(now - w->score, beat, sizeof beat);
 		if (w->lost) {
-			printf("%-28s %-16s %-8s %-5s %-8s %s ago %s(lost)%s\n", w->id, "-", "-", "-", "-",
+			printf("%-28s %-16s %-8s %-5s %-8s %s ago %s(lost)%s\n", print_safe(w->id), "-", "-", "-", "-",
 			    beat, print_sgr("1;31"), print_sgr("0"));
 			continue;
 		}
 		snprintf(slots, sizeof slots, "%ld/%ld", w->running, w->concurrency);
-		printf("%-28s %-16s %-8s %-5s %-8s %s ago", w->id, w->host,
-		    print_duration(now - w->started_at, up, sizeof up), slots, w->version, beat);
+		printf("%-28s %-16s %-8s %-5s %-8s %s ago", print_safe(w->id), print_safe(w->host),
+		    print_duration(now - w->started_at, up, sizeof up), slots, print_safe(w->version), beat);
 		if (w->disk_low) {
 			char b[32];
 			printf(" %s(disk low: %s free, below min_free; takes no job)%s", print_sgr("1;33"),

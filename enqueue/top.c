@@ -169,13 +169,13 @@ top_show(const struct top_snap *s)
 		const struct fleet_worker *w = &s->fleet.w[i];
 		char slots[32];
 		if (w->lost) {
-			printf("%-28s %s(lost: no heartbeat for %s)%s\n", w->id, print_sgr("31"),
+			printf("%-28s %s(lost: no heartbeat for %s)%s\n", print_safe(w->id), print_sgr("31"),
 			    print_duration(now_real() - w->score, b1, sizeof b1), print_sgr("0"));
 			continue;
 		}
 		snprintf(slots, sizeof slots, "%ld/%ld", w->running, w->concurrency);
-		printf("%-28s %-16s %-6s %-8s %s\n", w->id, w->host, slots,
-		    print_duration(now_real() - w->started_at, b1, sizeof b1), w->version);
+		printf("%-28s %-16s %-6s %-8s %s\n", print_safe(w->id), print_safe(w->host), slots,
+		    print_duration(now_real() - w->started_at, b1, sizeof b1), print_safe(w->version));
 	}
 
 	printf("\n%s%-26s %-20s %-12s %-17s %s%s\n", print_sgr("1"), "RUNNING", "WORKER", "PHASE",
@@ -188,7 +188,8 @@ top_show(const struct top_snap *s)
 			char both[64];
 			snprintf(both, sizeof both, "%s/%s", print_duration(el, b1, sizeof b1),
 			    fj->timeout > 0 ? print_duration(fj->timeout, b2, sizeof b2) : "?");
-			printf("%-26s %-20.20s %-12s %-17s ", fj->id, w->id, fj->phase[0] ? fj->phase : "-",
+			printf("%-26s %-20.20s %-12s %-17s ", print_safe(fj->id), print_safe(w->id),
+			    fj->phase[0] ? print_safe(fj->phase) : "-",
 			    both);
 			if (fj->timeout > 0)
 				top_bar(el, fj->timeout);

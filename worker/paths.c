@@ -399,12 +399,18 @@ paths_sweep_in(const char *mountinfo, pid_t ns, const char *parent, const char *
 		if (lockfd < 0)
 			continue;
 		if (flock(lockfd, LOCK_EX | LOCK_NB) == 0) {
+			const char *undo[] = { "umount", "-l", mp, NULL };
+			bool done;
+
 			if (ns > 0)
 				paths_in_daemon_ns(ns, -1, mp, true);
+			else if (umount2(mp, MNT_DETACH) != 0 && errno == EPERM && wk->rt.sudo)
+				paths_sudo(undo);
+			done = rmdir(mp) == 0 || errno == ENOENT;
+			if (done)
+				log_notice("unmounted %s, left by a worker that is gone", mp);
 			else
-				umount2(mp, MNT_DETACH);
-			rmdir(mp);
-			log_notice("unmounted %s, left by a worker that is gone", mp);
+				log_warn("cannot undo %s, left by a worker that is gone: %s", mp, strerror(errno));
 		}
 		close(lockfd);
 	}

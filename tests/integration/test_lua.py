@@ -12,6 +12,7 @@ import time
 import uuid
 
 import msgpack
+import redis
 import pytest
 
 from conftest import REPO
@@ -89,7 +90,8 @@ def beat(r, ns, worker, now, ttl=3.0, max_attempts=3, host="h"):
     return r.eval(script("beat"), 7, k(ns, "worker", worker), k(ns, "workers"), k(ns, "reaper"),
                   k(ns, "delayed"), k(ns, "queue"), k(ns, "dead"), k(ns, "orphans", host),
                   worker, f"{now:.3f}", str(int(ttl * 1000)), "1", "{" + ns + "}:", max_attempts,
-                  host, "1", "1.0.0", f"{now:.3f}", "1", "0", "", "100", f"{ttl:.3f}", "0")
+                  host, "1", "1.0.0", f"{now:.3f}", "1", "0", "", "100", f"{ttl:.3f}", "0",
+                  "1000000000", "0")   # disk_free, disk_low
 
 
 def events(r, ns, jid):
@@ -287,6 +289,57 @@ def refuse(r, ns, worker, payload, jid="", reason="bad_path", err="profile: gone
     return r.eval(script("refuse"), 2, k(ns, "dead"), k(ns, "active", worker),
                   len(payload), sha1(payload), jid, err, "{" + ns + "}:", f"{time.time():.6f}",
                   "100", reason, worker, "3", sha256)
+
+
+def test_refusal_never_marks_a_record_without_digest_dead(r, ns):
+    """A producer that HSETs state=queued without a digest, then LPUSHes: a
+    hostile payload with the same id refused first (say, a bad image) must
+    not mark the real job dead; the real payload still claims it."""
+    real = job_payload("d4n")
+    queue_job(r, ns, "d4n", real)
+    hostile = job_payload("d4n", image="evil")
+    r.lpush(k(ns, "active", "w1"), hostile)
+    assert refuse(r, ns, "w1", hostile, "d4n", reason="image_not_allowed", err="image: evil") == 1
+    assert r.hget(k(ns, "job", "d4n"), "state") == b"queued"
+    assert not r.hexists(k(ns, "job", "d4n"), "digest") and events(r, ns, "d4n") == []
+    r.lpush(k(ns, "active", "w1"), real)
+    assert claim(r, ns, "w1", real, "d4n", f"{time.time():.6f}")[0] == b"ok"
+
+
+def test_release_leaves_the_record_to_the_copy_it_holds(r, ns):
+    """An exact copy of a payload this worker runs, found in its active list
+    by a recovery release: moved back untouched (the next claim refuses it),
+    never requeueing the running job."""
+    held = running_job(r, ns, "d4c", worker="w1")
+    r.lpush(k(ns, "active", "w1"), held)                   # the copy, BLMOVEd into a lost reply
+    n = r.eval(script("release"), 4, k(ns, "active", "w1"), k(ns, "queue"), k(ns, "worker", "w1"),
+               k(ns, "workers"), "{" + ns + "}:", f"{time.time():.3f}", "100", "recovered", "0",
+               f"{len(held)}:{sha1(held)}")
+    assert n == 1
+    assert r.lrange(k(ns, "active", "w1"), 0, -1) == [held] and r.lrange(k(ns, "queue"), 0, -1) == [held]
+    h = r.hgetall(k(ns, "job", "d4c"))
+    assert h[b"state"] == b"running" and b"requeues" not in h
+    assert [e["type"] for e in events(r, ns, "d4c")] == ["started"]
+
+
+def test_a_refused_emit_publishes_nothing(r, ns):
+    """An emit Redis refuses for memory (OOM at its first write) is sent again
+    by the worker: nothing of it may have been published the first time."""
+    p = running_job(r, ns, "d4e")
+    ps = r.pubsub()
+    ps.subscribe(k(ns, "progress", "d4e"))
+    assert ps.get_message(timeout=1)["type"] == "subscribe"
+    r.config_set("maxmemory", "1")
+    try:
+        with pytest.raises(redis.exceptions.ResponseError, match="OOM"):
+            r.eval(script("emit"), 5, k(ns, "job", "d4e"), k(ns, "progress", "d4e"), k(ns, "events"),
+                   k(ns, "log", "d4e"), k(ns, "cancel"), "w1", "1", pack({"type": "log", "seq": 2}), "2",
+                   "log", "100", "0", "", "d4e")
+    finally:
+        r.config_set("maxmemory", "0")
+    assert ps.get_message(timeout=0.5) is None
+    ps.close()
+    assert p
 
 
 def test_refused_duplicate_of_a_finished_job_leaves_it_alone(r, ns):

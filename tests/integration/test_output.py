@@ -267,3 +267,25 @@ def test_enqueue_help_names_raw() -> None:
     for cmd in ("logs", "watch", "status"):
         p = subprocess.run([ENQUEUE_BIN, cmd, "--help"], capture_output=True, text=True, timeout=30)
         assert p.returncode == 0 and "--raw" in p.stdout, p.stdout
+
+
+def test_enqueue_escapes_what_anyone_can_write_to_redis(fleet, r, ns):
+    """A heartbeat hash or a dead letter written by a hostile queue writer:
+    `enqueue workers`, `top` and `dead` show its control characters escaped
+    on a terminal, as they do build output."""
+    ini = fleet.ini()
+    now = time.time()
+    wid = "evil-1"
+    r.hset(f"{{{ns}}}:worker:{wid}", mapping={
+        "id": wid, "host": "h\x1b]0;pwned\x07", "pid": 1, "version": "1\x1b[2J", "started_at": now,
+        "beat": now, "concurrency": 1, "running": 0, "jobs": ""})
+    r.zadd(f"{{{ns}}}:workers", {wid: now})
+    r.lpush(f"{{{ns}}}:dead", msgpack.packb({"reason": "bad_id", "error": "id", "payload": b"x",
+                                             "id": "x\x1b[2J", "worker": wid, "ts": now}))
+    enq = [ENQUEUE_BIN, "-c", ini]
+    for what in (["workers"], ["dead"], ["top", "--once"]):
+        rc, out, err = run_tty(enq + what)
+        assert rc == 0, (what, err)
+        assert b"\x1b]" not in out and b"\x1b[2J" not in out and b"\x07" not in out, (what, out)
+    rc, out, _ = run_tty(enq + ["workers"])
+    assert b"h\\x1b]0;pwned\\x07" in out and b"1\\x1b[2J" in out, out

@@ -5,6 +5,7 @@ job_decode(): a payload gets the same verdict from both, or one of these
 two tests fails.
 """
 from debate_queue import CLIENT_REFUSALS, Limits, refusal
+from debate_queue.validate import payload_id
 
 from .conftest import REPO, write_ini
 
@@ -54,3 +55,21 @@ def test_limits_from_a_worker_ini(tmp_path):
     assert Limits.from_ini(path) == lim
     shipped = Limits.from_ini(REPO / "worker.ini")
     assert shipped == Limits(builds_root="/var/lib/debate/builds", images=("localhost/debate-archiso:latest",))
+
+
+def test_the_reapers_scanner_reads_the_id_of_every_accepted_vector(redis_server):
+    """The msgpack scanner in worker/lua/prelude.lua, which the reaper and the
+    release use instead of cmsgpack, reads the id of every payload the
+    validators accept (an empty container 16 deep among them: only
+    non-empty containers count), and of none refused for its shape."""
+    prelude = (REPO / "worker" / "lua" / "prelude.lua").read_text()
+    r = redis_server.client()
+    _, vecs = load()
+    wrong = []
+    for v in vecs:
+        got = r.eval(prelude + "return payload_id(ARGV[1]) or false\n", 0, v.payload)
+        want = payload_id(v.payload) if v.expect == "ok" else None
+        if v.expect == "ok" or v.expect in ("malformed", "too_deep", "not_a_map", "bad_id"):
+            if (got.decode() if got else None) != want:
+                wrong.append(f"payloads.txt:{v.line}: {v.what}: scanner read {got!r}, wanted {want!r}")
+    assert not wrong, "\n".join(wrong)

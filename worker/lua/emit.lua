@@ -23,9 +23,11 @@
 local h = redis.call('HMGET', KEYS[1], 'worker', 'attempt', 'state')
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or h[3] ~= 'running' then return 0 end
 if lastseq(KEYS[4]) < tonumber(ARGV[4]) then
+  -- The stream first: Redis refuses a write (OOM, MISCONF) before it
+  -- runs, but not a PUBLISH; the outbox sends a refused emit again.
+  xadd(KEYS[4], ARGV[6], ARGV[4], ARGV[5], ARGV[3])
   redis.call('PUBLISH', KEYS[2], ARGV[3])
   if ARGV[7] == '1' then redis.call('PUBLISH', KEYS[3], ARGV[3]) end
-  xadd(KEYS[4], ARGV[6], ARGV[4], ARGV[5], ARGV[3])
   if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'phase', ARGV[8]) end
 end
 if redis.call('HEXISTS', KEYS[5], ARGV[9]) == 1 then return 2 end

@@ -75,9 +75,11 @@ local function mp_skip(s, pos, depth)
   local kind, at, n = mp_head(s, pos)
   if kind == 'atom' then return at <= #s + 1 and at or nil end
   if kind == 'str' or kind == 'blob' then return at + n <= #s + 1 and at + n or nil end
-  if not kind or depth < 1 then return nil end
+  if not kind then return nil end
   if kind == 'map' then n = n * 2 end
-  if n > #s + 1 - at then return nil end
+  -- An empty container adds no depth, as in mp_precheck(): it is read at any depth.
+  if n == 0 then return at end
+  if depth < 1 or n > #s + 1 - at then return nil end
   for _ = 1, n do
     at = mp_skip(s, at, depth - 1)
     if not at then return nil end
@@ -114,12 +116,15 @@ end
 
 -- Whether payload p owns the record of job id (PROTOCOL.md "Duplicate
 -- ids"): there is no record (no job hash, no result), or the record is
--- queued, or running under worker w (when w is given), with p's digest
--- (or with none: a producer that sets no digest, before a claim bound
--- one).  A payload that does not own the record must not touch it.
+-- queued, or running under worker w (when w is given), with p's digest.
+-- A record without digest (a producer that sets none, before a claim
+-- bound one) is owned by no refusal (w nil): a hostile payload refused
+-- first must not mark the real job dead; the reaper and the release may
+-- move it back.  A payload that does not own the record must not touch it.
 local function owns(P, id, p, w)
   local h = redis.call('HMGET', P .. 'job:' .. id, 'state', 'digest', 'worker')
   if not h[1] and not h[2] then return redis.call('EXISTS', P .. 'result:' .. id) == 0 end
+  if not h[2] and w == nil then return false end
   if h[2] and h[2] ~= redis.sha1hex(p) then return false end
   return h[1] == 'queued' or (w ~= nil and h[1] == 'running' and h[3] == w)
 end
@@ -131,9 +136,11 @@ local function event(prefix, id, typ, fields, maxlen, now, attempt)
   fields.id = id; fields.seq = seq; fields.ts = now; fields.type = typ
   fields.attempt = attempt
   local ev = cmsgpack.pack(fields)
+  -- The stream first: Redis refuses a write (OOM, MISCONF) before it runs,
+  -- but not a PUBLISH, so a script refused and sent again publishes nothing twice.
+  xadd(lk, maxlen, seq, typ, ev)
   redis.call('PUBLISH', prefix .. 'progress:' .. id, ev)
   redis.call('PUBLISH', prefix .. 'events', ev)
-  xadd(lk, maxlen, seq, typ, ev)
 end
 
 -- n as 4 big-endian bytes.

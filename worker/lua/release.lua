@@ -30,7 +30,10 @@ for i = #items, 1, -1 do
     redis.call('LREM', KEYS[1], -1, p)
     redis.call('RPUSH', KEYS[2], p)
     local id = payload_id(p)
-    if id and owns(P, id, p, me) then
+    -- A further copy of a payload we hold (keep[t] was given, now used up)
+    -- is a duplicate: moved back untouched, for the next claim to refuse,
+    -- never requeueing the job its twin is running.
+    if id and keep[t] == nil and owns(P, id, p, me) then
       local jk = P .. 'job:' .. id
       redis.call('HSET', jk, 'state', 'queued')
       redis.call('HINCRBY', jk, 'requeues', 1)
