@@ -391,8 +391,15 @@ def test_profile_archive_and_upload(remote, tmp_path, hosts):
 
     # nginx saw the header and the digest of those bytes
     digest = base64.b64encode(bytes.fromhex(art["sha256"])).decode()
-    log = hosts.access_log.read_text()
-    line = [x for x in log.splitlines() if f"/{job_id}/{ISO_NAME}" in x][-1]
+    # nginx logs a request after it has answered it: wait for the line.
+    deadline = time.time() + 10
+    while True:
+        lines = [x for x in hosts.access_log.read_text().splitlines() if f"/{job_id}/{ISO_NAME}" in x]
+        if lines or time.time() > deadline:
+            break
+        time.sleep(0.05)
+    assert lines, "nginx logged no PUT of the ISO"
+    line = lines[-1]
     assert f'auth="{SECRET}"' in line
     assert f'digest="sha-256=:{digest}:"' in line
     assert f"len={art['size']}" in line and "status=201" in line
