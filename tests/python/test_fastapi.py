@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from debate_queue import Client
+from debate_queue._common import FOLLOW_CLIENT_NAME
 
 from .conftest import SHARED_PYTHON, SLOW, free_port, make_profile
 from .test_client import script
@@ -107,7 +108,9 @@ def test_a_client_that_goes_away_ends_its_stream(api, fleet, r, ns, broot, tmp_p
     fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"log_batch_interval": 0.1})
     with httpx.Client(base_url=api, timeout=30) as http:
         jid = http.post("/builds", json={"profile": "p", "output": "o"}).json()["id"]
-        base = None
+        def followers():
+            return [c for c in r.client_list() if c.get("name") == FOLLOW_CLIENT_NAME]
+
         for _ in range(3):
             with http.stream("GET", f"/builds/{jid}/events") as resp:
                 n = 0
@@ -115,12 +118,11 @@ def test_a_client_that_goes_away_ends_its_stream(api, fleet, r, ns, broot, tmp_p
                     n += line.startswith("id: ")
                     if n == 3:
                         break
-                if base is None:
-                    base = len(r.client_list()) - 1     # less the follower's own
+                assert len(followers()) == 1, r.client_list()    # the stream's follower, on its own connection
             deadline = time.time() + 10 * SLOW
-            while len(r.client_list()) != base and time.time() < deadline:
+            while followers() and time.time() < deadline:
                 time.sleep(0.05)
-            assert len(r.client_list()) == base
+            assert followers() == []
         assert http.get(f"/builds/{jid}").json()["state"] == "running"
         c = Client(namespace=ns, redis=r)
         assert c.cancel(jid)
