@@ -20,6 +20,8 @@ from .validate import MpMap, MpStr, _decode_at, precheck
 # a silent server is told apart from a quiet stream.
 BLOCK_MS = 2000
 BLOCK_SOCKET_TIMEOUT = BLOCK_MS / 1000 + 8.0
+# The name (CLIENT SETNAME) of the connections that block in XREAD for a follower.
+FOLLOW_CLIENT_NAME = "debate_queue:follow"
 REPLAY_COUNT = 500
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0

@@ -151,8 +151,9 @@ class AsyncClient:
     def _blocking(self) -> aredis.Redis:
         """A client on one connection of its own, for a blocking read."""
         pool = self.redis.connection_pool
-        own = aredis.ConnectionPool(connection_class=pool.connection_class, max_connections=1,
-                                    **_pool_kwargs(pool.connection_kwargs, C.BLOCK_SOCKET_TIMEOUT))
+        kw = _pool_kwargs(pool.connection_kwargs, C.BLOCK_SOCKET_TIMEOUT)
+        kw["client_name"] = C.FOLLOW_CLIENT_NAME   # CLIENT LIST tells followers apart
+        own = aredis.ConnectionPool(connection_class=pool.connection_class, max_connections=1, **kw)
         return _safe(own, C.BLOCK_SOCKET_TIMEOUT, single_connection_client=True)
 
     @staticmethod

@@ -93,6 +93,7 @@ class Client:
         kw = dict(pool.connection_kwargs)
         kw["socket_timeout"] = C.BLOCK_SOCKET_TIMEOUT
         kw.setdefault("socket_connect_timeout", 10.0)
+        kw["client_name"] = C.FOLLOW_CLIENT_NAME   # CLIENT LIST tells followers apart
         own = redis_lib.ConnectionPool(connection_class=pool.connection_class, max_connections=1, **kw)
         try:
             return _GuardedRedis(connection_pool=own, single_connection_client=True)
