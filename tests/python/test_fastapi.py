@@ -111,18 +111,31 @@ def test_a_client_that_goes_away_ends_its_stream(api, fleet, r, ns, broot, tmp_p
         def followers():
             return [c for c in r.client_list() if c.get("name") == FOLLOW_CLIENT_NAME]
 
+        def clients():
+            """CLIENT LIST short enough that pytest does not elide it."""
+            return [(c.get("id"), c.get("name"), c.get("cmd")) for c in r.client_list()]
+
         for _ in range(3):
             with http.stream("GET", f"/builds/{jid}/events") as resp:
+                # Keep the line iterator referenced: breaking out of a bare
+                # `for line in resp.iter_lines()` drops the last reference
+                # to httpx's generators, and httpcore closes the connection
+                # of a response not read to its end as they are finalized,
+                # so the HTTP client would go away here, before the check
+                # below, not when the block ends.
+                lines = resp.iter_lines()
                 n = 0
-                for line in resp.iter_lines():
+                for line in lines:
                     n += line.startswith("id: ")
                     if n == 3:
                         break
-                assert len(followers()) == 1, r.client_list()    # the stream's follower, on its own connection
+                assert len(followers()) == 1, clients()   # the stream's follower, on its own connection
+            # Leaving the block closed the response mid-stream: the client went away.
+            del lines
             deadline = time.time() + 10 * SLOW
             while followers() and time.time() < deadline:
                 time.sleep(0.05)
-            assert followers() == []
+            assert followers() == [], clients()
         assert http.get(f"/builds/{jid}").json()["state"] == "running"
         c = Client(namespace=ns, redis=r)
         assert c.cancel(jid)
