@@ -854,6 +854,13 @@ job_finish(struct job *j)
 	int n = 0;
 
 	job_set_state(j, JOB_FINISHING);
+	/*
+	 * The build is gone and its artifacts are hashed (and uploaded): let go
+	 * of its directories before the result can be seen, so a job sent the
+	 * moment it is (a rerun, the same output again) does not find them
+	 * still held and is not refused as overlapping.
+	 */
+	paths_release(j);
 	msgpack_sbuffer_init(&res);
 	event_result(j, &res);
 	if (j->retry_due > 0) {
@@ -1085,7 +1092,8 @@ job_claim(struct job *j)
 	size_t lens[15], so, ao;
 	msgpack_sbuffer started;
 
-	job_set_state(j, JOB_CLAIMING);
+	if (j->state == JOB_UNPACKING)
+		job_set_state(j, JOB_CLAIMING);
 	if (!j->spec.has_epoch)
 		j->spec.source_date_epoch = (int64_t)now_real();
 	if (j->spec.cpus > wk->host_cpus) {

@@ -33,7 +33,7 @@ import msgpack
 import pytest
 import redis
 
-from workers import SLOW, WORKER_BIN, ENQUEUE_BIN, Worker, podman_runtime, write_ini, make_profile
+from workers import SLOW, WORKER_BIN, ENQUEUE_BIN, Worker, podman_runtime, submit, write_ini, make_profile
 
 pytestmark = pytest.mark.containers
 
@@ -275,11 +275,7 @@ class Remote:
     def submit(self, job_id: str, **job) -> str:
         job.setdefault("source_date_epoch", EPOCH)
         job["id"] = job_id
-        p = self.r.pipeline()
-        p.hset(f"{{{self.ns}}}:job:{job_id}", mapping={"state": "queued", "enqueued_at": time.time()})
-        p.lpush(f"{{{self.ns}}}:queue", msgpack.packb(job))
-        p.execute()
-        return job_id
+        return submit(self.r, self.ns, **job)
 
     def result(self, job_id: str, timeout: float = 90) -> dict:
         key = f"{{{self.ns}}}:result:{job_id}"

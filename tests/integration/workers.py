@@ -91,15 +91,19 @@ class Worker:
         return self.proc.returncode
 
 
+SUBMIT_LUA = (REPO / "shared" / "lua" / "submit.lua").read_text()
+
+
 def submit(r, ns, **job):
-    """Enqueue a job the way the FastAPI backend does (redis-py + msgpack)."""
+    """Enqueue a job the way the FastAPI backend does (redis-py + msgpack,
+    through shared/lua/submit.lua as PROTOCOL.md says)."""
     job.setdefault("id", "t" + uuid.uuid4().hex[:12])
     job.setdefault("source_date_epoch", 1700000000)
-    p = r.pipeline()
-    p.hset(f"{{{ns}}}:job:{job['id']}", mapping={"state": "queued", "enqueued_at": time.time()})
-    p.lpush(f"{{{ns}}}:queue", msgpack.packb(job))
-    p.execute()
-    return job["id"]
+    jid = job["id"]
+    got = r.eval(SUBMIT_LUA, 4, f"{{{ns}}}:job:{jid}", f"{{{ns}}}:queue", f"{{{ns}}}:result:{jid}",
+                 f"{{{ns}}}:log:{jid}", msgpack.packb(job), f"{time.time():.6f}", "new")
+    assert got[0] == b"ok", got
+    return jid
 
 
 def push_raw(r, ns, payload):
