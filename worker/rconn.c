@@ -384,6 +384,9 @@ rconn_reply(redisAsyncContext *ac, void *reply, void *priv)
 	case REPLY_RETRY:
 		if (c->kind != RQ_ONCE) {
 			rconn_hold(rc, c, r);
+			/* The hold timer may have fired already, waiting for this last one. */
+			if (rc->hold_due && TAILQ_EMPTY(&rc->inflight))
+				rconn_resume(rc);
 			return;
 		}
 		break;	/* a heartbeat is not sent again: its callback sees the error */
