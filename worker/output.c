@@ -80,7 +80,8 @@ output_line(struct outstream *os, const char *line, size_t len)
 	j->lines_sent++;
 	mp_strn(&os->batch_pk, line, len);
 	if (os->batch_n++ == 0) {
-		ev_timer_set(&os->flush_timer, wk->conf->log_batch_interval, 0);
+		/* A job's first line goes at the next loop turn (with what this read brought). */
+		ev_timer_set(&os->flush_timer, j->lines_sent == 1 ? 0 : wk->conf->log_batch_interval, 0);
 		ev_timer_start(EV_DEFAULT, &os->flush_timer);
 	}
 	if (os->batch_n >= (uint32_t)wk->conf->log_batch_lines)
