@@ -121,7 +121,10 @@ output_split(struct outstream *os, char *buf, size_t len, bool eof)
 			start += k;	/* a piece: the rest is the next line */
 	}
 	os->len = len - start;
-	memcpy(os->partial, buf + start, os->len);
+	if (os->len > 0 && os->partial == NULL)
+		os->partial = xmalloc(LINE_MAX_BYTES);	/* not in the job: most builds never need it */
+	if (os->len > 0)
+		memcpy(os->partial, buf + start, os->len);
 }
 
 /* Read a bounded amount; true at EOF (or an error, which ends the stream the same way). */
@@ -131,7 +134,8 @@ output_drain(struct outstream *os)
 	ssize_t n;
 
 	for (int i = 0; i < 16; i++) {
-		memcpy(output_rbuf, os->partial, os->len);
+		if (os->len > 0)
+			memcpy(output_rbuf, os->partial, os->len);
 		n = read(os->fd, output_rbuf + os->len, OUT_BUF);
 		if (n > 0) {
 			output_split(os, output_rbuf, os->len + (size_t)n, false);
@@ -148,7 +152,8 @@ output_drain(struct outstream *os)
 static void
 output_end(struct outstream *os)
 {
-	memcpy(output_rbuf, os->partial, os->len);
+	if (os->len > 0)
+		memcpy(output_rbuf, os->partial, os->len);
 	output_split(os, output_rbuf, os->len, true);
 	output_flush(os);
 	ev_io_stop(EV_DEFAULT, &os->io);
@@ -221,4 +226,6 @@ output_close(struct outstream *os)
 		close(os->fd);
 	os->fd = -1;
 	msgpack_sbuffer_destroy(&os->batch);
+	free(os->partial);
+	os->partial = NULL;
 }

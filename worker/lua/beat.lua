@@ -31,7 +31,7 @@
 --             again when the worker finds itself missing from {ns}:workers
 --          d  beat, running, jobs: when the jobs changed
 --          e  the hash's expiry (ARGV[3])
---          o  this host's orphans and the queue length
+--          o  this host's orphans (also taken after reaping) and the queue length
 --          l  try the reaper lock and, when taken, reap
 --          r  reap: the caller holds the lock (it took it with SET NX)
 --          The score in {ns}:workers is written in every mode but 'r'.
@@ -142,8 +142,10 @@ if reap then
   end
 end
 local orphans, qlen = {}, -1
-if has('o') then
+if has('o') or #reaped > 0 then
+  -- A reaper on the dead worker's host removes its containers at once;
+  -- elsewhere, a worker of that host at its next 'o' beat.
   orphans = redis.call('SPOP', KEYS[7], 100)
-  qlen = redis.call('LLEN', KEYS[5])
 end
+if has('o') then qlen = redis.call('LLEN', KEYS[5]) end
 return {reaped, orphans, qlen, isnew}
