@@ -12,7 +12,13 @@ Workloads (--only NAME[,NAME...]):
   dispatch   2,000 exec-mode jobs (/bin/true), concurrency 2: jobs/s from the
              first job taken to the last result recorded, and from worker
              start; the raw posix_spawn ceiling (spawn_ceiling.c, same rep)
-             and the ratio; Redis commands per job (INFO commandstats).
+             and the ratio; Redis commands per job (INFO commandstats), Redis
+             and worker CPU per job (the queue's overhead).
+  instructions  the worker's instructions per job under callgrind (300
+             /bin/true jobs, concurrency 2), with the same run's Redis commands
+             per job: the stable figures to optimise against.
+  latency    LPUSH -> `started` event and -> first `log` line, one idle
+             worker, 200 jobs: p50 and p99.
   container  30 podman jobs (/bin/echo hello in localhost/debate-test) through
              the worker against 30 plain `podman run` with the worker's own
              argv, alternating, sequential: ratio of medians, added ms.
@@ -22,6 +28,8 @@ Workloads (--only NAME[,NAME...]):
              the worker's peak RSS, dropped lines.
   footprint  worker RSS idle and with 8 running jobs; Redis commands an idle
              worker sends (heartbeat_interval 5, over --idle-seconds).
+  idle_fleet --idle-fleet N (1,000) idle worker processes for 60 s: Redis CPU
+             share and commands per heartbeat per worker (once, not --reps).
   fleet      32 workers (and smaller fleets), 10,000 jobs: throughput, every
              job exactly once, what saturates (Redis CPU vs the machine's).
   profile    (only when asked) the dispatch path of the worker under callgrind
@@ -65,6 +73,9 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="repetitions of each row (default 3)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results.json"), help="JSON output path")
     ap.add_argument("--idle-seconds", type=float, default=30, help="footprint's idle window (default 30)")
+    ap.add_argument("--idle-fleet", type=int, default=1000, help="idle_fleet's worker processes (default 1,000; "
+                    "0 leaves the row out)")
+    ap.add_argument("--idle-fleet-seconds", type=float, default=60, help="idle_fleet's window (default 60)")
     ap.add_argument("--fleet-sizes", default="1,2,8,32", help="fleet sizes (default 1,2,8,32; the largest "
                     "runs 10,000 jobs, the others 3,000)")
     ap.add_argument("--worker", default=os.environ.get("WORKER_BIN", str(REPO / "worker" / "worker")),

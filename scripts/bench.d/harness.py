@@ -381,24 +381,18 @@ class Bench:
 
     def timeline(self, ns, ids):
         """First job taken (the claim's started_at in the job hash) and last
-        result recorded (the Redis-clock id of the `finished` stream entry)."""
-        first, last = None, None
+        result recorded (the latest finished_at among the results: the
+        worker's clock, this host's)."""
+        first = None
         for i in range(0, len(ids), 1000):
             p = self.r.pipeline(transaction=False)
             for jid in ids[i:i + 1000]:
                 p.hget(f"{{{ns}}}:job:{jid}", "started_at")
-                p.xrevrange(f"{{{ns}}}:log:{jid}", "+", "-", count=1)
-            out = p.execute()
-            for k in range(0, len(out), 2):
-                if out[k] is not None:
-                    s = float(out[k])
-                    first = s if first is None else min(first, s)
-                if out[k + 1]:
-                    eid, f = out[k + 1][0]
-                    if f.get(b"type") == b"finished":
-                        ms = int(eid.split(b"-")[0]) / 1000
-                        last = ms if last is None else max(last, ms)
-        return first, last
+            for s in p.execute():
+                if s is not None:
+                    first = float(s) if first is None else min(first, float(s))
+        fins = [r["finished_at"] for r in self.results(ns)]
+        return first, max(fins) if fins else None
 
     def results(self, ns):
         return [msgpack.unpackb(x) for x in self.r.lrange(f"{{{ns}}}:results", 0, -1)]

@@ -21,6 +21,7 @@ def register(name, optional=False):
 def load():
     """Import every workload module (in run order) and return the registry."""
     import importlib
-    for name in ("dispatch", "container", "enqueue", "flood", "footprint", "fleet", "profile"):
+    for name in ("dispatch", "instructions", "latency", "container", "enqueue", "flood", "footprint",
+                 "idle_fleet", "fleet", "profile"):
         importlib.import_module(f"workloads.{name}")
     return REGISTRY

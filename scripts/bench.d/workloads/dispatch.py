@@ -2,7 +2,7 @@
 import collections
 import time
 
-from harness import BenchError, med, proc_cpu, proc_faults
+from harness import TOPLEVEL, BenchError, med, proc_cpu, proc_faults
 from workloads import register
 
 
@@ -42,7 +42,8 @@ def run_dispatch(b, reps, n=2000, conc=2):
             "window_s": window, "wall_s": last - t_start, "startup_s": first - t_start,
             "toplevel_per_job": d["toplevel"] / n, "commands_per_job": d["total"] / n,
             "per_job_by_command": {k: v / n for k, v in sorted(d["calls"].items())},
-            "redis_usec_per_job": sum(d["usec"].values()) / n,
+            "redis_cpu_s": d["redis_cpu_s"],
+            "redis_usec_per_job": sum(v for k, v in d["usec"].items() if k in TOPLEVEL) / n,
             "redis_usec_per_job_by_command": {k: v / n for k, v in sorted(d["usec"].items())},
             "redis_cpu_us_per_job": d["redis_cpu_s"] / n * 1e6,
             "worker_cpu_us_per_job": cpu[0] / n * 1e6 if cpu else None,
@@ -68,12 +69,18 @@ def run_dispatch(b, reps, n=2000, conc=2):
     b.row("dispatch", "  same, spawned as worker/spawn.c does (pipes, sigdefault...)",
           g("ceiling_like_worker_per_s"), "jobs/s")
     rt = g("ratio")
-    b.row("dispatch", "ratio dispatch / ceiling (per rep)", rt, "", ">= 0.80", med(rt) >= 0.8)
+    b.row("dispatch", "ratio dispatch / ceiling (per rep)", rt, "", ">= 0.60", med(rt) >= 0.6,
+          note="issue 14; issue 6 asked 0.80")
     tl = g("toplevel_per_job")
     b.row("dispatch", "Redis requests per job (EVALSHA, BLMOVE, ...)", tl, "", "<= 2", med(tl) <= 2.0)
     b.row("dispatch", "Redis commands per job, incl. inside scripts", g("commands_per_job"), "")
-    b.row("dispatch", "Redis CPU per job", g("redis_cpu_us_per_job"), "us")
-    b.row("dispatch", "worker CPU per job (its own, not the child's)", g("worker_cpu_us_per_job"), "us")
+    b.row("dispatch", "Redis time per job in its commands (commandstats usec)", g("redis_usec_per_job"), "us")
+    rc, wc = g("redis_cpu_us_per_job"), g("worker_cpu_us_per_job")
+    b.row("dispatch", "Redis CPU per job", rc, "us", "<= 75", med(rc) <= 75)
+    b.row("dispatch", "worker CPU per job (its own, not the child's)", wc, "us", "<= 75",
+          None if None in wc else med(wc) <= 75)
+    qo = [x + y for x, y in zip(rc, wc) if x is not None and y is not None]
+    b.row("dispatch", "queue overhead per job: worker + Redis CPU", qo, "us", "<= 150", med(qo) <= 150 if qo else None)
     b.row("dispatch", "  the spawner's own CPU per spawn in the ceiling", g("ceiling_like_worker_parent_cpu_us"), "us")
     b.row("dispatch", "child CPU per job (/bin/true, under the worker)", g("children_cpu_us_per_job"), "us")
     b.row("dispatch", "  the same in the ceiling", g("ceiling_like_worker_child_cpu_us"), "us")

@@ -58,6 +58,8 @@ def run_footprint(b, reps, running=8, idle_s=30, hb=5):
             "idle_requests_per_beat_excl_fetch":
                 (d["toplevel"] - d["calls"].get("blmove", 0)) / (d["seconds"] / hb),
             "idle_blmove": d["calls"].get("blmove", 0),
+            "idle_cmds_per_beat_excl_fetch": (d["total"] - d["calls"].get("blmove", 0)) / (d["seconds"] / hb),
+            "idle_scripts_per_beat": d["calls"].get("evalsha", 0) / (d["seconds"] / hb),
             "rss_by_mapping_idle": maps_idle, "rss_by_lib_group_idle": lib_group_rss(maps_idle),
         }
         runs.append(run)
@@ -79,9 +81,12 @@ def run_footprint(b, reps, running=8, idle_s=30, hb=5):
     b.row("footprint", f"worker RSS with {running} running jobs (exec sleep 5)",
           [x / MIB for x in g("rss_busy")], "MiB")
     b.row("footprint", "  added per running job", g("per_job_kib"), "KiB")
-    b.row("footprint", f"idle: Redis requests per heartbeat ({hb} s) besides BLMOVE",
-          g("idle_requests_per_beat_excl_fetch"), "", "<= 1", med(g("idle_requests_per_beat_excl_fetch")) <= 1.0)
-    b.row("footprint", "idle: Redis commands/s incl. inside the beat script", g("idle_cmds_per_s"), "cmd/s")
+    cpb = g("idle_cmds_per_beat_excl_fetch")
+    b.row("footprint", f"idle: Redis commands per heartbeat ({hb} s), incl. inside scripts, besides BLMOVE",
+          cpb, "", "<= 3", med(cpb) <= 3.0,
+          note="a lone worker also does the fleet's reaper round every reaper_interval")
+    b.row("footprint", "  of which beat scripts (EVALSHA) per heartbeat", g("idle_scripts_per_beat"), "")
+    b.row("footprint", "idle: Redis commands/s, BLMOVE and scripts' included", g("idle_cmds_per_s"), "cmd/s")
     b.row("footprint", f"idle: BLMOVE re-issued in {idle_s} s (30 s block)", g("idle_blmove"), "")
 
 
