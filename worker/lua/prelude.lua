@@ -66,16 +66,9 @@ local function xnext(logkey, maxlen, guess, typ, mk)
 end
 
 -- msgpack, for the scanner below: bytes after the type byte of the
--- fixed-size types; the width of the length of str, bin and ext; the
--- width of the count of arrays and maps.
-local MP_FIXED = {[0xca] = 4, [0xcb] = 8, [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8,
-  [0xd0] = 1, [0xd1] = 2, [0xd2] = 4, [0xd3] = 8,
-  [0xd4] = 2, [0xd5] = 3, [0xd6] = 5, [0xd7] = 9, [0xd8] = 17}
-local MP_STR = {[0xd9] = 1, [0xda] = 2, [0xdb] = 4}
-local MP_BIN = {[0xc4] = 1, [0xc5] = 2, [0xc6] = 4}
-local MP_EXT = {[0xc7] = 1, [0xc8] = 2, [0xc9] = 4}
-local MP_ARRAY = {[0xdc] = 2, [0xdd] = 4}
-local MP_MAP = {[0xde] = 2, [0xdf] = 4}
+-- fixed-size types 0xca..0xd8 (floats, ints, fixext), one byte each of a
+-- constant string (no table is built on every call of every script).
+local MP_FIXED = '\4\8\1\2\4\8\1\2\4\8\2\3\5\9\17'
 
 -- The big-endian unsigned integer of w bytes at pos in s, or nil past its end.
 local function mp_uint(s, pos, w)
@@ -97,16 +90,18 @@ local function mp_head(s, pos)
   if b <= 0x8f then return 'map', pos + 1, b - 0x80 end
   if b <= 0x9f then return 'array', pos + 1, b - 0x90 end
   if b <= 0xbf then return 'str', pos + 1, b - 0xa0 end
-  if MP_FIXED[b] then return 'atom', pos + 1 + MP_FIXED[b] end
-  local w = MP_STR[b] or MP_BIN[b] or MP_EXT[b] or MP_ARRAY[b] or MP_MAP[b]
-  if not w then return nil end  -- 0xc1
+  if b >= 0xca and b <= 0xd8 then return 'atom', pos + 1 + string.byte(MP_FIXED, b - 0xc9) end
+  if b == 0xc1 then return nil end
+  -- bin 0xc4..c6, ext 0xc7..c9, str 0xd9..db: a length of 1, 2 or 4 bytes;
+  -- array 0xdc..dd, map 0xde..df: a count of 2 or 4 bytes.
+  local kind, w, skip = 'blob', 2 ^ (b - 0xc4), 0
+  if b >= 0xde then kind, w = 'map', 2 ^ (b - 0xdd)
+  elseif b >= 0xdc then kind, w = 'array', 2 ^ (b - 0xdb)
+  elseif b >= 0xd9 then kind, w = 'str', 2 ^ (b - 0xd9)
+  elseif b >= 0xc7 then w, skip = 2 ^ (b - 0xc7), 1 end  -- the ext's type byte first
   local n = mp_uint(s, pos + 1, w)
   if not n then return nil end
-  if MP_STR[b] then return 'str', pos + 1 + w, n end
-  if MP_BIN[b] then return 'blob', pos + 1 + w, n end
-  if MP_EXT[b] then return 'blob', pos + 2 + w, n end  -- the ext's type byte first
-  if MP_ARRAY[b] then return 'array', pos + 1 + w, n end
-  return 'map', pos + 1 + w, n
+  return kind, pos + 1 + w + skip, n
 end
 
 -- The position after the msgpack object at pos in s, or nil when it is
