@@ -598,3 +598,15 @@ def test_reap_mode_goes_by_score_alone_and_deletes_the_dead_hash(r, ns):
     assert r.smembers(k(ns, "orphans", "h2")) == {b"gone3"}
     assert r.zscore(k(ns, "workers"), "live") is not None
     assert r.zscore(k(ns, "workers"), "w1") is None      # mode r writes no score: the plain ZADD did
+
+
+def test_beat_says_when_the_record_is_gone(r, ns):
+    """A hash that expired under a live worker (a refresh lost) is found
+    by the next 'e' or 'd' beat, which asks the worker to write it again."""
+    t0 = time.time()
+    assert beat_mode(r, ns, "w2", t0, "seo")[3] == 1
+    assert beat_mode(r, ns, "w2", t0 + 1, "e")[3] == 0
+    r.delete(k(ns, "worker", "w2"))
+    assert beat_mode(r, ns, "w2", t0 + 2, "e")[3] == 1
+    assert beat_mode(r, ns, "w2", t0 + 3, "d")[3] == 1
+    assert beat_mode(r, ns, "w2", t0 + 4, "d")[3] == 0

@@ -38,7 +38,8 @@
 --
 -- Returns {reaped workers and how many payloads each held (flat), dead
 -- workers whose containers this host should remove, queue length (-1
--- when not read), 1 when the worker was not in {ns}:workers (0 else)}.
+-- when not read), 1 when the worker was not in {ns}:workers or its hash
+-- was gone (0 else): it then writes its whole record again}.
 -- Sends `requeued` (reason worker_lost) or `dead` for each reaped job.
 --
 -- The worker beats with this script only when it has something to write
@@ -83,10 +84,15 @@ elseif has('s') then
     'started_at', ARGV[10], 'concurrency', ARGV[11], 'beat', ARGV[2], 'running', ARGV[12],
     'jobs', ARGV[13])
 elseif has('d') then
-  redis.call('HSET', KEYS[1], 'beat', ARGV[2], 'running', ARGV[12], 'jobs', ARGV[13])
+  -- three new fields: the hash was gone (expired, deleted): the worker writes it all again
+  if redis.call('HSET', KEYS[1], 'beat', ARGV[2], 'running', ARGV[12], 'jobs', ARGV[13]) == 3 then
+    isnew = 1
+  end
 end
-if has('e') then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-if full or mode ~= 'r' then isnew = redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) end
+if has('e') and redis.call('PEXPIRE', KEYS[1], ARGV[3]) == 0 then isnew = 1 end
+if full or mode ~= 'r' then
+  if redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1]) == 1 then isnew = 1 end
+end
 if has('s') then redis.call('HSET', P .. 'hosts', ARGV[1], ARGV[7]) end
 local reaped = {}
 local reap = (not full and has('r')) or (has('l') and redis.call('SET', KEYS[3], ARGV[1], 'NX', 'PX', ARGV[4]))
