@@ -146,7 +146,13 @@ asan:
 	@ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 DEBATE_SANITIZED=1 \
 		bash tests/run-integration build/asan/worker/worker build/asan/enqueue/enqueue -m "not slow"
 
-bench: all
+# The benchmark's helper: the raw posix_spawn ceiling it compares dispatch with.
+$(B)/bench/spawn_ceiling: scripts/bench.d/spawn_ceiling.c
+	@mkdir -p $(dir $@)
+	$(say) CC $<
+	$(Q)$(CC) -O2 -Wall -Wextra -Werror -o $@ $<
+
+bench: all $(B)/bench/spawn_ceiling
 	@bash scripts/bench
 
 demo: deps all

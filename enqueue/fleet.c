@@ -1,9 +1,11 @@
 /*
  * fleet.c: the workers, read from {ns}:workers (id -> last beat) and each
  * heartbeat hash {ns}:worker:<id>, with the jobs they run; `enqueue
- * workers` prints them and `enqueue top` shows them live.  A worker still
- * in the sorted set whose hash expired missed its heartbeat: lost (the
- * reaper will move its jobs back to the queue).
+ * workers` prints them and `enqueue top` shows them live.  A worker
+ * whose score (its last beat) is older than heartbeat_ttl, or whose hash
+ * is gone, missed its heartbeat: lost (the reaper will move its jobs back
+ * to the queue).  The hash outlives the beats (PROTOCOL.md): the score
+ * decides.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -95,7 +97,7 @@ fleet_load(redisContext *ctx, struct fleet *f, bool timeouts)
 		w->id = xstrdup(z->element[i]->str);
 		w->score = strtod(z->element[i + 1]->str, NULL);
 		h = redis_commandv(ctx, "HGETALL", keys_id(&en->keys, "worker", w->id, key, sizeof key));
-		if (h->elements == 0) {
+		if (h->elements == 0 || now_real() - w->score > en->conf.heartbeat_ttl) {
 			w->lost = true;
 			freeReplyObject(h);
 			continue;
@@ -104,7 +106,7 @@ fleet_load(redisContext *ctx, struct fleet *f, bool timeouts)
 		w->version = xstrdup((v = redis_field(h, "version")) ? v : "?");
 		w->pid = (long)fleet_num(h, "pid");
 		w->started_at = fleet_num(h, "started_at");
-		w->beat = fleet_num(h, "beat");
+		w->beat = w->score;	/* the hash's `beat` is only its last write */
 		w->concurrency = (long)fleet_num(h, "concurrency");
 		w->running = (long)fleet_num(h, "running");
 		w->disk_free = fleet_num(h, "disk_free");

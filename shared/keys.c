@@ -40,10 +40,26 @@ keys_free(struct keys *k)
 	memset(k, 0, sizeof *k);
 }
 
-/* "{ns}:kind:id" into buf (job, progress, log, result, active, worker). */
+/*
+ * "{ns}:kind:id" into buf (job, progress, log, result, active, worker),
+ * cut to len - 1 bytes as snprintf would; without snprintf, which was a
+ * tenth of the worker's instructions per job (ten keys a job).
+ */
 const char *
 keys_id(const struct keys *k, const char *kind, const char *id, char *buf, size_t len)
 {
-	snprintf(buf, len, "{%s}:%s:%s", k->ns, kind, id);
+	const char *parts[] = { "{", k->ns, "}:", kind, ":", id };
+	size_t at = 0;
+
+	if (len == 0)
+		return buf;
+	for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+		size_t n = strlen(parts[i]);
+		if (n > len - 1 - at)
+			n = len - 1 - at;
+		memcpy(buf + at, parts[i], n);
+		at += n;
+	}
+	buf[at] = '\0';
 	return buf;
 }

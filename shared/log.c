@@ -103,13 +103,22 @@ log_vmsg(enum log_level level, const char *fmt, va_list ap)
 	if (log_journal) {
 		n = snprintf(line, sizeof line, "<%d>", (int)level);
 	} else {
+		/* The date and time to the second, formatted once a second. */
+		static char stamp[32];
+		static time_t stamp_sec = -1;
 		struct timespec ts;
-		struct tm tm;
+		long ms;
 		clock_gettime(CLOCK_REALTIME, &ts);
-		gmtime_r(&ts.tv_sec, &tm);
-		n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ %s[%d] %s: ",
-		    tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-		    tm.tm_sec, ts.tv_nsec / 1000000, log_name, (int)getpid(), log_level_name(level));
+		if (ts.tv_sec != stamp_sec) {
+			struct tm tm;
+			gmtime_r(&ts.tv_sec, &tm);
+			strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%S", &tm);
+			stamp_sec = ts.tv_sec;
+		}
+		ms = ts.tv_nsec / 1000000;
+		n = snprintf(line, sizeof line, "%s.%c%c%cZ %s[%d] %s: ", stamp, (char)('0' + ms / 100),
+		    (char)('0' + ms / 10 % 10), (char)('0' + ms % 10), log_name, (int)getpid(),
+		    log_level_name(level));
 	}
 	if (n < 0 || (size_t)n >= sizeof line)
 		n = 0;

@@ -13,20 +13,68 @@
 
 static ev_timer beat_timer;
 
-/* The beat script's answer: workers reaped, and orphans of this host. */
+/*
+ * What Redis knows of us, so that a beat sends only what changed (beat.lua
+ * lists the modes).  Updated only from answers: a beat whose answer was
+ * lost sends the same again next time.
+ */
+#define BEAT_REFRESH_EVERY 12	/* beats between two refreshes of the hash's expiry and the orphans */
+static struct {
+	bool registered;	/* the static fields are written */
+	char *jobs;		/* the running jobs Redis has ("n:id,id"), or NULL */
+	unsigned long count;	/* beats sent */
+	double last_ok;		/* when the last beat was answered */
+	double reap_after;	/* may reap from then on (the outage rule) */
+} bs;
+
+struct beat_sent {
+	char *jobs;		/* what a 'd' beat wrote, or NULL */
+	bool reg;		/* an 's' beat */
+};
+
+/*
+ * A beat was answered at now.  The outage rule, ours to keep: after a
+ * gap in our answered beats longer than heartbeat_ttl (Redis, or we,
+ * were away), or at start, we reap nobody for a heartbeat_ttl, so that
+ * every live worker has had a ttl to beat again before its old score is
+ * taken for death.
+ */
+static void
+beat_answered(void)
+{
+	double now = now_real();
+
+	if (bs.last_ok == 0 || now - bs.last_ok > wk->conf->heartbeat_ttl)
+		bs.reap_after = now + wk->conf->heartbeat_ttl;
+	bs.last_ok = now;
+}
+
+/* The beat script's answer: workers reaped, orphans of this host, the queue length. */
 static void
 beat_reply(redisReply *r, void *arg)
 {
-	(void)arg;
-	if (r == NULL)
-		return;
-	if (r->type == REDIS_REPLY_ERROR) {
-		log_err("heartbeat: %s", r->str);
+	struct beat_sent *s = arg;
+
+	if (r == NULL || r->type == REDIS_REPLY_ERROR || r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
+		if (r != NULL && r->type == REDIS_REPLY_ERROR)
+			log_err("heartbeat: %s", r->str);
+		if (s != NULL)
+			free(s->jobs);
+		free(s);
 		return;
 	}
-	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3)
-		return;
-	metrics_queue_len = r->element[2]->integer;
+	beat_answered();
+	if (s != NULL) {
+		if (s->reg)
+			bs.registered = true;
+		if (s->jobs != NULL) {
+			free(bs.jobs);
+			bs.jobs = s->jobs;
+		}
+		free(s);
+	}
+	if (r->element[2]->integer >= 0)
+		metrics_queue_len = r->element[2]->integer;
 	for (size_t i = 0; i + 1 < r->element[0]->elements; i += 2) {
 		log_notice("reaper: worker %s missed its heartbeat; %s of its jobs went back to the queue "
 		    "or to dead", r->element[0]->element[i]->str, r->element[0]->element[i + 1]->str);
@@ -35,37 +83,95 @@ beat_reply(redisReply *r, void *arg)
 		beat_sweep_orphans(r->element[1]->element[i]->str);
 }
 
-/* Beat now. */
-void
-beat_now(void)
+static void beat_script(const char *mode, const char *jobs, size_t nrun, uint64_t free_bytes, bool disk_ok,
+    struct beat_sent *s);
+
+/* We were not in {ns}:workers (reaped while cut off, or Redis lost its data): register again. */
+static void
+beat_missing(void)
+{
+	log_notice("heartbeat: this worker was missing from the workers set; registering again");
+	bs.registered = false;
+	free(bs.jobs);
+	bs.jobs = NULL;
+	beat_now();
+}
+
+/* The plain ZADD of an idle beat: 1 when we were not a member. */
+static void
+beat_zadd_reply(redisReply *r, void *arg)
+{
+	(void)arg;
+	if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+		if (r != NULL && r->type == REDIS_REPLY_ERROR)
+			log_err("heartbeat: %s", r->str);
+		return;
+	}
+	beat_answered();
+	if (r->integer == 1)
+		beat_missing();
+}
+
+/*
+ * Whether we may reap now: our beats have been answered without a gap
+ * for a ttl (beat_answered), the last one within the ttl (a beat that
+ * comes after a gap must first be answered: its answer starts the wait).
+ */
+static bool
+beat_may_reap(void)
+{
+	double now = now_real();
+
+	return bs.reap_after > 0 && now >= bs.reap_after && now - bs.last_ok <= wk->conf->heartbeat_ttl;
+}
+
+/* The reaper lock: taken (OK), so reap now, under it (the ZADD's answer came first). */
+static void
+beat_lock_reply(redisReply *r, void *arg)
+{
+	(void)arg;
+	if (r != NULL && r->type == REDIS_REPLY_STATUS && strcmp(r->str, "OK") == 0 && beat_may_reap())
+		beat_script("r", "", 0, 0, true, NULL);
+}
+
+/* The beat script's reply, for the 'r' and letter modes alike. */
+static void
+beat_script_reply(redisReply *r, void *arg)
+{
+	struct beat_sent *s = arg;
+	bool missing = r != NULL && r->type == REDIS_REPLY_ARRAY && r->elements == 4 &&
+	    r->element[3]->type == REDIS_REPLY_INTEGER && r->element[3]->integer == 1 &&
+	    s != NULL && !s->reg;
+
+	beat_reply(r, s);	/* frees s */
+	if (missing)
+		beat_missing();
+}
+
+/* Send the beat script in mode (s: what it writes, kept until it is answered). */
+static void
+beat_script(const char *mode, const char *jobs, size_t nrun, uint64_t free_bytes, bool disk_ok,
+    struct beat_sent *s)
 {
 	char kwork[KEY_MAX], korph[KEY_MAX], now[32], ttlms[24], reapms[24], maxatt[24], pid[24];
-	char started[32], conc[24], running[24], maxlen[24], ttl[24], deadmax[24], dfree[24], *prefix, *jobs;
-	const char *args[25];
-	uint64_t free_bytes;
-	bool disk_ok = outdir_disk_ok(&free_bytes);
-	size_t jl = 0, nrun = 0;
-	struct job *j;
+	char started[32], conc[24], running[24], maxlen[24], ttl[24], deadmax[24], dfree[24], *prefix;
+	const struct config *c = wk->conf;
+	const char *args[26];
 
-	jobs = xstrdup("");
-	TAILQ_FOREACH(j, &wk->jobs, entry) {
-		if (j->state != JOB_RUNNING && j->state != JOB_STOPPING)
-			continue;
-		jobs = xrealloc(jobs, jl + strlen(j->id) + 2);
-		jl += (size_t)sprintf(jobs + jl, "%s%s", jl ? "," : "", j->id);
-		nrun++;
-	}
 	prefix = xasprintf("{%s}:", wk->keys.ns);
 	snprintf(now, sizeof now, "%.3f", now_real());
-	snprintf(ttlms, sizeof ttlms, "%ld", (long)(wk->conf->heartbeat_ttl * 1000));
-	snprintf(reapms, sizeof reapms, "%ld", (long)(wk->conf->reaper_interval * 1000));
-	snprintf(maxatt, sizeof maxatt, "%ld", wk->conf->max_attempts);
+	/* The hash outlives the beats between two refreshes; the reaper deletes a dead one's. */
+	snprintf(ttlms, sizeof ttlms, "%ld",
+	    (long)((c->heartbeat_ttl + (BEAT_REFRESH_EVERY + 1) * c->heartbeat_interval) * 1000));
+	snprintf(reapms, sizeof reapms, "%ld", (long)(c->reaper_interval * 1000));
+	snprintf(maxatt, sizeof maxatt, "%ld", c->max_attempts);
 	snprintf(pid, sizeof pid, "%d", (int)getpid());
 	snprintf(started, sizeof started, "%.3f", wk->started_at);
 	snprintf(conc, sizeof conc, "%ld", wk->slots);
 	snprintf(running, sizeof running, "%zu", nrun);
-	snprintf(maxlen, sizeof maxlen, "%ld", wk->conf->log_maxlen);
-	snprintf(ttl, sizeof ttl, "%.3f", wk->conf->heartbeat_ttl);
+	snprintf(maxlen, sizeof maxlen, "%ld", c->log_maxlen);
+	snprintf(ttl, sizeof ttl, "%.3f", c->heartbeat_ttl);
+	snprintf(deadmax, sizeof deadmax, "%ld", c->dead_maxlen);
 	args[0] = keys_id(&wk->keys, "worker", wk->id, kwork, sizeof kwork);
 	args[1] = wk->keys.workers;
 	args[2] = wk->keys.reaper_lock;
@@ -88,13 +194,72 @@ beat_now(void)
 	args[19] = jobs;
 	args[20] = maxlen;
 	args[21] = ttl;
-	snprintf(deadmax, sizeof deadmax, "%ld", wk->conf->dead_maxlen);
 	args[22] = deadmax;
+	args[23] = mode;
 	snprintf(dfree, sizeof dfree, "%llu", (unsigned long long)free_bytes);
-	args[23] = dfree;
-	args[24] = disk_ok ? "0" : "1";
-	script_call(wk->cmd, SCRIPT_BEAT, RQ_ONCE, beat_reply, NULL, 7, 25, args, NULL);
+	args[24] = dfree;
+	args[25] = disk_ok ? "0" : "1";
+	script_call(wk->cmd, SCRIPT_BEAT, RQ_ONCE, beat_script_reply, s, 7, 26, args, NULL);
 	free(prefix);
+}
+
+/*
+ * Beat now.  An idle beat is two plain commands, ZADD {ns}:workers and
+ * (when we may reap) SET {ns}:reaper NX PX; the beat script runs only
+ * when there is something to write: at start (the static fields), when
+ * our jobs changed, every BEAT_REFRESH_EVERY beats (the hash's expiry,
+ * this host's orphans, the queue length), and to reap once the SET took
+ * the lock.
+ */
+void
+beat_now(void)
+{
+	char mode[8], *jobs, *key, sc[32];
+	size_t jl = 0, nrun = 0, m = 0;
+	bool may_reap = beat_may_reap();
+	uint64_t free_bytes;
+	bool disk_ok = outdir_disk_ok(&free_bytes);
+	struct job *j;
+
+	jobs = xstrdup("");
+	TAILQ_FOREACH(j, &wk->jobs, entry) {
+		if (j->state != JOB_RUNNING && j->state != JOB_STOPPING)
+			continue;
+		jobs = xrealloc(jobs, jl + strlen(j->id) + 2);
+		jl += (size_t)sprintf(jobs + jl, "%s%s", jl ? "," : "", j->id);
+		nrun++;
+	}
+	/* A change of disk_low (min_free) is written at once, like a change of jobs. */
+	key = xasprintf("%zu:%s:%d", nrun, jobs, disk_ok);
+	if (!bs.registered)
+		mode[m++] = 's';
+	else if (bs.jobs == NULL || strcmp(bs.jobs, key) != 0)
+		mode[m++] = 'd';
+	if (!bs.registered || bs.count % BEAT_REFRESH_EVERY == 0) {
+		mode[m++] = 'e';
+		mode[m++] = 'o';
+	}
+	bs.count++;
+	if (m > 0) {
+		struct beat_sent *s = xcalloc(1, sizeof *s);
+		s->reg = !bs.registered;
+		s->jobs = key;
+		if (may_reap)
+			mode[m++] = 'l';
+		mode[m] = '\0';
+		beat_script(mode, jobs, nrun, free_bytes, disk_ok, s);
+	} else {
+		const char *zadd[] = { "ZADD", wk->keys.workers, sc, wk->id };
+		free(key);
+		snprintf(sc, sizeof sc, "%.3f", now_real());
+		rconn_send(wk->cmd, RQ_ONCE, beat_zadd_reply, NULL, 4, zadd, NULL);
+		if (may_reap) {
+			char px[24];
+			const char *set[] = { "SET", wk->keys.reaper_lock, wk->id, "NX", "PX", px };
+			snprintf(px, sizeof px, "%ld", (long)(wk->conf->reaper_interval * 1000));
+			rconn_send(wk->cmd, RQ_ONCE, beat_lock_reply, NULL, 6, set, NULL);
+		}
+	}
 	free(jobs);
 }
 

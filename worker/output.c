@@ -80,7 +80,8 @@ output_line(struct outstream *os, const char *line, size_t len)
 	j->lines_sent++;
 	mp_strn(&os->batch_pk, line, len);
 	if (os->batch_n++ == 0) {
-		ev_timer_set(&os->flush_timer, wk->conf->log_batch_interval, 0);
+		/* A job's first line goes at the next loop turn (with what this read brought). */
+		ev_timer_set(&os->flush_timer, j->lines_sent == 1 ? 0 : wk->conf->log_batch_interval, 0);
 		ev_timer_start(EV_DEFAULT, &os->flush_timer);
 	}
 	if (os->batch_n >= (uint32_t)wk->conf->log_batch_lines)
@@ -120,7 +121,10 @@ output_split(struct outstream *os, char *buf, size_t len, bool eof)
 			start += k;	/* a piece: the rest is the next line */
 	}
 	os->len = len - start;
-	memcpy(os->partial, buf + start, os->len);
+	if (os->len > 0 && os->partial == NULL)
+		os->partial = xmalloc(LINE_MAX_BYTES);	/* not in the job: most builds never need it */
+	if (os->len > 0)
+		memcpy(os->partial, buf + start, os->len);
 }
 
 /* Read a bounded amount; true at EOF (or an error, which ends the stream the same way). */
@@ -130,7 +134,8 @@ output_drain(struct outstream *os)
 	ssize_t n;
 
 	for (int i = 0; i < 16; i++) {
-		memcpy(output_rbuf, os->partial, os->len);
+		if (os->len > 0)
+			memcpy(output_rbuf, os->partial, os->len);
 		n = read(os->fd, output_rbuf + os->len, OUT_BUF);
 		if (n > 0) {
 			output_split(os, output_rbuf, os->len + (size_t)n, false);
@@ -147,7 +152,8 @@ output_drain(struct outstream *os)
 static void
 output_end(struct outstream *os)
 {
-	memcpy(output_rbuf, os->partial, os->len);
+	if (os->len > 0)
+		memcpy(output_rbuf, os->partial, os->len);
 	output_split(os, output_rbuf, os->len, true);
 	output_flush(os);
 	ev_io_stop(EV_DEFAULT, &os->io);
@@ -220,4 +226,6 @@ output_close(struct outstream *os)
 		close(os->fd);
 	os->fd = -1;
 	msgpack_sbuffer_destroy(&os->batch);
+	free(os->partial);
+	os->partial = NULL;
 }

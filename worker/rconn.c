@@ -384,6 +384,9 @@ rconn_reply(redisAsyncContext *ac, void *reply, void *priv)
 	case REPLY_RETRY:
 		if (c->kind != RQ_ONCE) {
 			rconn_hold(rc, c, r);
+			/* The hold timer may have fired already, waiting for this last one. */
+			if (rc->hold_due && TAILQ_EMPTY(&rc->inflight))
+				rconn_resume(rc);
 			return;
 		}
 		break;	/* a heartbeat is not sent again: its callback sees the error */
@@ -411,6 +414,57 @@ rconn_write(struct rconn *rc, struct rcmd *c)
 	}
 }
 
+/* n in decimal at p; returns the end. */
+static char *
+rconn_utoa(char *p, size_t n)
+{
+	char tmp[24];
+	size_t k = 0;
+
+	do
+		tmp[k++] = (char)('0' + n % 10);
+	while ((n /= 10) > 0);
+	while (k > 0)
+		*p++ = tmp[--k];
+	return p;
+}
+
+/*
+ * argv as a RESP array of bulk strings, in one allocation: what
+ * redisFormatCommandArgv makes, without its sprintf per argument (a
+ * fifth of the worker's instructions per job).
+ */
+static int
+rconn_format(char **out, int argc, const char **argv, const size_t *argvlen)
+{
+	size_t total = 1 + 20 + 2;
+	char *buf, *p;
+
+	for (int i = 0; i < argc; i++)
+		total += 1 + 20 + 2 + (argvlen ? argvlen[i] : strlen(argv[i])) + 2;
+	if ((buf = malloc(total + 1)) == NULL)
+		return -1;
+	p = buf;
+	*p++ = '*';
+	p = rconn_utoa(p, (size_t)argc);
+	*p++ = '\r';
+	*p++ = '\n';
+	for (int i = 0; i < argc; i++) {
+		size_t n = argvlen ? argvlen[i] : strlen(argv[i]);
+		*p++ = '$';
+		p = rconn_utoa(p, n);
+		*p++ = '\r';
+		*p++ = '\n';
+		memcpy(p, argv[i], n);
+		p += n;
+		*p++ = '\r';
+		*p++ = '\n';
+	}
+	*p = '\0';
+	*out = buf;
+	return (int)(p - buf);
+}
+
 /* A command formatted from argv; NULL when it is a log batch to drop. */
 static struct rcmd *
 rcmd_new(struct rconn *rc, enum rq_kind kind, rq_cb *cb, void *arg, int argc, const char **argv,
@@ -422,7 +476,7 @@ rcmd_new(struct rconn *rc, enum rq_kind kind, rq_cb *cb, void *arg, int argc, co
 
 	if (kind == RQ_DROP && rc->bytes > wk->conf->outbox_max)
 		return NULL;
-	if ((len = redisFormatCommandArgv(&buf, argc, argv, argvlen)) < 0)
+	if ((len = rconn_format(&buf, argc, argv, argvlen)) < 0)
 		fatal("out of memory formatting a Redis command");
 	c = xcalloc(1, sizeof *c);
 	c->rc = rc;

@@ -209,7 +209,7 @@ struct outstream {
 	ev_io io;
 	int fd;
 	bool eof;
-	char partial[LINE_MAX_BYTES];	/* an unfinished line between reads */
+	char *partial;		/* an unfinished line between reads (LINE_MAX_BYTES, made when needed) */
 	size_t len;
 	/* the batch being filled: lines packed as msgpack strs */
 	msgpack_sbuffer batch;

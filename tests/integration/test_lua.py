@@ -91,7 +91,7 @@ def beat(r, ns, worker, now, ttl=3.0, max_attempts=3, host="h"):
                   k(ns, "delayed"), k(ns, "queue"), k(ns, "dead"), k(ns, "orphans", host),
                   worker, f"{now:.3f}", str(int(ttl * 1000)), "1", "{" + ns + "}:", max_attempts,
                   host, "1", "1.0.0", f"{now:.3f}", "1", "0", "", "100", f"{ttl:.3f}", "0",
-                  "1000000000", "0")   # disk_free, disk_low
+                  "full", "1000000000", "0")   # mode, disk_free, disk_low
 
 
 def events(r, ns, jid):
@@ -539,3 +539,128 @@ def test_submit_new_then_exists_then_rerun(r, ns):
     assert submit_lua(r, ns, "s2", job_payload("s2")) == [b"exists", b"finished"]
     with pytest.raises(Exception, match="new.*rerun"):
         submit_lua(r, ns, "s3", job_payload("s3"), "again")
+
+
+# ---------------------------------------------------------------- issue 14: events without reading the stream
+
+def emit(r, ns, worker, attempt, jid, seq, typ="log"):
+    ev = pack({"id": jid, "seq": seq, "type": typ, "attempt": attempt, "lines": ["x"]})
+    return r.eval(script("emit"), 5, k(ns, "job", jid), k(ns, "progress", jid), k(ns, "events"),
+                  k(ns, "log", jid), k(ns, "cancel"), worker, attempt, ev, seq, typ, "100",
+                  "0" if typ == "log" else "1", "", jid)
+
+
+def test_emit_replayed_is_refused_by_the_stream_id_and_not_published(r, ns):
+    """Entry ids are 0-<seq>: a replayed event (or one overtaken by a later
+    one) is refused by Redis itself, and neither added nor published."""
+    p = job_payload("q1")
+    queue_job(r, ns, "q1", p)
+    r.lpush(k(ns, "active", "w1"), p)
+    assert claim(r, ns, "w1", p, "q1", f"{time.time():.6f}") == [b"ok", 1, 1]
+    ps = r.pubsub(ignore_subscribe_messages=True)
+    ps.subscribe(k(ns, "progress", "q1"))
+    while ps.get_message(timeout=0.2) is not None:
+        pass
+    assert emit(r, ns, "w1", 1, "q1", 2) == 1
+    assert emit(r, ns, "w1", 1, "q1", 3) == 1
+    assert emit(r, ns, "w1", 1, "q1", 3) == 1            # replayed after a lost reply
+    assert emit(r, ns, "w1", 1, "q1", 2) == 1            # overtaken by seq 3
+    got = []
+    while (m := ps.get_message(timeout=0.2)) is not None:
+        got.append(msgpack.unpackb(m["data"])["seq"])
+    ps.close()
+    assert got == [2, 3]
+    assert [eid for eid, _ in r.xrange(k(ns, "log", "q1"))] == [b"0-1", b"0-2", b"0-3"]
+    assert [e["seq"] for e in events(r, ns, "q1")] == [1, 2, 3]
+
+
+def test_next_attempt_continues_after_events_the_hash_never_saw(r, ns):
+    """emit does not write the hash's seq; a claim after a requeue that sent
+    no event (a bare state=queued) still continues after the stream."""
+    p = job_payload("q2")
+    queue_job(r, ns, "q2", p)
+    r.lpush(k(ns, "active", "w1"), p)
+    assert claim(r, ns, "w1", p, "q2", f"{time.time():.6f}") == [b"ok", 1, 1]
+    assert emit(r, ns, "w1", 1, "q2", 2) == 1 and emit(r, ns, "w1", 1, "q2", 3) == 1
+    r.hset(k(ns, "job", "q2"), "state", "queued")
+    assert claim(r, ns, "w1", p, "q2", f"{time.time() + 1:.6f}") == [b"ok", 2, 4]
+    assert [e["seq"] for e in events(r, ns, "q2")] == [1, 2, 3, 4]
+    assert r.hget(k(ns, "job", "q2"), "seq") == b"4"
+
+
+def test_stream_of_an_older_worker_keeps_its_ids_and_dedupes_by_seq(r, ns):
+    """A stream written with ids of Redis's clock (an older worker) is
+    appended to with such ids, and a replay is still recognised by seq."""
+    p = job_payload("q3")
+    queue_job(r, ns, "q3", p)
+    r.xadd(k(ns, "log", "q3"), {"seq": 1, "type": "started", "event": pack({"seq": 1})})
+    r.hset(k(ns, "job", "q3"), mapping={"state": "running", "worker": "w1", "attempt": 1})
+    assert emit(r, ns, "w1", 1, "q3", 2) == 1
+    assert emit(r, ns, "w1", 1, "q3", 2) == 1
+    entries = r.xrange(k(ns, "log", "q3"))
+    assert [f[b"seq"] for _, f in entries] == [b"1", b"2"]
+    assert not any(eid.startswith(b"0-") for eid, _ in entries)
+
+
+def test_cancelled_claim_of_a_record_without_seq_reads_the_stream(r, ns):
+    p = job_payload("q4")
+    queue_job(r, ns, "q4", p)
+    for s in (1, 2, 3):
+        r.xadd(k(ns, "log", "q4"), {"seq": s, "type": "log", "event": b"x"}, id=f"0-{s}")
+    r.hset(k(ns, "cancel"), "q4", time.time())
+    r.lpush(k(ns, "active", "w1"), p)
+    assert claim(r, ns, "w1", p, "q4", f"{time.time():.6f}") == [b"cancelled", 1, 3]
+
+
+# ---------------------------------------------------------------- issue 14: the beat's modes
+
+def beat_mode(r, ns, worker, now, mode, ttl=3.0, host="h"):
+    return r.eval(script("beat"), 7, k(ns, "worker", worker), k(ns, "workers"), k(ns, "reaper"),
+                  k(ns, "delayed"), k(ns, "queue"), k(ns, "dead"), k(ns, "orphans", host),
+                  worker, f"{now:.3f}", "60000", "1000", "{" + ns + "}:", 3,
+                  host, "1", "1.0.0", f"{now:.3f}", "1", "0", "", "100", f"{ttl:.3f}", "0", mode,
+                  "1000000000", "0")   # disk_free, disk_low
+
+
+def test_beat_modes_write_only_what_they_name(r, ns):
+    t0 = time.time()
+    assert beat_mode(r, ns, "w1", t0, "seo") == [[], [], 0, 1]            # registered: new in the set
+    h = r.hgetall(k(ns, "worker", "w1"))
+    assert h[b"host"] == b"h" and h[b"running"] == b"0" and r.pttl(k(ns, "worker", "w1")) > 50000
+    assert r.hget(k(ns, "hosts"), "w1") == b"h"
+    r.hset(k(ns, "worker", "w1"), "host", "changed")
+    assert beat_mode(r, ns, "w1", t0 + 1, "d") == [[], [], -1, 0]        # no static fields, no LLEN
+    assert r.hget(k(ns, "worker", "w1"), "host") == b"changed"
+    assert r.zscore(k(ns, "workers"), "w1") == pytest.approx(t0 + 1, abs=0.01)
+    assert not r.exists(k(ns, "clock")) and not r.exists(k(ns, "reaper"))
+
+
+def test_reap_mode_goes_by_score_alone_and_deletes_the_dead_hash(r, ns):
+    """Mode r (the caller took the lock and keeps the outage rule): the
+    score decides, not the hash (which outlives the beats); the dead
+    worker's hash goes, and {ns}:clock is not read."""
+    t0 = time.time()
+    p = running_job(r, ns, "q5", worker="gone3")
+    r.zadd(k(ns, "workers"), {"gone3": t0 - 10, "live": t0 - 1})
+    r.hset(k(ns, "worker", "gone3"), mapping={"id": "gone3", "host": "h2"})
+    r.hset(k(ns, "hosts"), "gone3", "h2")
+    r.hset(k(ns, "clock"), "back", f"{t0:.3f}")          # would stop a 'full' reaper
+    got = beat_mode(r, ns, "w1", t0, "r")
+    assert got[0] == [b"gone3", b"1"]
+    assert r.lrange(k(ns, "queue"), 0, -1) == [p] and r.hget(k(ns, "job", "q5"), "state") == b"queued"
+    assert not r.exists(k(ns, "worker", "gone3")) and r.zscore(k(ns, "workers"), "gone3") is None
+    assert r.smembers(k(ns, "orphans", "h2")) == {b"gone3"}
+    assert r.zscore(k(ns, "workers"), "live") is not None
+    assert r.zscore(k(ns, "workers"), "w1") is None      # mode r writes no score: the plain ZADD did
+
+
+def test_beat_says_when_the_record_is_gone(r, ns):
+    """A hash that expired under a live worker (a refresh lost) is found
+    by the next 'e' or 'd' beat, which asks the worker to write it again."""
+    t0 = time.time()
+    assert beat_mode(r, ns, "w2", t0, "seo")[3] == 1
+    assert beat_mode(r, ns, "w2", t0 + 1, "e")[3] == 0
+    r.delete(k(ns, "worker", "w2"))
+    assert beat_mode(r, ns, "w2", t0 + 2, "e")[3] == 1
+    assert beat_mode(r, ns, "w2", t0 + 3, "d")[3] == 1
+    assert beat_mode(r, ns, "w2", t0 + 4, "d")[3] == 0

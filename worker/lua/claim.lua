@@ -33,14 +33,22 @@
 -- that is running or final, or only a result: a duplicate.  A record
 -- without digest (a producer that sets none) is taken only when queued,
 -- and no record at all (a plain LPUSH) is made here; both bind the digest.
+--
+-- Cost: the common claim (a queued record of a fresh job) is seven
+-- commands.  The seq to continue from is the job hash's `seq` (every
+-- script that sends an event but emit writes it), so the stream is not
+-- read unless it turns out to be ahead (prelude's xnext).  A record that
+-- went final before (finished_at, or a phase, error or exit_code left)
+-- loses those fields and its expiry, and so does its stream; a fresh
+-- record has neither, and no command is spent on them.
 if not redis.call('LPOS', KEYS[2], ARGV[2]) then return {'gone', 0, 0} end
-local seq = lastseq(KEYS[4])
 local P = string.sub(KEYS[6], 1, #KEYS[6] - #'events')
-local h = redis.call('HMGET', KEYS[1], 'state', 'worker', 'started_at', 'attempt', 'digest')
+local h = redis.call('HMGET', KEYS[1], 'state', 'worker', 'started_at', 'attempt', 'digest', 'seq',
+  'finished_at', 'phase', 'error', 'exit_code')
 local digest = redis.sha1hex(ARGV[2])
 if h[1] == 'running' and h[2] == ARGV[1] and h[3] == ARGV[3] and h[5] == digest then
   local c = redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1
-  return {c and 'cancelled' or 'ok', tonumber(h[4]), seq}
+  return {c and 'cancelled' or 'ok', tonumber(h[4]), tonumber(h[6] or '0')}
 end
 local dup
 if h[5] and h[5] ~= digest then
@@ -57,16 +65,27 @@ if dup then
     ARGV[9])
   return {'duplicate', 0, 0, dup}
 end
-local att = redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+local att = tonumber(h[4] or '0') + 1
+local seq = tonumber(h[6] or '0')
+if h[7] or h[8] or h[9] or h[10] then
+  redis.call('HDEL', KEYS[1], 'finished_at', 'exit_code', 'error', 'phase')
+end
+if h[7] or not h[1] then
+  -- A record that went final had an expiry, and so had its stream.
+  redis.call('PERSIST', KEYS[1])
+  redis.call('PERSIST', KEYS[4])
+end
+local cancelled = redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1
+if cancelled and not h[6] then
+  seq = lastseq(KEYS[4])  -- no started event to find it: a record without `seq` reads the stream
+elseif not cancelled then
+  local ev
+  seq, ev = xnext(KEYS[4], ARGV[8], seq + 1, 'started', function(s)
+    return patch32(patch32(ARGV[5], tonumber(ARGV[6]), s), tonumber(ARGV[7]), att)
+  end)
+  redis.call('PUBLISH', KEYS[5], ev)
+  redis.call('PUBLISH', KEYS[6], ev)
+end
 redis.call('HSET', KEYS[1], 'state', 'running', 'worker', ARGV[1], 'started_at', ARGV[3],
-  'digest', digest)
-redis.call('HDEL', KEYS[1], 'finished_at', 'exit_code', 'error', 'phase')
-redis.call('PERSIST', KEYS[1])
-redis.call('PERSIST', KEYS[4])
-if redis.call('HEXISTS', KEYS[3], ARGV[4]) == 1 then return {'cancelled', att, seq} end
-seq = seq + 1
-local ev = patch32(patch32(ARGV[5], tonumber(ARGV[6]), seq), tonumber(ARGV[7]), att)
-redis.call('PUBLISH', KEYS[5], ev)
-redis.call('PUBLISH', KEYS[6], ev)
-xadd(KEYS[4], ARGV[8], seq, 'started', ev)
-return {'ok', att, seq}
+  'digest', digest, 'attempt', att, 'seq', seq)
+return {cancelled and 'cancelled' or 'ok', att, seq}

@@ -19,13 +19,14 @@
 -- is asked).  Sends the event given.
 --
 -- An event already in the stream (a replay after Redis went away before
--- answering) is not sent again.
+-- answering, or one overtaken by a later event) is not sent again: the
+-- stream's entry ids are '0-<seq>', and Redis refuses to add an id that
+-- is not above the last (prelude's xadd), so this costs no read.  The
+-- job hash's `seq` is not written here (the next script that sends an
+-- event finds the stream ahead of it and continues after the stream).
 local h = redis.call('HMGET', KEYS[1], 'worker', 'attempt', 'state')
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] or h[3] ~= 'running' then return 0 end
-if lastseq(KEYS[4]) < tonumber(ARGV[4]) then
-  -- The stream first: Redis refuses a write (OOM, MISCONF) before it
-  -- runs, but not a PUBLISH; the outbox sends a refused emit again.
-  xadd(KEYS[4], ARGV[6], ARGV[4], ARGV[5], ARGV[3])
+if xadd(KEYS[4], ARGV[6], ARGV[4], ARGV[5], ARGV[3]) then
   redis.call('PUBLISH', KEYS[2], ARGV[3])
   if ARGV[7] == '1' then redis.call('PUBLISH', KEYS[3], ARGV[3]) end
   if ARGV[8] ~= '' then redis.call('HSET', KEYS[1], 'phase', ARGV[8]) end

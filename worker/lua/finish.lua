@@ -39,21 +39,21 @@ end
 if redis.call('LREM', KEYS[2], 1, ARGV[3]) == 0 then return 'stale' end
 if retry then
   redis.call('ZADD', KEYS[9], ARGV[14], ARGV[3])
-  redis.call('HSET', KEYS[1], 'state', 'queued', 'last_error', ARGV[10])
+  redis.call('HSET', KEYS[1], 'state', 'queued', 'last_error', ARGV[10], 'seq', ARGV[6])
+  xadd(KEYS[7], ARGV[12], ARGV[6], 'requeued', ARGV[15])
   redis.call('PUBLISH', KEYS[5], ARGV[15])
   redis.call('PUBLISH', KEYS[6], ARGV[15])
-  xadd(KEYS[7], ARGV[12], ARGV[6], 'requeued', ARGV[15])
   return 'retry'
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[7], 'finished_at', ARGV[9], 'exit_code', ARGV[8],
-  'error', ARGV[10])
+  'error', ARGV[10], 'seq', ARGV[6])
 redis.call('LPUSH', KEYS[3], ARGV[4])
 redis.call('LPUSH', KEYS[4], ARGV[4])
 redis.call('EXPIRE', KEYS[4], ARGV[11])
 redis.call('HDEL', KEYS[8], ARGV[13])
+xadd(KEYS[7], ARGV[12], ARGV[6], 'finished', ARGV[5])
 redis.call('PUBLISH', KEYS[5], ARGV[5])
 redis.call('PUBLISH', KEYS[6], ARGV[5])
-xadd(KEYS[7], ARGV[12], ARGV[6], 'finished', ARGV[5])
 redis.call('EXPIRE', KEYS[7], ARGV[11])
 redis.call('EXPIRE', KEYS[1], ARGV[11])
 return 'ok'

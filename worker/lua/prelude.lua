@@ -4,36 +4,71 @@
 -- scripts/lua2c.awk), so a script is prelude.lua followed by its own
 -- file, byte for byte.  Nothing here touches a key by itself.
 
--- The seq of the last event in the stream logkey, or 0.
+-- The seq of the last event in the stream logkey (0 when it is empty),
+-- and whether its entry's id is '0-<seq>' (this version's ids) rather
+-- than one of Redis's clock (a stream an older worker wrote).
 local function lastseq(logkey)
   local last = redis.call('XREVRANGE', logkey, '+', '-', 'COUNT', 1)
   if last[1] then
     local f = last[1][2]
-    for i = 1, #f, 2 do if f[i] == 'seq' then return tonumber(f[i+1]) end end
+    for i = 1, #f, 2 do
+      if f[i] == 'seq' then return tonumber(f[i+1]), string.sub(last[1][1], 1, 2) == '0-' end
+    end
   end
-  return 0
+  return 0, true
 end
 
--- Append one event to the stream, trimmed to maxlen ('0': untrimmed).
-local function xadd(logkey, maxlen, seq, typ, ev)
+-- XADD of one event as entry id, trimmed to maxlen ('0': untrimmed); the
+-- error reply (a table with err) when Redis refuses it.
+local function xadd_id(logkey, maxlen, id, seq, typ, ev)
   if maxlen == '0' then
-    redis.call('XADD', logkey, '*', 'seq', seq, 'type', typ, 'event', ev)
-  else
-    redis.call('XADD', logkey, 'MAXLEN', '~', maxlen, '*', 'seq', seq, 'type', typ, 'event', ev)
+    return redis.pcall('XADD', logkey, id, 'seq', seq, 'type', typ, 'event', ev)
   end
+  return redis.pcall('XADD', logkey, 'MAXLEN', '~', maxlen, id, 'seq', seq, 'type', typ, 'event', ev)
+end
+
+-- Append an event to the stream as entry '0-<seq>', unless the stream has
+-- it already; returns whether it was added.  One command: Redis itself
+-- refuses an id that is not above the stream's last ("equal or smaller
+-- than the target stream top item"), which is what a replay after a lost
+-- reply, or an event overtaken by a later one, sends.  Only then is the
+-- last entry read: a stream an older worker wrote (ids of Redis's clock,
+-- always above '0-<seq>') is compared by its `seq` field and appended to
+-- with an id of Redis's choosing, as before.
+local function xadd(logkey, maxlen, seq, typ, ev)
+  local r = xadd_id(logkey, maxlen, '0-' .. seq, seq, typ, ev)
+  if type(r) ~= 'table' or not r.err then return true end
+  if not string.find(r.err, 'equal or smaller', 1, true) then error(r) end
+  local top, ours = lastseq(logkey)
+  if ours or top >= tonumber(seq) then return false end
+  r = xadd_id(logkey, maxlen, '*', seq, typ, ev)
+  if type(r) == 'table' and r.err then error(r) end
+  return true
+end
+
+-- Append the next event of a job: guess is its seq as the job hash knows
+-- it (the hash's `seq` + 1, written by every script that sends an event;
+-- the emit script's events, sent while the job runs, do not write it, so
+-- the stream may be ahead).  mk(seq) makes the event.  When the stream
+-- has guess already, the seq after its last entry is taken instead.
+-- Returns the seq and the event.
+local function xnext(logkey, maxlen, guess, typ, mk)
+  local ev = mk(guess)
+  if xadd(logkey, maxlen, guess, typ, ev) then return guess, ev end
+  local seq = lastseq(logkey) + 1
+  ev = mk(seq)
+  if not xadd(logkey, maxlen, seq, typ, ev) then
+    -- entries past the last one were deleted (XDEL): Redis's own id, as an older worker's
+    local r = xadd_id(logkey, maxlen, '*', seq, typ, ev)
+    if type(r) == 'table' and r.err then error(r) end
+  end
+  return seq, ev
 end
 
 -- msgpack, for the scanner below: bytes after the type byte of the
--- fixed-size types; the width of the length of str, bin and ext; the
--- width of the count of arrays and maps.
-local MP_FIXED = {[0xca] = 4, [0xcb] = 8, [0xcc] = 1, [0xcd] = 2, [0xce] = 4, [0xcf] = 8,
-  [0xd0] = 1, [0xd1] = 2, [0xd2] = 4, [0xd3] = 8,
-  [0xd4] = 2, [0xd5] = 3, [0xd6] = 5, [0xd7] = 9, [0xd8] = 17}
-local MP_STR = {[0xd9] = 1, [0xda] = 2, [0xdb] = 4}
-local MP_BIN = {[0xc4] = 1, [0xc5] = 2, [0xc6] = 4}
-local MP_EXT = {[0xc7] = 1, [0xc8] = 2, [0xc9] = 4}
-local MP_ARRAY = {[0xdc] = 2, [0xdd] = 4}
-local MP_MAP = {[0xde] = 2, [0xdf] = 4}
+-- fixed-size types 0xca..0xd8 (floats, ints, fixext), one byte each of a
+-- constant string (no table is built on every call of every script).
+local MP_FIXED = '\4\8\1\2\4\8\1\2\4\8\2\3\5\9\17'
 
 -- The big-endian unsigned integer of w bytes at pos in s, or nil past its end.
 local function mp_uint(s, pos, w)
@@ -55,16 +90,18 @@ local function mp_head(s, pos)
   if b <= 0x8f then return 'map', pos + 1, b - 0x80 end
   if b <= 0x9f then return 'array', pos + 1, b - 0x90 end
   if b <= 0xbf then return 'str', pos + 1, b - 0xa0 end
-  if MP_FIXED[b] then return 'atom', pos + 1 + MP_FIXED[b] end
-  local w = MP_STR[b] or MP_BIN[b] or MP_EXT[b] or MP_ARRAY[b] or MP_MAP[b]
-  if not w then return nil end  -- 0xc1
+  if b >= 0xca and b <= 0xd8 then return 'atom', pos + 1 + string.byte(MP_FIXED, b - 0xc9) end
+  if b == 0xc1 then return nil end
+  -- bin 0xc4..c6, ext 0xc7..c9, str 0xd9..db: a length of 1, 2 or 4 bytes;
+  -- array 0xdc..dd, map 0xde..df: a count of 2 or 4 bytes.
+  local kind, w, skip = 'blob', 2 ^ (b - 0xc4), 0
+  if b >= 0xde then kind, w = 'map', 2 ^ (b - 0xdd)
+  elseif b >= 0xdc then kind, w = 'array', 2 ^ (b - 0xdb)
+  elseif b >= 0xd9 then kind, w = 'str', 2 ^ (b - 0xd9)
+  elseif b >= 0xc7 then w, skip = 2 ^ (b - 0xc7), 1 end  -- the ext's type byte first
   local n = mp_uint(s, pos + 1, w)
   if not n then return nil end
-  if MP_STR[b] then return 'str', pos + 1 + w, n end
-  if MP_BIN[b] then return 'blob', pos + 1 + w, n end
-  if MP_EXT[b] then return 'blob', pos + 2 + w, n end  -- the ext's type byte first
-  if MP_ARRAY[b] then return 'array', pos + 1 + w, n end
-  return 'map', pos + 1 + w, n
+  return kind, pos + 1 + w + skip, n
 end
 
 -- The position after the msgpack object at pos in s, or nil when it is
@@ -129,18 +166,19 @@ local function owns(P, id, p, w)
   return h[1] == 'queued' or (w ~= nil and h[1] == 'running' and h[3] == w)
 end
 
--- Send an event the script makes itself: both channels and the stream.
-local function event(prefix, id, typ, fields, maxlen, now, attempt)
+-- Send an event the script makes itself: the stream, then both channels;
+-- the job hash's `seq` follows.  seq0 is the hash's `seq` (or nil).
+local function event(prefix, id, typ, fields, maxlen, now, attempt, seq0)
   local lk = prefix .. 'log:' .. id
-  local seq = lastseq(lk) + 1
-  fields.id = id; fields.seq = seq; fields.ts = now; fields.type = typ
+  fields.id = id; fields.ts = now; fields.type = typ
   fields.attempt = attempt
-  local ev = cmsgpack.pack(fields)
-  -- The stream first: Redis refuses a write (OOM, MISCONF) before it runs,
-  -- but not a PUBLISH, so a script refused and sent again publishes nothing twice.
-  xadd(lk, maxlen, seq, typ, ev)
+  local seq, ev = xnext(lk, maxlen, (tonumber(seq0) or 0) + 1, typ, function(s)
+    fields.seq = s
+    return cmsgpack.pack(fields)
+  end)
   redis.call('PUBLISH', prefix .. 'progress:' .. id, ev)
   redis.call('PUBLISH', prefix .. 'events', ev)
+  redis.call('HSET', prefix .. 'job:' .. id, 'seq', seq)
 end
 
 -- n as 4 big-endian bytes.

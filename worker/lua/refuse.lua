@@ -43,7 +43,8 @@ if id and owns(ARGV[5], id, p, nil) then
   local jk = ARGV[5] .. 'job:' .. id
   redis.call('HSET', jk, 'state', 'dead', 'error', ARGV[4], 'finished_at', ARGV[6],
     'worker', ARGV[9], 'digest', ARGV[2])
-  event(ARGV[5], id, 'dead', {reason = ARGV[8], error = ARGV[4]}, ARGV[7], now,
-    tonumber(redis.call('HGET', jk, 'attempt') or '0'))
+  local h = redis.call('HMGET', jk, 'attempt', 'seq')
+  event(ARGV[5], id, 'dead', {reason = ARGV[8], error = ARGV[4]}, ARGV[7], now, tonumber(h[1] or '0'),
+    h[2])
 end
 return 1

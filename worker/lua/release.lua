@@ -37,8 +37,9 @@ for i = #items, 1, -1 do
       local jk = P .. 'job:' .. id
       redis.call('HSET', jk, 'state', 'queued')
       redis.call('HINCRBY', jk, 'requeues', 1)
-      event(P, id, 'requeued', {reason = ARGV[4]}, ARGV[3], tonumber(ARGV[2]),
-        tonumber(redis.call('HGET', jk, 'attempt') or '0'))
+      local h = redis.call('HMGET', jk, 'attempt', 'seq')
+      event(P, id, 'requeued', {reason = ARGV[4]}, ARGV[3], tonumber(ARGV[2]), tonumber(h[1] or '0'),
+        h[2])
     end
     moved = moved + 1
   end

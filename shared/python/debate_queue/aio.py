@@ -243,7 +243,8 @@ class AsyncClient:
         out = []
         for wid, score in await r.zrange(self.keys.workers, 0, -1, withscores=True):
             w = _s(wid)
-            out.append(WorkerInfo.from_hash(w, float(score), await r.hgetall(self.keys.worker(w))))
+            out.append(WorkerInfo.from_hash(w, float(score), await r.hgetall(self.keys.worker(w)),
+                                        self.limits.heartbeat_ttl))
         return out
 
     async def dead(self, start: int = 0, count: int = 50) -> List[DeadLetter]:

@@ -203,7 +203,8 @@ class Client:
         out = []
         for wid, score in r.zrange(self.keys.workers, 0, -1, withscores=True):
             w = _s(wid)
-            out.append(WorkerInfo.from_hash(w, float(score), r.hgetall(self.keys.worker(w))))
+            out.append(WorkerInfo.from_hash(w, float(score), r.hgetall(self.keys.worker(w)),
+                                        self.limits.heartbeat_ttl))
         return out
 
     def dead(self, start: int = 0, count: int = 50) -> List[DeadLetter]:

@@ -7,6 +7,7 @@ still there.  Nothing here talks to Redis.
 from __future__ import annotations
 
 import enum
+import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Union
 
@@ -320,8 +321,10 @@ class JobStatus:
 class WorkerInfo:
     """One worker of {ns}:workers with its heartbeat hash.
 
-    ``lost``: it is still in the sorted set but its heartbeat expired (the
-    reaper will move its jobs back); then only id and last_beat are known.
+    ``lost``: it is still in the sorted set but its last beat is older than
+    heartbeat_ttl, or its record is gone (the reaper will move its jobs
+    back).  ``last_beat`` is its score, the time of its last beat; ``beat``
+    the time its record was last written.
     """
 
     id: str
@@ -343,11 +346,13 @@ class WorkerInfo:
         return max(0, self.concurrency - self.running)
 
     @classmethod
-    def from_hash(cls, worker_id: str, last_beat: float, h: Mapping[Any, Any]) -> "WorkerInfo":
+    def from_hash(cls, worker_id: str, last_beat: float, h: Mapping[Any, Any],
+                  heartbeat_ttl: float = 15.0, now: Optional[float] = None) -> "WorkerInfo":
         f = _hash_str(h)
         if not f:
             return cls(id=worker_id, last_beat=last_beat, lost=True)
-        return cls(id=worker_id, last_beat=last_beat, host=f.get("host"), pid=_opt_i(f.get("pid")),
+        late = (time.time() if now is None else now) - last_beat > heartbeat_ttl
+        return cls(id=worker_id, last_beat=last_beat, lost=late, host=f.get("host"), pid=_opt_i(f.get("pid")),
                    version=f.get("version"), started_at=_opt_f(f.get("started_at")),
                    beat=_opt_f(f.get("beat")), concurrency=_i(f.get("concurrency")),
                    running=_i(f.get("running")),

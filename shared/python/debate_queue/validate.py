@@ -61,6 +61,8 @@ class Limits:
     ``images``: the allow list (``image`` and ``images`` of [sandbox]); None
     leaves the image to the worker.  ``timeout`` is the default timeout a
     ``warning`` is compared with when the job sets no timeout.
+    ``heartbeat_ttl``: a worker whose last beat (its score in {ns}:workers)
+    is older than this is dead.
     """
 
     builds_root: Optional[str] = None
@@ -70,6 +72,7 @@ class Limits:
     max_timeout: float = 4 * 3600.0
     timeout: float = 1200.0
     max_payload: int = 1 << 20
+    heartbeat_ttl: float = 15.0
 
     @classmethod
     def from_ini(cls, path: Union[str, "os.PathLike[str]"]) -> "Limits":
@@ -93,7 +96,8 @@ class Limits:
                    max_cpus=float(get("sandbox", "max_cpus") or d.max_cpus),
                    max_timeout=float(get("sandbox", "max_timeout") or d.max_timeout),
                    timeout=float(get("sandbox", "timeout") or d.timeout),
-                   max_payload=parse_size(pay) if pay else d.max_payload)
+                   max_payload=parse_size(pay) if pay else d.max_payload,
+                   heartbeat_ttl=float((get("worker", "heartbeat_ttl") or str(d.heartbeat_ttl)).rstrip("s")))
 
 
 class MpStr(bytes):

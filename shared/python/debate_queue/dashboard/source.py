@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
+import time
 from typing import Any, AsyncIterator, Optional
 
 import msgpack
@@ -100,6 +101,7 @@ class Source:
             p.lrange(self.key("active", w), 0, 255)
         got = await p.execute() if ids else []
         workers, running = [], []
+        now, ttl = time.time(), self.client.limits.heartbeat_ttl
         for i, (w, score) in enumerate(wz):
             h = text(got[2 * i])
             wid = ids[i]
@@ -108,8 +110,9 @@ class Source:
             workers.append({
                 "id": wid, "host": h.get("host", ""), "pid": h.get("pid", ""),
                 "version": h.get("version", ""), "started_at": num(h.get("started_at")),
-                "beat": num(h.get("beat")) or score, "concurrency": conc, "running": nrun,
-                "free": max(conc - nrun, 0), "lost": not h,
+                # Liveness is the score (the last beat); the record is written only when it changes.
+                "beat": score, "concurrency": conc, "running": nrun,
+                "free": max(conc - nrun, 0), "lost": not h or now - score > ttl,
                 "jobs": [j for j in str(h.get("jobs", "")).split(",") if j],
             })
             for raw in got[2 * i + 1]:

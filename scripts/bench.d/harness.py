@@ -1,0 +1,429 @@
+"""The bench harness: process, Redis and /proc helpers, Proc (a process we
+started, stopped by pid) and Bench (the run: its redis-server, namespaces,
+rows, snapshots of INFO commandstats).  Workloads live in workloads/, one
+module each; report.py prints the table."""
+import collections
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = REPO / "build" / "bench"
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+
+import msgpack  # noqa: E402
+
+from workers import CONTAINERS_CONF, TEST_IMAGE, RedisServer, write_ini  # noqa: E402
+
+__all__ = ["TEST_IMAGE"]  # re-exported for the workloads
+
+MIB = 1024 * 1024
+
+# Commands a client sends itself (never from inside a script): one each is
+# one request of the worker's.  Everything else in commandstats ran inside
+# a script (or a MULTI) on the worker's behalf.
+TOPLEVEL = {"evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro", "blmove", "brpoplpush",
+            "blmpop", "blpop", "brpop", "multi", "exec", "discard", "script|load", "script|exists",
+            "role", "auth", "select", "hello", "ping", "client|setname", "client|setinfo", "subscribe",
+            "sentinel|get-master-addr-by-name"}
+
+
+class BenchError(Exception):
+    pass
+
+
+class Stop(Exception):
+    """SIGTERM/SIGINT: unwind through every finally."""
+
+
+# ------------------------------------------------------------------ helpers
+
+def proc_status(pid):
+    """VmRSS, VmHWM, RssAnon, RssFile, RssShmem of pid, in bytes."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                k, _, v = line.partition(":")
+                if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+                    out[k] = int(v.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+LIB_GROUPS = {
+    "libmicrohttpd and its TLS chain": ("libmicrohttpd", "libgnutls", "libp11-kit", "libnettle", "libhogweed",
+                                        "libgmp", "libtasn1", "libidn2", "libunistring", "libffi"),
+    "libsystemd and its crypto/compression chain": ("libsystemd", "libgcrypt", "libgpg-error", "liblzma",
+                                                    "libzstd", "liblz4", "libcap"),
+}
+
+
+def proc_maps_rss(pid):
+    """RSS per mapped file (or [heap], [stack]), in bytes."""
+    out = collections.Counter()
+    name = None
+    try:
+        with open(f"/proc/{pid}/smaps") as f:
+            for line in f:
+                if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                    parts = line.split()
+                    name = os.path.basename(parts[5]) if len(parts) > 5 else "[anon]"
+                elif line.startswith("Rss:") and name:
+                    out[name] += int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return {k: v for k, v in out.most_common() if v}
+
+
+def lib_group_rss(maps):
+    return {g: sum(v for k, v in maps.items() if k.startswith(libs)) for g, libs in LIB_GROUPS.items()}
+
+
+def proc_pss(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid):
+    """(self CPU s, reaped children's CPU s) of pid, or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            s = f.read()
+    except OSError:
+        return None
+    f = s[s.rindex(")") + 2:].split()
+    return ((int(f[11]) + int(f[12])) / CLK_TCK, (int(f[13]) + int(f[14])) / CLK_TCK)
+
+
+def proc_faults(pid):
+    """(minor page faults, voluntary + involuntary context switches) of pid."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            st = f.read()
+        minflt = int(st[st.rindex(")") + 2:].split()[7])
+        cs = 0
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    cs += int(line.split()[1])
+        return minflt, cs
+    except OSError:
+        return None
+
+
+def machine_cpu():
+    """(busy, total) jiffies of all CPUs."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)
+    total = sum(v[:8])
+    return total - idle, total
+
+
+def children_of(pid):
+    out = []
+    try:
+        for t in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [x.decode() for x in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return None
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
+def fmt(v, unit=""):
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if unit == "MiB":
+        return f"{v:.2f}"
+    if v == int(v):
+        return f"{int(v):,}"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    if a >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+class Proc:
+    """A worker process we started: stderr to a file, stopped by pid."""
+
+    def __init__(self, bench, argv, env=None, name="worker"):
+        self.bench = bench
+        self.logpath = bench.tmp / f"{name}-{uuid.uuid4().hex[:8]}.log"
+        self._log = open(self.logpath, "wb")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env=env, start_new_session=True)
+        self.pid = self.proc.pid
+        bench.procs.append(self)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def log(self):
+        return self.logpath.read_text(errors="replace")
+
+    def check(self):
+        if not self.alive():
+            raise BenchError(f"{self.logpath.name} exited {self.proc.returncode}:\n{self.log()[-2000:]}")
+
+    def kill(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.alive():
+            self.kill(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if not self._log.closed:
+            self._log.close()
+        return self.proc.returncode
+
+
+# ------------------------------------------------------------------ the bench
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        BUILD.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix="run-", dir=BUILD))
+        # Private copies: a rebuild during the run must not mix two binaries.
+        (self.tmp / "bin").mkdir()
+        self.worker_bin = str(self.tmp / "bin" / "worker")
+        self.enqueue_bin = str(self.tmp / "bin" / "enqueue")
+        shutil.copy2(args.worker, self.worker_bin)
+        shutil.copy2(args.enqueue, self.enqueue_bin)
+        self.binaries = {}
+        for name, src, dst in (("worker", args.worker, self.worker_bin), ("enqueue", args.enqueue, self.enqueue_bin)):
+            with open(dst, "rb") as f:
+                digest = hashlib.sha256(f.read()).hexdigest()[:12]
+            mtime = datetime.datetime.fromtimestamp(os.stat(src).st_mtime).astimezone()
+            self.binaries[name] = {"path": str(Path(src).resolve()), "sha256": digest,
+                                   "built": mtime.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        self.procs = []
+        self.namespaces = []
+        self.podman_namespaces = []
+        self.own = collections.Counter()    # commands this script sent (to subtract)
+        self.rows = []
+        self.raw = {}
+        self.errors = {}
+        self.redis = None
+        self.r = None
+        self.broot = self.tmp / "builds"
+        (self.broot / "p").mkdir(parents=True)
+        (self.broot / "o").mkdir(parents=True)
+
+    # -- lifecycle
+    def start(self):
+        self.redis = RedisServer(self.tmp / "redis").start()
+        self.r = self.redis.client()
+        self.url = self.redis.url
+
+    def close(self):
+        for p in self.procs:
+            try:
+                p.stop(signal.SIGTERM, timeout=15)
+            except Exception:
+                pass
+        for ns in self.podman_namespaces:
+            self.podman_cleanup(ns)
+        if self.redis is not None:
+            self.redis.stop()
+        if not self.args.keep:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def podman_env(self):
+        return dict(os.environ, CONTAINERS_CONF=CONTAINERS_CONF)
+
+    def podman_cleanup(self, ns):
+        env = self.podman_env()
+        try:
+            out = subprocess.run(["podman", "ps", "--all", "--filter", f"label=debate.ns={ns}", "--format",
+                                  "{{.Names}}"], capture_output=True, text=True, env=env, timeout=60)
+            for name in out.stdout.split():
+                subprocess.run(["podman", "rm", "--force", name], capture_output=True, env=env, timeout=60)
+        except Exception:
+            pass
+
+    # -- results
+    def row(self, workload, metric, values, unit="", target="", ok=None, note=""):
+        values = [v for v in values if v is not None]
+        self.rows.append({
+            "workload": workload, "metric": metric, "unit": unit,
+            "median": med(values), "min": min(values) if values else None,
+            "max": max(values) if values else None, "values": values,
+            "target": target, "ok": ok, "note": note,
+        })
+
+    # -- Redis
+    def ns(self, tag):
+        ns = f"b{tag}{uuid.uuid4().hex[:6]}"
+        self.namespaces.append(ns)
+        return ns
+
+    def info(self, section):
+        d = self.r.info(section)
+        self.own["info"] += 1
+        return d
+
+    def snapshot(self):
+        """Commandstats, Redis CPU and our own command count, at one moment."""
+        own = collections.Counter(self.own)
+        t = time.time()
+        cs = self.info("commandstats")
+        cpu = self.info("cpu")
+        calls = {k[len("cmdstat_"):]: v["calls"] for k, v in cs.items()}
+        usec = {k[len("cmdstat_"):]: v["usec"] for k, v in cs.items()}
+        return {"t": t, "calls": calls, "usec": usec, "own": own,
+                "cpu": cpu["used_cpu_user"] + cpu["used_cpu_sys"], "machine": machine_cpu()}
+
+    def delta(self, a, b):
+        """The commands others (the workers) sent between two snapshots."""
+        own = b["own"] - a["own"]
+        # b's commandstats INFO was counted before it ran; its INFO cpu was not
+        # part of b's view but a's INFO cpu was: own already counts a's two.
+        calls = {}
+        for k, v in b["calls"].items():
+            d = v - a["calls"].get(k, 0) - own.get(k, 0)
+            if d > 0:
+                calls[k] = d
+        usec = {k: v - a["usec"].get(k, 0) for k, v in b["usec"].items() if k in calls}
+        top = sum(v for k, v in calls.items() if k in TOPLEVEL)
+        total = sum(calls.values())
+        return {"calls": calls, "usec": usec, "toplevel": top, "total": total,
+                "redis_cpu_s": b["cpu"] - a["cpu"], "seconds": b["t"] - a["t"],
+                "machine_busy": (b["machine"][0] - a["machine"][0]) / max(1, b["machine"][1] - a["machine"][1])}
+
+    def llen(self, key):
+        self.own["llen"] += 1
+        return self.r.llen(key)
+
+    def blocked_clients(self):
+        return self.info("clients")["blocked_clients"]
+
+    def wait_blocked(self, n, procs, timeout=60):
+        """Until n clients block (each idle worker's BLMOVE)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.blocked_clients() >= n:
+                return
+            for p in procs:
+                p.check()
+            time.sleep(0.02)
+        raise BenchError(f"{n} workers did not reach their BLMOVE within {timeout}s")
+
+    def push_jobs(self, ns, ids, chunk=1000, **fields):
+        now = time.time()
+        for i in range(0, len(ids), chunk):
+            p = self.r.pipeline(transaction=False)
+            for jid in ids[i:i + chunk]:
+                job = {"id": jid, "profile": "p", "output": "o", "source_date_epoch": 1700000000,
+                       "enqueued_at": now, **fields}
+                p.hset(f"{{{ns}}}:job:{jid}", mapping={"state": "queued", "enqueued_at": now})
+                p.lpush(f"{{{ns}}}:queue", msgpack.packb(job))
+            p.execute()
+
+    def wait_results(self, ns, n, procs, timeout, poll=0.02):
+        key = f"{{{ns}}}:results"
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.llen(key) >= n:
+                return time.time()
+            for p in procs:
+                p.check()
+            time.sleep(poll)
+        raise BenchError(f"only {self.r.llen(key)} of {n} results after {timeout}s")
+
+    def timeline(self, ns, ids):
+        """First job taken (the claim's started_at in the job hash) and last
+        result recorded (the latest finished_at among the results: the
+        worker's clock, this host's)."""
+        first = None
+        for i in range(0, len(ids), 1000):
+            p = self.r.pipeline(transaction=False)
+            for jid in ids[i:i + 1000]:
+                p.hget(f"{{{ns}}}:job:{jid}", "started_at")
+            for s in p.execute():
+                if s is not None:
+                    first = float(s) if first is None else min(first, float(s))
+        fins = [r["finished_at"] for r in self.results(ns)]
+        return first, max(fins) if fins else None
+
+    def results(self, ns):
+        return [msgpack.unpackb(x) for x in self.r.lrange(f"{{{ns}}}:results", 0, -1)]
+
+    # -- workers
+    def ini(self, ns, worker=None, sandbox=None, queue=None):
+        sec = {
+            "redis": {"url": self.url},
+            "queue": {"namespace": ns, **(queue or {})},
+            "worker": {"builds_root": str(self.broot), "concurrency": 1, "log_level": "info",
+                       **(worker or {})},
+            "sandbox": {"runtime": "exec", "command": "/bin/true", **(sandbox or {})},
+        }
+        return write_ini(self.tmp / f"{ns}-{uuid.uuid4().hex[:4]}.ini", sec)
+
+    def worker(self, ini, args=(), env=None, wrap=()):
+        return Proc(self, [*wrap, self.worker_bin, "-c", ini, *args], env=env)
+
+    def ceiling(self, n, k=2, like_worker=False):
+        """spawn_ceiling's figures: per_second, self_us and children_us per spawn."""
+        exe = BUILD / "spawn_ceiling"
+        argv = [str(exe), "-n", str(n), "-c", str(k)] + (["-w"] if like_worker else [])
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, timeout=300)
+        return json.loads(out.stdout)
+
+
+
+def build_helpers():
+    """spawn_ceiling is built by make (the bench target); say so when it is missing."""
+    exe = BUILD / "spawn_ceiling"
+    src = REPO / "scripts" / "bench.d" / "spawn_ceiling.c"
+    if not exe.exists() or exe.stat().st_mtime < src.stat().st_mtime:
+        raise SystemExit(f"bench: {exe} is missing or older than {src.name}: run `make bench` "
+                         f"(or `make {exe.relative_to(REPO)}`)")
