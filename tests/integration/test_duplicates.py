@@ -32,21 +32,6 @@ def pack(obj):
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def poll(cond, timeout, what):
-    deadline = time.time() + timeout * SLOW
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout * SLOW:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def wid(w):
-    return w.wait_log(r"notice: worker (\S+) ").group(1)
-
-
 def gate(tmp_path, name="build.sh"):
     """An exec build that marks it started, waits for tmp_path/go, writes an artifact."""
     cmd = tmp_path / name

@@ -46,22 +46,6 @@ STATS = 1           # Fleet.ini stats_interval
 
 # ---------------------------------------------------------------- helpers
 
-def poll(cond, timeout, what):
-    """Call cond() until it returns something true; return that, or fail naming what."""
-    deadline = time.time() + timeout * SLOW
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout * SLOW:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def wid(w):
-    """The worker's id, from its start-up line."""
-    return w.wait_log(r"notice: worker (\S+) ").group(1)
-
 
 def replace_file(path, text, mode=None):
     """Write path atomically: a running shell or build keeps reading the old inode."""

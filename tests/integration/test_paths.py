@@ -21,17 +21,6 @@ import pytest
 from workers import *  # noqa: F401,F403
 
 
-def poll(cond, timeout, what):
-    deadline = time.time() + timeout * SLOW
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout * SLOW:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def state(r, ns, job_id):
     v = r.hget(f"{{{ns}}}:job:{job_id}", "state")
     return v.decode() if v else None

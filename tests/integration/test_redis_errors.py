@@ -24,26 +24,11 @@ import redis as redis_py
 from workers import *  # noqa: F401,F403
 
 
-def poll(cond, timeout, what):
-    deadline = time.time() + timeout * SLOW
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.time() > deadline:
-            raise AssertionError(f"timed out after {timeout * SLOW:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def build_script(tmp_path, body):
     p = tmp_path / "build.sh"
     p.write_text("#!/bin/sh\n" + body)
     p.chmod(0o755)
     return str(p)
-
-
-def wid(w):
-    return w.wait_log(r"notice: worker (\S+) ").group(1)
 
 
 def assert_recorded_once(r, ns, jid, wid_, status="succeeded"):

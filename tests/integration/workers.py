@@ -106,6 +106,23 @@ def submit(r, ns, **job):
     return jid
 
 
+def poll(cond, timeout, what):
+    """Call cond() until it returns something true; return that, or fail naming what."""
+    deadline = time.time() + timeout * SLOW
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.time() > deadline:
+            raise AssertionError(f"timed out after {timeout * SLOW:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def wid(w):
+    """The worker's id, from its start-up line."""
+    return w.wait_log(r"notice: worker (\S+) ").group(1)
+
+
 def push_raw(r, ns, payload):
     """LPUSH raw bytes (for hostile payloads)."""
     r.lpush(f"{{{ns}}}:queue", payload)
