@@ -5,12 +5,14 @@ import random
 import threading
 import time
 
+import msgpack
 import pytest
 
-from debate_queue import AsyncClient, Client, ResultTimeout, Status
+from debate_queue import AsyncClient, Client, JobRejected, ResultTimeout, Status
+from debate_queue.pack import pack_profile_dir
 
 from .conftest import SLOW, Fleet, RedisServer, make_profile
-from .test_client import poll, script
+from .test_client import archive_members, local_profile, poll, script
 
 
 def seqs(evs):
@@ -182,3 +184,37 @@ def test_a_cancelled_async_follower_leaves_the_client_usable(fleet, r, redis_srv
             await c.close()
 
     asyncio.run(main())
+
+
+def test_async_submit_a_profile_dir_with_upload(tmp_path, redis_srv, ns):
+    """AsyncClient.submit(profile_dir=, upload=) queues the payload Client.submit
+    builds (the archive packed in a thread), and refuses what Client refuses."""
+    d = local_profile(tmp_path)
+    url = "https://files.example/up/{name}"
+
+    async def run():
+        c = AsyncClient(redis_srv.url, namespace=ns)
+        try:
+            job = await c.submit(profile_dir=d, upload=url, upload_headers={"Authorization": "x"}, id="a1")
+            with pytest.raises(JobRejected) as e:
+                await c.submit(profile_dir=d, upload=url, upload_headers={"Host": "h"})
+            assert (e.value.field, e.value.reason) == ("upload.headers", "bad_value")
+            with pytest.raises(JobRejected) as e:
+                await c.submit("p", profile_dir=d, upload=url)
+            assert (e.value.field, e.value.reason) == ("profile", "bad_value")
+            return job
+        finally:
+            await c.close()
+
+    job = asyncio.run(run())
+    sync = Client(redis_srv.url, namespace=ns)
+    try:
+        queued = sync.redis.lrange(f"{{{ns}}}:queue", 0, -1)
+    finally:
+        sync.close()
+    assert queued == [job.payload]
+    assert list(msgpack.unpackb(job.payload))[:3] == ["id", "profile_archive", "upload"]
+    wire = msgpack.unpackb(job.payload)
+    assert wire["upload"] == {"url": url, "headers": {"Authorization": "x"}}
+    assert wire["profile_archive"] == pack_profile_dir(d)
+    assert "sub/hello.txt" in [m[0] for m in archive_members(wire["profile_archive"])]

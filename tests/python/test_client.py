@@ -1,17 +1,24 @@
 """debate_queue.Client against a real redis-server and a real worker (exec
 runtime, one test with podman): submit, wait, follow, cancel, the readers
 a dashboard uses, and the dead letters."""
+import base64
 import hashlib
+import http.server
+import io
+import os
 import shutil
+import tarfile
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import msgpack
 import pytest
 
 from debate_queue import (Client, DeadLetterError, JobBusy, JobDead, JobExists, JobNotFound,
                           JobRejected, Limits, ResultTimeout, Status)
+from debate_queue.pack import pack_profile_dir
 
 from .conftest import SLOW, TEST_IMAGE, make_profile
 
@@ -308,3 +315,194 @@ def test_pip_install_copies_the_submit_script(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[0].startswith(str(target))
+
+
+# ------------------------------------------------------------ remote builds (issue 13)
+
+def local_profile(root):
+    """A profile dir on the client's side: files, a subdirectory, a symlink,
+    a hard link, an executable and a setuid file (the bit is not packed)."""
+    d = Path(root) / make_profile(root, "prof")
+    (d / "sub").mkdir()
+    (d / "sub" / "hello.txt").write_text("hello from the client\n")
+    os.symlink("sub/hello.txt", d / "link")
+    os.link(d / "sub" / "hello.txt", d / "hard.txt")
+    run = d / "run.sh"
+    run.write_text("#!/bin/sh\n")
+    run.chmod(0o4755)
+    return d
+
+
+def archive_members(data):
+    """(name, type, mode, uid, gid, linkname, bytes) of each member of a tar(.gz), by name."""
+    out = []
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tf:
+        for m in tf.getmembers():
+            f = tf.extractfile(m) if m.isreg() else None
+            out.append((m.name, m.type, m.mode, m.uid, m.gid, m.linkname, f.read() if f else None))
+    return sorted(out)
+
+
+class PutServer:
+    """An HTTP server on 127.0.0.1 in a thread that keeps each PUT (path, headers, body)."""
+
+    def __init__(self):
+        self.puts = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_PUT(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.puts.append((self.path, dict(self.headers), body))
+                self.send_response(201)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(10)
+
+
+@pytest.fixture
+def put_server():
+    s = PutServer()
+    yield s
+    s.close()
+
+
+def test_submit_a_profile_dir_and_upload_the_artifacts(fleet, client, tmp_path, put_server):
+    """submit(profile_dir=..., upload=...) with no output: the worker builds the
+    unpacked profile (symlink kept, setuid gone) and PUTs each artifact here."""
+    d = local_profile(tmp_path / "client")
+    cmd = script(tmp_path, 'set -e\np="$DEBATE_PROFILE"\n'
+                           'cat "$p/sub/hello.txt" > "$DEBATE_OUTPUT/a.iso"\n'
+                           'test "$(readlink "$p/link")" = sub/hello.txt\n'
+                           'test -x "$p/run.sh" && test ! -u "$p/run.sh"\n'
+                           'mkdir "$DEBATE_OUTPUT/sums" && cat "$p/hard.txt" > "$DEBATE_OUTPUT/sums/b.txt"\n')
+    fleet.start(sandbox={"runtime": "exec", "command": cmd})
+    secret = "Bearer s3cret-" + os.urandom(4).hex()
+    job = client.submit(profile_dir=d, upload=put_server.url + "/up/{name}",
+                        upload_headers={"Authorization": secret}, meta={"from": "py"})
+    wire = msgpack.unpackb(job.payload)
+    assert "profile" not in wire and "output" not in wire
+    assert wire["upload"] == {"url": put_server.url + "/up/{name}", "headers": {"Authorization": secret}}
+    res = job.result(timeout=30)
+    assert res.ok, (res, fleet.workers[0].log()[-3000:])
+    body = b"hello from the client\n"
+    assert [(a.name, a.size, a.uploaded) for a in res.artifacts] == [("a.iso", len(body), True),
+                                                                   ("sums/b.txt", len(body), True)]
+    assert res.artifacts[0].url == put_server.url + "/up/a.iso"
+    puts = sorted(put_server.puts)
+    assert [(p, b) for p, _, b in puts] == [("/up/a.iso", body), ("/up/sums/b.txt", body)]
+    for _, headers, _ in puts:
+        assert headers["Authorization"] == secret
+        assert headers["Content-Digest"] == "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+    # The credential stays out of what the worker records.
+    evs = list(job.events(timeout=30))
+    assert any(e.type == "upload" for e in evs)
+    assert secret not in repr(res.raw) and all(secret not in repr(e) for e in evs)
+
+
+def test_the_remote_payload_is_what_enqueue_builds(enqueue, ini, redis_server, tmp_path):
+    """`enqueue submit --profile-dir --upload --upload-header` and submit(profile_dir=,
+    upload=, upload_headers=): the same fields in the same order and types, and
+    archives with the same entries (libarchive's and tarfile's bytes differ)."""
+    d = local_profile(tmp_path / "client")
+    url = "https://files.example/up/{name}"
+    enqueue("submit", "--profile-dir", str(d), "--upload", url, "--upload-header", "Authorization: Bearer x",
+            "--upload-header", "X-Tag: a b", "--id", "from-c1", "--epoch", "1700000000", check=True)
+    c = Client(redis_server.url, namespace=ini.ns)
+    try:
+        c.submit(profile_dir=d, upload=url, upload_headers={"Authorization": "Bearer x", "X-Tag": "a b"},
+                 id="from-py", source_date_epoch=1700000000)
+        from_py, from_c = redis_server.client().lrange(f"{{{ini.ns}}}:queue", 0, 1)
+    finally:
+        c.close()
+
+    def shape(raw):
+        pairs = msgpack.unpackb(raw, object_pairs_hook=list)
+        return [(k, type(v).__name__, archive_members(v) if k == "profile_archive" else
+                 v if k not in ("id", "enqueued_at") else None) for k, v in pairs]
+
+    assert shape(from_py) == shape(from_c)
+    names = [m[0] for m in archive_members(msgpack.unpackb(from_py)["profile_archive"])]
+    assert names == ["hard.txt", "link", "packages.x86_64", "profiledef.sh", "run.sh", "sub", "sub/hello.txt"]
+    # Packing is deterministic: the same tree gives the same bytes.
+    assert pack_profile_dir(d) == pack_profile_dir(d)
+
+
+def test_remote_fields_are_refused_before_anything_is_sent(client, r, ns, tmp_path):
+    d = local_profile(tmp_path / "client")
+    url = "https://files.example/up/"
+    cases = [
+        (dict(), "profile", "missing_field"),
+        (dict(upload=url), "profile", "missing_field"),
+        (dict(profile="p", profile_dir=d, upload=url), "profile", "bad_value"),
+        (dict(profile_dir=d, profile_archive=b"x", upload=url), "profile_dir", "bad_value"),
+        (dict(profile="p", profile_archive=b"x", output="o"), "profile", "bad_value"),
+        (dict(profile_dir=d), "output", "missing_field"),
+        (dict(profile_archive=b"x"), "output", "missing_field"),
+        (dict(profile_dir=tmp_path / "none", upload=url), "profile_dir", "bad_path"),
+        (dict(profile_dir=d / "profiledef.sh", upload=url), "profile_dir", "bad_path"),
+        (dict(profile_dir=5, upload=url), "profile_dir", "wrong_type"),
+        (dict(profile_archive=b"", upload=url), "profile_archive", "bad_archive"),
+        (dict(profile_archive="tar", upload=url), "profile_archive", "wrong_type"),
+        (dict(profile_archive=b"\0" * (2 << 20), upload=url), "payload", "payload_too_large"),
+        (dict(profile="p", upload=5), "upload.url", "wrong_type"),
+        (dict(profile="p", upload="ftp://h/x/"), "upload.url", "bad_value"),
+        (dict(profile="p", upload="https://{name}.evil/x"), "upload.url", "bad_value"),
+        (dict(profile="p", upload="https://h"), "upload.url", "bad_value"),
+        (dict(profile="p", upload="https://h/" + "a" * 2048), "upload.url", "bad_value"),
+        (dict(profile="p", upload=url, upload_headers={"Host": "evil"}), "upload.headers", "bad_value"),
+        (dict(profile="p", upload=url, upload_headers={"content-length": "1"}), "upload.headers", "bad_value"),
+        (dict(profile="p", upload=url, upload_headers={"X Y": "v"}), "upload.headers", "bad_value"),
+        (dict(profile="p", upload=url, upload_headers={"A": "s3cret\r\nX: y"}), "upload.headers", "bad_value"),
+        (dict(profile="p", upload=url, upload_headers={"A": "x" * 4097}), "upload.headers", "bad_value"),
+        (dict(profile="p", upload=url, upload_headers={"A": 1}), "upload.headers", "wrong_type"),
+        (dict(profile="p", upload=url, upload_headers={f"x-{i}": "v" for i in range(33)}),
+         "upload.headers", "over_limit"),
+        (dict(profile="p", upload=url, upload_headers=["A: b"]), "upload.headers", "wrong_type"),
+        (dict(profile="p", output="o", upload_headers={"A": "b"}), "upload.headers", "bad_value"),
+    ]
+    for kw, field, reason in cases:
+        with pytest.raises(JobRejected) as e:
+            client.submit(**kw)
+        assert (e.value.field, e.value.reason) == (field, reason), (kw, e.value)
+        assert "s3cret" not in str(e.value)
+    # What the worker would refuse to unpack is refused while packing, naming it.
+    os.mkfifo(d / "sub" / "fifo")
+    with pytest.raises(JobRejected) as e:
+        client.submit(profile_dir=d, upload=url)
+    assert (e.value.field, e.value.reason) == ("profile_dir", "bad_archive")
+    assert str(d / "sub" / "fifo") in e.value.message and "not a file, directory or symlink" in e.value.message
+    assert r.keys(f"{{{ns}}}:*") == []
+
+
+def test_the_packed_archive(tmp_path):
+    """Entries as enqueue/pack.c writes them: names relative, owners 0, a
+    symlink as a symlink, a hard link as a second regular file, no setuid."""
+    d = local_profile(tmp_path)
+    got = {m[0]: m for m in archive_members(pack_profile_dir(d))}
+    assert got["link"][1:] == (tarfile.SYMTYPE, 0o777, 0, 0, "sub/hello.txt", None)
+    assert got["hard.txt"][1:] == (tarfile.REGTYPE, 0o666 & ~_umask(), 0, 0, "", b"hello from the client\n")
+    assert got["run.sh"][1] == tarfile.REGTYPE and got["run.sh"][2] == 0o755
+    assert got["sub"][1] == tarfile.DIRTYPE
+    (tmp_path / "empty").mkdir()
+    assert archive_members(pack_profile_dir(tmp_path / "empty")) == []
+
+
+def _umask():
+    m = os.umask(0)
+    os.umask(m)
+    return m

@@ -38,7 +38,8 @@ def test_refusals_name_the_field():
         if r is None:
             continue
         assert r.field in ("payload", "id", "profile", "output", "source_date_epoch", "enqueued_at",
-                           "memory", "cpus", "timeout", "warning", "retries", "image", "meta"), v
+                           "memory", "cpus", "timeout", "warning", "retries", "image", "meta",
+                           "profile_archive", "upload", "upload.url", "upload.headers"), v
         assert r.message.startswith(r.field) or r.field == "payload", (v, r.message)
 
 

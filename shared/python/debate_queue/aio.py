@@ -21,6 +21,7 @@ Python 3.11's wait_for() inside redis-py could lose.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any, AsyncIterator, List, Mapping, Optional, Union
 
@@ -33,6 +34,7 @@ from . import _common as C
 from .client import _event
 from .errors import DeadLetterError, EventsTimeout, JobDead, JobNotFound, ResultTimeout
 from .keys import Keys
+from .pack import pack_profile_dir
 from .types import (DeadLetter, Event, Job, JobStatus, QueuedJob, QueueInfo, Result, WorkerInfo,
                     _s)
 from .validate import Limits, build_payload, payload_id
@@ -179,18 +181,25 @@ class AsyncClient:
 
     # ------------------------------------------------------------ producing
 
-    async def submit(self, profile: Any, output: Any, *, id: Optional[str] = None,
+    async def submit(self, profile: Any = None, output: Any = None, *, id: Optional[str] = None,
                      memory: Union[int, str, None] = None, cpus: Optional[float] = None,
                      timeout: Optional[float] = None, warning: Optional[float] = None,
                      image: Optional[str] = None, retries: int = 0,
                      meta: Optional[Mapping[str, Any]] = None,
-                     source_date_epoch: Optional[int] = None, rerun: bool = False) -> Job:
-        """Queue a build job (see Client.submit)."""
+                     source_date_epoch: Optional[int] = None, rerun: bool = False,
+                     profile_dir: Union[str, "os.PathLike[str]", None] = None,
+                     profile_archive: Optional[bytes] = None, upload: Optional[str] = None,
+                     upload_headers: Optional[Mapping[str, str]] = None) -> Job:
+        """Queue a build job (see Client.submit); profile_dir is packed in a thread."""
+        if profile_dir is not None and profile is None and profile_archive is None:
+            profile_archive = await asyncio.to_thread(pack_profile_dir, profile_dir)
+            profile_dir = None
         now = time.time()
         job_id, payload = build_payload(
             profile, output, id=id, memory=memory, cpus=cpus, timeout=timeout, warning=warning,
             image=image, retries=retries, meta=meta, source_date_epoch=source_date_epoch,
-            enqueued_at=now, limits=self.limits)
+            enqueued_at=now, profile_dir=profile_dir, profile_archive=profile_archive,
+            upload=upload, upload_headers=upload_headers, limits=self.limits)
         k = self.keys
         reply = await self._run(C.SUBMIT, [k.job(job_id), k.queue, k.result(job_id), k.log(job_id)],
                                 [payload, C.enqueued_at_arg(now), "rerun" if rerun else "new"])

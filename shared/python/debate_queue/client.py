@@ -14,6 +14,7 @@ has the same methods on redis.asyncio.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 
@@ -125,12 +126,15 @@ class Client:
 
     # ------------------------------------------------------------ producing
 
-    def submit(self, profile: Any, output: Any, *, id: Optional[str] = None,
+    def submit(self, profile: Any = None, output: Any = None, *, id: Optional[str] = None,
                memory: Union[int, str, None] = None, cpus: Optional[float] = None,
                timeout: Optional[float] = None, warning: Optional[float] = None,
                image: Optional[str] = None, retries: int = 0,
                meta: Optional[Mapping[str, Any]] = None, source_date_epoch: Optional[int] = None,
-               rerun: bool = False) -> Job:
+               rerun: bool = False,
+               profile_dir: Union[str, "os.PathLike[str]", None] = None,
+               profile_archive: Optional[bytes] = None, upload: Optional[str] = None,
+               upload_headers: Optional[Mapping[str, str]] = None) -> Job:
         """Queue a build job.
 
         The payload is the one `enqueue submit` builds, checked first by the
@@ -140,12 +144,23 @@ class Client:
         JobExists; rerun=True queues an ended job again under its id (the
         old result goes, the event stream and attempt count go on) and
         raises JobBusy while it is queued or running.
+
+        The profile is one of: ``profile``, a directory on the workers
+        (relative to builds_root); ``profile_dir``, a local directory packed
+        into the job as a .tar.gz (as `enqueue submit --profile-dir`: regular
+        files, directories and symlinks; anything else is refused here);
+        ``profile_archive``, a tar (optionally gzip or zstd) of your own.
+        ``upload`` is the URL the worker PUTs each artifact to ("{name}"
+        stands for its path in the output, or it is appended to a URL
+        ending in "/"), with ``upload_headers`` on each PUT; ``output``
+        may then be left out (the worker uses a directory of its own).
         """
         now = time.time()
         job_id, payload = build_payload(
             profile, output, id=id, memory=memory, cpus=cpus, timeout=timeout, warning=warning,
             image=image, retries=retries, meta=meta, source_date_epoch=source_date_epoch,
-            enqueued_at=now, limits=self.limits)
+            enqueued_at=now, profile_dir=profile_dir, profile_archive=profile_archive,
+            upload=upload, upload_headers=upload_headers, limits=self.limits)
         k = self.keys
         reply = self._run(C.SUBMIT, [k.job(job_id), k.queue, k.result(job_id), k.log(job_id)],
                           [payload, C.enqueued_at_arg(now), "rerun" if rerun else "new"])

@@ -91,15 +91,21 @@ def _opt_i(v: Any) -> Optional[int]:
 
 @dataclass
 class Artifact:
-    """One regular file of the output directory."""
+    """One regular file of the output directory; with upload, also the URL
+    it was PUT to (without userinfo and query) and whether it was."""
 
     name: str
     size: int
     sha256: str
+    url: Optional[str] = None
+    uploaded: Optional[bool] = None
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any]) -> "Artifact":
-        return cls(name=_s(m.get("name")), size=_i(m.get("size")), sha256=_s(m.get("sha256")))
+        up = m.get("uploaded")
+        return cls(name=_s(m.get("name")), size=_i(m.get("size")), sha256=_s(m.get("sha256")),
+                   url=_opt_s(m.get("url")),
+                   uploaded=bool(up) if up is not None else None)
 
 
 @dataclass

@@ -22,7 +22,7 @@ import secrets
 import struct
 import time
 from dataclasses import dataclass
-from typing import Any, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import msgpack
 
@@ -35,7 +35,10 @@ __all__ = ["REFUSALS", "CLIENT_REFUSALS", "Limits", "MpStr", "MpMap", "MpExt", "
 # PROTOCOL.md's refusal reasons, in shared/job.c's order, then the worker's own.
 CLIENT_REFUSALS = ("payload_too_large", "malformed", "too_deep", "not_a_map", "missing_field",
                    "wrong_type", "bad_value", "bad_id", "bad_path", "image_not_allowed",
-                   "over_limit")
+                   "over_limit", "bad_archive")
+# bad_archive: job_decode() gives it to an empty profile_archive; the rest
+# of it (an entry the worker will not unpack) only the worker finds, though
+# pack_profile_dir() refuses what it can see before sending.
 # duplicate_id: the worker's claim found the id's record bound to another
 # payload (its digest) or not queued; worker_lost: lost with its worker too
 # often.  No payload check can predict either.
@@ -48,6 +51,13 @@ NAME_MAX = 255
 MIN_MEMORY = 6 << 20            # docker refuses less
 EPOCH_MAX = 253402300799        # 9999-12-31
 UINT64_MAX = (1 << 64) - 1
+UPLOAD_URL_MAX = 2048
+UPLOAD_HEADERS_MAX = 32
+UPLOAD_HEADER_MAX = 4096
+# The headers the worker sets on each PUT itself (job_upload()'s own[]).
+UPLOAD_OWN_HEADERS = ("content-length", "content-digest", "transfer-encoding", "host", "expect",
+                      "connection", "te", "upgrade")
+_TOKEN_EXTRA = frozenset(b"!#$%&'*+-.^_`|~")
 _SIZE_MULT = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -407,6 +417,86 @@ def _path(o: MpMap, name: str, root: Optional[str]) -> str:
     return s.decode("utf-8", "surrogateescape")
 
 
+def _profile(o: MpMap, lim: Limits) -> None:
+    """job_profile(): profile (a path) or profile_archive (a tar): exactly one."""
+    has_p, has_a = o.has("profile"), o.has("profile_archive")
+    if has_p and has_a:
+        raise _Bad("bad_value", "profile", "profile, profile_archive: give exactly one of them")
+    if not has_p and not has_a:
+        raise _Bad("missing_field", "profile",
+                   "profile: missing (a directory relative to builds_root, or give profile_archive)")
+    if not has_a:
+        _path(o, "profile", lim.builds_root)
+        return
+    v = o.get("profile_archive")
+    if type(v) is not bytes:
+        raise _Bad("wrong_type", "profile_archive",
+                   f"profile_archive: must be binary (a tar archive), not {_type_name(v)}")
+    if not v:
+        raise _Bad("bad_archive", "profile_archive", "profile_archive: empty")
+
+
+def _token(s: bytes) -> bool:
+    """job_token(): an HTTP header name (an RFC 9110 token)."""
+    return bool(s) and all((c < 0x80 and chr(c).isalnum()) or c in _TOKEN_EXTRA for c in s)
+
+
+def _upload(v: Any) -> None:
+    """job_upload(): {url: "http(s)://host/prefix/{name}", headers: {str: str}}.
+    Header values may be credentials: messages name the header, never its value."""
+    if not isinstance(v, MpMap):
+        raise _Bad("wrong_type", "upload", f"upload: must be a map {{url, headers}}, not {_type_name(v)}")
+    if not v.has("url"):
+        raise _Bad("missing_field", "upload.url", "upload.url: missing")
+    u = v.get("url")
+    if type(u) is not MpStr:
+        raise _Bad("wrong_type", "upload.url", f"upload.url: must be a string, not {_type_name(u)}")
+    if len(u) > UPLOAD_URL_MAX:
+        raise _Bad("bad_value", "upload.url", f"upload.url: longer than {UPLOAD_URL_MAX} bytes")
+    if any(c <= 0x20 or c == 0x7F for c in u):
+        raise _Bad("bad_value", "upload.url", "upload.url: contains a space or a control character")
+    low = u.lower()
+    if not ((len(u) > 7 and low.startswith(b"http://")) or (len(u) > 8 and low.startswith(b"https://"))):
+        raise _Bad("bad_value", "upload.url", "upload.url: must be an http:// or https:// URL")
+    # The build names its files: a name must never reach the host part.
+    auth = u.index(b"://") + 3
+    path = auth
+    while path < len(u) and u[path] not in b"/?#":
+        path += 1
+    if path == auth:
+        raise _Bad("bad_value", "upload.url", "upload.url: no host")
+    hole = u.find(b"{name}")
+    if 0 <= hole < path:
+        raise _Bad("bad_value", "upload.url",
+                   "upload.url: {name} may only stand in the path or the query, not the host")
+    if hole < 0 and u[path:path + 1] != b"/":
+        raise _Bad("bad_value", "upload.url", 'upload.url: without {name}, the URL is a prefix and needs a '
+                   'path ("https://host/" at least)')
+    h = v.get("headers")
+    if h is None:
+        return
+    if not isinstance(h, MpMap):
+        raise _Bad("wrong_type", "upload.headers", f"upload.headers: must be a map of strings, not {_type_name(h)}")
+    if len(h) > UPLOAD_HEADERS_MAX:
+        raise _Bad("over_limit", "upload.headers", f"upload.headers: more than {UPLOAD_HEADERS_MAX} headers")
+    for k, val in h:
+        if type(k) is not MpStr or not _token(bytes(k)) or len(k) >= 64:
+            raise _Bad("bad_value", "upload.headers",
+                       "upload.headers: a name is not an HTTP header name (a token of 1 to 63 bytes)")
+        name = k.decode("ascii")
+        if name.lower() in UPLOAD_OWN_HEADERS:
+            raise _Bad("bad_value", "upload.headers", f"upload.headers: {name} is set by the worker")
+        if type(val) is not MpStr:
+            raise _Bad("wrong_type", "upload.headers",
+                       f"upload.headers.{name}: must be a string, not {_type_name(val)}")
+        if len(val) > UPLOAD_HEADER_MAX:
+            raise _Bad("bad_value", "upload.headers",
+                       f"upload.headers.{name}: longer than {UPLOAD_HEADER_MAX} bytes")
+        if any((c < 0x20 and c != 0x09) or c == 0x7F for c in val):
+            raise _Bad("bad_value", "upload.headers",
+                       f"upload.headers.{name}: the value contains a control character")
+
+
 def _fields(o: Any, lim: Limits) -> None:
     """job_fields(): the checks of shared/job.c, in its order."""
     if not isinstance(o, MpMap):
@@ -421,8 +511,15 @@ def _fields(o: Any, lim: Limits) -> None:
     if not id_valid(bytes(v)):
         raise _Bad("bad_id", "id", "id: must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
-    _path(o, "profile", lim.builds_root)
-    _path(o, "output", lim.builds_root)
+    _profile(o, lim)
+    if o.has("upload"):
+        _upload(o.get("upload"))
+    # Without output the worker makes one; only a job whose artifacts are uploaded may leave it out.
+    if not o.has("output") and not o.has("upload"):
+        raise _Bad("missing_field", "output", "output: missing (a directory relative to builds_root; "
+                   "only a job with upload may leave it out)")
+    if o.has("output"):
+        _path(o, "output", lim.builds_root)
 
     if o.has("source_date_epoch"):
         v = o.get("source_date_epoch")
@@ -584,17 +681,63 @@ def _arg_int(name: str, v: Any) -> int:
     return v
 
 
-def build_payload(profile: Any, output: Any, *, id: Optional[str] = None,
+def _profile_fields(profile: Any, profile_dir: Any, profile_archive: Any,
+                    lim: Limits) -> Tuple[str, Any]:
+    """The one profile field: a path, or the archive (given, or packed from profile_dir)."""
+    given = [n for n, v in (("profile", profile), ("profile_dir", profile_dir),
+                            ("profile_archive", profile_archive)) if v is not None]
+    if len(given) > 1:
+        raise JobRejected(given[0], "bad_value", f"{', '.join(given)}: give exactly one of them")
+    if not given:
+        raise JobRejected("profile", "missing_field", "profile: missing (a directory relative to "
+                          "builds_root; or give profile_dir or profile_archive)")
+    if profile is not None:
+        return "profile", _rel_path("profile", profile, lim)
+    if profile_dir is not None:
+        if not isinstance(profile_dir, (str, os.PathLike)):
+            raise JobRejected("profile_dir", "wrong_type",
+                              f"profile_dir: must be a path, not {type(profile_dir).__name__}")
+        from .pack import pack_profile_dir
+        return "profile_archive", pack_profile_dir(profile_dir)
+    if not isinstance(profile_archive, (bytes, bytearray, memoryview)):
+        raise JobRejected("profile_archive", "wrong_type",
+                          f"profile_archive: must be bytes (a tar archive), not {type(profile_archive).__name__}")
+    return "profile_archive", bytes(profile_archive)
+
+
+def _upload_field(upload: Any, headers: Optional[Mapping[str, str]]) -> Optional[Dict[str, Any]]:
+    """upload as job_encode() writes it: {url, headers} (headers always a map)."""
+    if upload is None:
+        if headers:
+            raise JobRejected("upload.headers", "bad_value", "upload.headers: given without upload")
+        return None
+    if not isinstance(upload, str):
+        raise JobRejected("upload.url", "wrong_type", f"upload.url: must be a string, not {type(upload).__name__}")
+    if headers is not None and not isinstance(headers, Mapping):
+        raise JobRejected("upload.headers", "wrong_type",
+                          f"upload.headers: must be a map of strings, not {type(headers).__name__}")
+    return {"url": upload, "headers": dict(headers or {})}
+
+
+def build_payload(profile: Any = None, output: Any = None, *, id: Optional[str] = None,
                   memory: Union[int, str, None] = None, cpus: Optional[float] = None,
                   timeout: Optional[float] = None, warning: Optional[float] = None,
                   image: Optional[str] = None, retries: int = 0,
                   meta: Optional[Mapping[str, Any]] = None,
                   source_date_epoch: Optional[int] = None, enqueued_at: Optional[float] = None,
+                  profile_dir: Union[str, "os.PathLike[str]", None] = None,
+                  profile_archive: Optional[bytes] = None, upload: Optional[str] = None,
+                  upload_headers: Optional[Mapping[str, str]] = None,
                   limits: Optional[Limits] = None) -> Tuple[str, bytes]:
     """(id, payload): the job map `enqueue submit` builds (job_encode()'s
     field order and types), checked with check_payload() before it is
     returned.  Limits not given are left out, so the worker's own defaults
-    apply.  Raises JobRejected naming the field."""
+    apply.  Exactly one of profile (a path on the workers), profile_dir (a
+    local directory, packed as `enqueue submit --profile-dir` packs it) and
+    profile_archive (a tar, optionally gzip'd or zstd'd) is given; output
+    may be left out when upload (the URL each artifact is PUT to, with
+    upload_headers on each PUT) is given.  Raises JobRejected naming the
+    field."""
     lim = limits or Limits()
     if id is None:
         id = new_id()
@@ -603,8 +746,16 @@ def build_payload(profile: Any, output: Any, *, id: Optional[str] = None,
     if not id_valid(id):
         raise JobRejected("id", "bad_id", f'id: "{id[:80]}" is not valid: it must match '
                           "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-    fields: List[Tuple[str, Any]] = [("id", id), ("profile", _rel_path("profile", profile, lim)),
-                                     ("output", _rel_path("output", output, lim))]
+    fields: List[Tuple[str, Any]] = [("id", id),
+                                     _profile_fields(profile, profile_dir, profile_archive, lim)]
+    up = _upload_field(upload, upload_headers)
+    if output is not None:
+        fields.append(("output", _rel_path("output", output, lim)))
+    elif up is None:
+        raise JobRejected("output", "missing_field", "output: missing (a directory relative to "
+                          "builds_root; only a job with upload may leave it out)")
+    if up is not None:
+        fields.append(("upload", up))
     if memory is not None:
         if isinstance(memory, str):
             try:
@@ -643,7 +794,7 @@ def build_payload(profile: Any, output: Any, *, id: Optional[str] = None,
         payload = pk.pack_map_header(len(fields)) + b"".join(
             pk.pack(k) + pk.pack(v) for k, v in fields)
     except (TypeError, ValueError, OverflowError) as e:
-        field = "meta" if meta is not None else "payload"
+        field = "meta" if meta is not None else "upload.headers" if upload_headers else "payload"
         raise JobRejected(field, "wrong_type", f"{field}: cannot be packed as msgpack: {e}") from None
     check_payload(payload, lim)
     return id, payload
