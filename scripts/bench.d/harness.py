@@ -362,7 +362,7 @@ class Bench:
         for i in range(0, len(ids), chunk):
             p = self.r.pipeline(transaction=False)
             for jid in ids[i:i + chunk]:
-                job = {"id": jid, "profile": "p", "output": "o", "source_date_epoch": 1700000000,
+                job = {"id": jid, "profile": "p", "output": f"o/{jid}", "source_date_epoch": 1700000000,
                        "enqueued_at": now, **fields}
                 p.hset(f"{{{ns}}}:job:{jid}", mapping={"state": "queued", "enqueued_at": now})
                 p.lpush(f"{{{ns}}}:queue", msgpack.packb(job))

@@ -34,7 +34,7 @@ def run_latency(b, reps, n=200):
             b.wait_blocked(1, [w])
             for k in range(n):
                 jid = f"l{k:05d}"
-                job = msgpack.packb({"id": jid, "profile": "p", "output": "o", "source_date_epoch": 1700000000})
+                job = msgpack.packb({"id": jid, "profile": "p", "output": f"o/{jid}", "source_date_epoch": 1700000000})
                 b.r.hset(f"{{{ns}}}:job:{jid}", "state", "queued")
                 b.wait_blocked(1, [w])
                 t0 = time.perf_counter()
