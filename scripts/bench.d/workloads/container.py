@@ -9,11 +9,18 @@ from harness import REPO, TEST_IMAGE, BenchError, children_of, cmdline, med
 from workloads import register
 
 
-def plain_argv(argv, ns, k, tmp):
-    """The worker's own `podman run` argv with this run's name, cidfile and labels."""
+def plain_argv(argv, ns, k, tmp, broot):
+    """The worker's own `podman run` argv with this run's name, cidfile and labels,
+    and the real directories where the worker bound its own mount points of them."""
     out = []
     for a in argv:
-        if a.startswith("--name="):
+        if a.startswith("--volume=") and a.endswith(":/build/profile:ro"):
+            a = f"--volume={broot / 'p'}:/build/profile:ro"
+        elif a.startswith("--volume=") and a.endswith(":/build/output:rw"):
+            o = broot / "o" / f"plain-{ns}-{k}"
+            o.mkdir(parents=True, exist_ok=True)
+            a = f"--volume={o}:/build/output:rw"
+        elif a.startswith("--name="):
             a = f"--name={ns}-plain-{k}"
         elif a.startswith("--cidfile="):
             a = f"--cidfile={tmp}/plain-{ns}-{k}.cid"
@@ -67,7 +74,7 @@ def run_container(b, reps, n=30):
                 return t1 - t0, res["duration"], argv
 
             def plain(k):
-                argv = plain_argv(captured, ns, k, b.tmp)
+                argv = plain_argv(captured, ns, k, b.tmp, b.broot)
                 t0 = time.perf_counter()
                 p = subprocess.run(argv, capture_output=True, env=env, timeout=120)
                 t1 = time.perf_counter()
