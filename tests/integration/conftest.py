@@ -244,3 +244,18 @@ def enqueue_bg(ini):
         for f in (p.stdout, p.stderr, p.stdin):
             if f is not None:
                 f.close()
+
+
+@pytest.fixture
+def procs():
+    """Popen objects registered here are stopped (by pid) at teardown."""
+    started = []
+    yield started
+    for p in reversed(started):
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()

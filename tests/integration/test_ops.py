@@ -50,21 +50,6 @@ def wait_for(pred, timeout, what, interval=0.1):
     raise AssertionError(f"timed out after {timeout * SLOW:.0f}s waiting for {what}")
 
 
-@pytest.fixture
-def procs():
-    """Popen objects registered here are killed (by pid) at teardown."""
-    started = []
-    yield started
-    for p in reversed(started):
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
 # ---------------------------------------------------------------- systemd unit
 
 def unit_settings(text):

@@ -23,21 +23,6 @@ PASSWORD = "hun@ter2/x"     # '@' and '/' in it, as the URL carries it unescaped
 PARTS = ("hun", "ter2")     # no part of it may show either
 
 
-@pytest.fixture
-def procs():
-    """Popen objects registered here are stopped (by pid) at teardown."""
-    started = []
-    yield started
-    for p in reversed(started):
-        if p.poll() is None:
-            p.terminate()
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-
-
 def assert_hidden(text, what):
     for part in PARTS:
         assert part not in text, f"{what} shows the password ({part!r}):\n{text}"
