@@ -28,9 +28,8 @@
  * never nest with a running output, so nothing a build does changes the
  * chain of parents (path_dir.chain) of any held directory, and a
  * candidate inside a running output finds that output among its parents
- * however the build moves it around.  The check is per worker process:
- * across processes the containment above still holds, but two workers on
- * one host may run overlapping jobs.
+ * however the build moves it around.  registry.c makes the same check
+ * against the other workers on this host that share builds_root.
  */
 #include <errno.h>
 #include <sched.h>
@@ -99,6 +98,10 @@ paths_take(struct job *j, char *err, size_t errlen)
 		if (paths_clash(p, &j->spec, h, err, errlen))
 			goto fail;
 	}
+	/* Then against the other workers on this host. */
+	if (registry_take(j->id, j->spec.profile != NULL ? &p->profile : NULL, j->spec.profile,
+	    j->spec.output != NULL ? &p->output : NULL, j->spec.output, &p->reg_handle, err, errlen) != 0)
+		goto fail;
 	if (j->spec.profile != NULL)
 		snprintf(j->profile_path, sizeof j->profile_path, "%s", p->profile.real);
 	if (j->spec.output != NULL) {
@@ -550,6 +553,8 @@ paths_release(struct job *j)
 		TAILQ_REMOVE(&held, p, entry);
 		p->held = false;
 	}
+	registry_drop(p->reg_handle);
+	p->reg_handle = 0;
 	path_close(&p->profile);
 	path_close(&p->output);
 }

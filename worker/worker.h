@@ -260,6 +260,7 @@ struct job_paths {
 	struct path_dir profile, output;
 	bool held;		/* on the worker's list */
 	bool staged;		/* bind-mounted at the two points below */
+	unsigned reg_handle;	/* its entries in the host's registry, or 0 */
 	char *stage_profile, *stage_output;	/* private mount points, for the runtime */
 	char collect_dir[40];	/* "/proc/self/fd/N" of the output */
 };
@@ -274,6 +275,19 @@ int paths_stage(struct job *j, struct sandbox_spec *s, char *err, size_t errlen)
 const char *paths_collect_dir(struct job *j);
 /* Unmount, close, forget; safe on a job that holds nothing. */
 void paths_release(struct job *j);
+
+/* --- registry.c: the directories held by every worker on this host --- */
+
+/*
+ * Check a job's named directories (NULL, or not open: none) against what
+ * the other workers on this host sharing builds_root hold, and record
+ * them under *handle; -1 with err naming the clash (a running job of the
+ * same namespace and id is its stale attempt, not a clash).
+ */
+int registry_take(const char *job_id, const struct path_dir *prof, const char *prof_name,
+    const struct path_dir *out, const char *out_name, unsigned *handle, char *err, size_t errlen);
+/* Forget what registry_take() recorded under handle (0: nothing). */
+void registry_drop(unsigned handle);
 
 /* --- archive.c: unpacking profile_archive safely --------------------- */
 

@@ -1,17 +1,23 @@
 """Path races and shared outputs (issue 10 item 2).
 
-1. Two jobs of one worker never share or nest an output, and a running
-   job's output is never another's profile (nor its profile another's
-   output): the second is refused with bad_path naming the running job, and
-   dead-lettered, never lost.  (exec mode: fast.)
+1. Two running jobs on one host never share or nest an output, and a
+   running job's output is never another's profile (nor its profile
+   another's output), whether the jobs are one worker's or two workers'
+   on the same builds_root: the second is refused with bad_path naming
+   the running job (and its worker), and dead-lettered, never lost.
+   (exec mode: fast.)
 2. A hostile build (customize_airootfs.sh in its profile) swaps OUT_DIR/sub
    and OUT_DIR/prof between a directory and a symlink to a canary directory
-   outside builds_root every 20 ms, while another worker runs 40 jobs with
+   outside builds_root every 20 ms: another worker refuses every job that
+   names anything inside that output.  Then the same toggler runs as a
+   host process nobody tracks, while another worker runs 40 jobs with
    output x/sub and 40 with profile x/prof.  Every one of them either runs
    inside builds_root or is refused with bad_path; the output canary stays
    empty and no build ever sees the profile canary's file.  (real podman.)
 """
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -39,18 +45,26 @@ def script(path, body):
     return str(path)
 
 
+def overlap_build(tmp_path, broot, slow_seconds):
+    """An exec build that fails with OVERLAP when another build runs in its
+    output, sleeping as long as its profile's `seconds`; profile "slow"
+    sleeps slow_seconds."""
+    make_profile(broot, "slow")
+    (broot / "slow" / "seconds").write_text(f"{slow_seconds}\n")
+    return script(tmp_path / "build.sh",
+                  'out="$DEBATE_OUTPUT"\n'
+                  f'echo $$ > "{tmp_path}/pid.$DEBATE_JOB_ID"\n'
+                  'if [ -e "$out/.running" ]; then echo "OVERLAP in $out" >&2; exit 9; fi\n'
+                  ': > "$out/.running"\n'
+                  'sleep "$(cat "$DEBATE_PROFILE/seconds" 2>/dev/null || echo 0)"\n'
+                  'rm -f "$out/.running"\n'
+                  'echo x > "$out/a.iso"\n')
+
+
 # ------------------------------------------------------------ 1. overlaps, one worker
 
 def test_overlapping_jobs_never_run_at_once(fleet, r, ns, broot, tmp_path):
-    cmd = script(tmp_path / "build.sh",
-                 'out="$DEBATE_OUTPUT"\n'
-                 'if [ -e "$out/.running" ]; then echo "OVERLAP in $out" >&2; exit 9; fi\n'
-                 ': > "$out/.running"\n'
-                 'sleep "$(cat "$DEBATE_PROFILE/seconds" 2>/dev/null || echo 0)"\n'
-                 'rm -f "$out/.running"\n'
-                 'echo x > "$out/a.iso"\n')
-    make_profile(broot, "slow")
-    (broot / "slow" / "seconds").write_text("4\n")
+    cmd = overlap_build(tmp_path, broot, slow_seconds=4)
     make_profile(broot, "p")
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"concurrency": 4})
 
@@ -90,6 +104,72 @@ def test_overlapping_jobs_never_run_at_once(fleet, r, ns, broot, tmp_path):
     assert wait_result(r, ns, again, 20)["status"] == "succeeded"
     assert "OVERLAP" not in w.log()
     assert w.alive()
+
+
+def test_overlap_check_covers_every_worker_on_the_host(fleet, r, ns, broot, tmp_path):
+    """Two worker processes on one builds_root: while worker 1 runs job A,
+    worker 2 refuses (bad_path, naming A and worker 1) every job whose
+    directories would nest with A's, and runs the ones beside it.  Once A
+    is over its output is free to worker 2.  A worker that is SIGKILLed
+    holds nothing: its registry file is dropped and its output is free."""
+    cmd = overlap_build(tmp_path, broot, slow_seconds=6)
+    make_profile(broot, "long")
+    (broot / "long" / "seconds").write_text("120\n")
+    make_profile(broot, "p")
+    sb = {"runtime": "exec", "command": cmd, "stop_grace": 1}
+    w1 = fleet.start(sandbox=sb, worker={"concurrency": 1}, queue={"max_attempts": 1})
+    w1_id = wid(w1)
+    a = submit(r, ns, profile="slow", output="o/a")
+    poll(lambda: state(r, ns, a) == "running", 20, "job A running on worker 1")
+    # Worker 1 is full: every job from here on is worker 2's.
+    w2 = fleet.start(sandbox=sb, worker={"concurrency": 4}, queue={"max_attempts": 1})
+    w2_id = wid(w2)
+    w2.wait_log(r"redis cmd: connected", 20)
+    elsewhere = f"(on worker {w1_id}, this host)"
+    refused = {
+        submit(r, ns, profile="p", output="o/a"): f"output: \"o/a\" overlaps running job {a}'s output {elsewhere}",
+        submit(r, ns, profile="p", output="o"): f"output: \"o\" overlaps running job {a}'s output {elsewhere}",
+        submit(r, ns, profile="p", output="o/a/sub"): f"overlaps running job {a}'s output {elsewhere}",
+        submit(r, ns, profile="o/a", output="o/e"): f"profile: \"o/a\" overlaps running job {a}'s output {elsewhere}",
+        submit(r, ns, profile="p", output="slow/x"): f"output: \"slow/x\" overlaps running job {a}'s profile {elsewhere}",
+    }
+    poll(lambda: all(state(r, ns, j) == "dead" for j in refused), 20, "the overlapping jobs refused")
+    beside = submit(r, ns, profile="slow", output="o/b")
+    poll(lambda: state(r, ns, beside) == "running", 20, "the sibling job running on worker 2 beside A")
+    assert state(r, ns, a) == "running", "A must still be running: the refusals came while it ran"
+    by_id = dead_by_id(r, ns)
+    for j, why in refused.items():
+        assert len(by_id.get(j, [])) == 1, (j, by_id.get(j))
+        d = by_id[j][0]
+        assert d["reason"] == "bad_path" and d["worker"] == w2_id, d
+        assert why in d["error"], (why, d["error"])
+        assert msgpack.unpackb(d["payload"])["id"] == j
+    for j, w in ((a, w1_id), (beside, w2_id)):
+        res = wait_result(r, ns, j, 30)
+        assert res["status"] == "succeeded" and res["worker"] == w, res
+    # A is over: its output is free to the other worker.
+    again = submit(r, ns, profile="p", output="o/a")
+    res = wait_result(r, ns, again, 20)
+    assert res["status"] == "succeeded" and res["worker"] == w2_id, res
+
+    # A worker killed with its job holds nothing any more.
+    c = submit(r, ns, profile="long", output="o/c")
+    poll(lambda: state(r, ns, c) == "running" and (tmp_path / f"pid.{c}").exists(), 20,
+         "job C running on worker 1")
+    assert r.hget(f"{{{ns}}}:job:{c}", "worker").decode() == w1_id
+    build_pid = int((tmp_path / f"pid.{c}").read_text())
+    held = broot / "jobs" / ".held"
+    assert len(list(held.iterdir())) == 2, list(held.iterdir())
+    w1.signal(signal.SIGKILL)
+    w1.wait(10)
+    os.kill(build_pid, signal.SIGKILL)
+    (broot / "o" / "c" / ".running").unlink()
+    d = submit(r, ns, profile="p", output="o/c")
+    res = wait_result(r, ns, d, 20)
+    assert res["status"] == "succeeded" and res["worker"] == w2_id, res
+    assert len(list(held.iterdir())) == 1, "the killed worker's registry file is still there"
+    assert "OVERLAP" not in w2.log() and "OVERLAP" not in w1.log()
+    assert w2.alive()
 
 
 # ------------------------------------------------------------ 2. the toggler, real podman
@@ -143,11 +223,54 @@ def test_toggling_build_cannot_redirect_later_jobs(fleet, r, ns, broot, tmp_path
     make_profile(broot, "v", seconds=0)
 
     hostile = fleet.start(podman, worker={"concurrency": 1})
+    hostile_id = wid(hostile)
     tog = submit(r, ns, profile="tog", output="x", timeout=300)
     poll(lambda: any(b"toggler: toggling" in (f.get(b"event") or b"")
                      for _, f in r.xrange(f"{{{ns}}}:log:{tog}")), 60, "the toggler toggling")
 
+    # While the hostile build runs, no job of another worker on this host
+    # may use anything inside its output at all.
     victims = fleet.start(podman, worker={"concurrency": 2})
+    early = {submit(r, ns, profile="v", output="x/sub"): "output: \"x/sub\"" for _ in range(3)}
+    early.update({submit(r, ns, profile="x/prof", output=f"pe/{i}"): "profile: \"x/prof\"" for i in range(3)})
+    poll(lambda: all(state(r, ns, j) == "dead" for j in early), 60, "the victims inside the build's output refused")
+    by_id = dead_by_id(r, ns)
+    for j, what in early.items():
+        (d,) = by_id[j]
+        assert d["reason"] == "bad_path", d
+        assert f"{what} overlaps running job {tog}'s output (on worker {hostile_id}, this host)" in d["error"], d
+    (broot / "x" / "stop").write_text("")
+    res_tog = wait_result(r, ns, tog, 60)
+    assert res_tog["status"] == "succeeded", res_tog
+    (broot / "x" / "stop").unlink()
+
+    # The same race against what no worker knows of (a build of another
+    # host on a shared builds_root, an operator's script): the toggler runs
+    # on this host as the test's own process.
+    for name in ("sub", "prof"):
+        if (broot / "x" / name).is_symlink():
+            (broot / "x" / name).unlink()
+    (broot / "x" / "sub").mkdir(exist_ok=True)
+    if not (broot / "x" / "prof").is_dir():
+        make_profile(broot / "x", "prof", seconds=0)
+    toggler = subprocess.Popen(
+        ["sh", "-c", TOGGLER.replace("{secs}", "150").replace("{canary_out}", str(canary_out))
+         .replace("{canary_prof}", str(canary_prof))],
+        env=dict(os.environ, OUT_DIR=str(broot / "x")), stdout=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        assert toggler.stdout.readline().strip() == "toggler: toggling"
+        run_victims(r, ns, broot, toggler, canary_out, canary_prof)
+    finally:
+        if toggler.poll() is None:
+            os.killpg(toggler.pid, signal.SIGKILL)
+        toggler.wait()
+    assert hostile.alive() and victims.alive()
+
+
+def run_victims(r, ns, broot, toggler, canary_out, canary_prof):
+    """Run N_VICTIMS jobs with output x/sub and N_VICTIMS with profile x/prof
+    while the toggler runs; check nothing reached the canaries."""
     # Keep the queue fed, a pair at a time, until N_VICTIMS of each kind have
     # run (a refusal takes no time, a run half a second: counting runs keeps
     # the dangerous case, a job that passed the check, at N_VICTIMS).
@@ -172,9 +295,9 @@ def test_toggling_build_cannot_redirect_later_jobs(fleet, r, ns, broot, tmp_path
     def settled():
         return all(state(r, ns, j) in ("succeeded", "failed", "error", "dead") for j in everyone)
     poll(settled, 60, "every victim job finished or refused")
-    assert state(r, ns, tog) == "running", "the toggler must have toggled all along"
+    assert toggler.poll() is None, "the toggler must have toggled all along"
     (broot / "x" / "stop").write_text("")
-    res_tog = wait_result(r, ns, tog, 60)
+    toggler.wait(10)
 
     # Nothing was written outside builds_root ...
     assert tree_has_no_outside_writes(canary_out) == [], "a job wrote outside builds_root"
@@ -209,9 +332,6 @@ def test_toggling_build_cannot_redirect_later_jobs(fleet, r, ns, broot, tmp_path
     # Each kind hit both states of the toggle: the race was really run.
     print(f"ran {ran}, refused {refused}")
     assert ran["out"] and refused["out"] and ran["prof"] and refused["prof"], (ran, refused)
-
-    assert res_tog["status"] == "succeeded", res_tog
-    assert hostile.alive() and victims.alive()
 
 
 # ------------------------------------------------------------ 3. docker, worker in its own mount namespace
