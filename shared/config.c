@@ -57,6 +57,7 @@ static const struct conf_key conf_keys[] = {
 	KI("worker", "profile_max_depth", profile_max_depth, 1, 1024),
 	K("worker", "upload_timeout", T_SECS, upload_timeout),
 	K("worker", "upload_retry_backoff", T_SECS, upload_retry_backoff),
+	K("worker", "upload_allow", T_LIST, upload_allow),
 	K("worker", "log_level", T_LEVEL, log_level),
 	K("worker", "metrics_listen", T_STR, metrics_listen),
 	KI("worker", "log_batch_lines", log_batch_lines, 1, 100000),
@@ -194,6 +195,32 @@ config_phases_clear(struct config *c)
 	c->nphases = 0;
 }
 
+/* Whether s is an upload_allow entry: host, host:port, [v6], [v6]:port, *.domain. */
+static bool
+config_host_ok(const char *s)
+{
+	const char *h = strncmp(s, "*.", 2) == 0 ? s + 2 : s, *end;
+	size_t n;
+
+	if (*h == '[') {
+		if ((end = strchr(h, ']')) == NULL || end == h + 1 || h != s ||
+		    strspn(h + 1, "0123456789abcdefABCDEF:.") != (size_t)(end - h - 1))
+			return false;
+		end++;
+	} else {
+		n = strspn(h, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-");
+		if (n == 0)
+			return false;
+		end = h + n;
+	}
+	if (*end == '\0')
+		return true;
+	if (*end != ':' || end[1] == '\0' || strspn(end + 1, "0123456789") != strlen(end + 1) ||
+	    strlen(end + 1) > 5 || atoi(end + 1) < 1 || atoi(end + 1) > 65535)
+		return false;
+	return true;
+}
+
 /* Store one value according to its key's type. */
 static int
 config_set(struct conf_parse *cp, const struct conf_key *k, const char *value)
@@ -255,12 +282,20 @@ config_set(struct conf_parse *cp, const struct conf_key *k, const char *value)
 			strv_push(&cp->seen, tag);
 		}
 		strv_split(&add, value, " \t");
-		for (size_t i = 0; i < add.n; i++)
+		for (size_t i = 0; i < add.n; i++) {
+			if (sv == &cp->c->upload_allow && !config_host_ok(add.v[i])) {
+				snprintf(e, sizeof e, "\"%s\" is not a host, host:port, [IPv6]:port or *.domain",
+				    add.v[i]);
+				strv_free(&add);
+				goto bad;
+			}
 			strv_push(sv, add.v[i]);
+		}
 		strv_free(&add);
 		return 0;
 	}
 	}
+bad:
 	snprintf(cp->err, sizeof cp->err, "%s: %s", k->name, e);
 	return -1;
 }

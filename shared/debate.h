@@ -167,6 +167,7 @@ struct config {
 	long profile_max_depth;
 	double upload_timeout;		/* total seconds for one job's uploads */
 	double upload_retry_backoff;	/* first wait between tries, doubled */
+	struct strv upload_allow;	/* hosts upload.url may name ("host", "host:port", "*.domain"); empty: any */
 	enum log_level log_level;
 	char *metrics_listen;		/* "host:port" or NULL */
 	long log_batch_lines;		/* lines per log event */

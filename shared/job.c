@@ -4,6 +4,7 @@
  * message naming the field, and nothing it accepts can name a path outside
  * builds_root, an image off the allow list, or limits over the maxima.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -222,12 +223,93 @@ job_token(const char *s, size_t n)
 }
 
 /*
+ * Whether the authority auth[0..n) (of an http/https URL: https says
+ * which) names a host upload_allow lets in.  With a list, the authority
+ * must be plain: userinfo of RFC 3986 characters, a host of letters,
+ * digits, dots and dashes or an [IPv6] literal, an optional port.
+ * Anything else (percent-escapes, backslashes...) is refused rather than
+ * guessed at, so libcurl cannot read another host out of it.
+ */
+static bool
+job_upload_host_ok(const struct config *c, const char *auth, size_t n, bool https, char *err, size_t errlen)
+{
+	const char *at = NULL, *host, *end = auth + n, *colon;
+	char hbuf[256];
+	size_t hlen;
+	long port;
+
+	if (c == NULL || c->upload_allow.n == 0)
+		return true;
+	for (const char *s = auth; s < end; s++)
+		if (*s == '@')
+			at = s;
+	if (at != NULL) {
+		for (const char *s = auth; s < at; s++)
+			if (!isalnum((unsigned char)*s) && strchr("-._~!$&'()*+,;=:%", *s) == NULL) {
+				snprintf(err, errlen, "upload.url: the userinfo holds a character upload_allow cannot check");
+				return false;
+			}
+		host = at + 1;
+	} else
+		host = auth;
+	if (*host == '[') {
+		colon = memchr(host, ']', (size_t)(end - host));
+		if (colon == NULL) {
+			snprintf(err, errlen, "upload.url: an IPv6 host without its ']'");
+			return false;
+		}
+		colon++;
+	} else
+		for (colon = host; colon < end && (isalnum((unsigned char)*colon) || *colon == '.' || *colon == '-'); colon++)
+			;
+	hlen = (size_t)(colon - host);
+	port = https ? 443 : 80;
+	if (colon < end) {
+		char *pe;
+		if (*colon != ':' || colon + 1 == end || (port = strtol(colon + 1, &pe, 10), pe != end) ||
+		    !isdigit((unsigned char)colon[1]) || port < 1 || port > 65535) {
+			snprintf(err, errlen, "upload.url: the host is not a plain host[:port] upload_allow can check");
+			return false;
+		}
+	}
+	if (hlen == 0 || hlen >= sizeof hbuf) {
+		snprintf(err, errlen, "upload.url: no host upload_allow can check");
+		return false;
+	}
+	memcpy(hbuf, host, hlen);
+	hbuf[hlen] = '\0';
+	for (size_t i = 0; i < c->upload_allow.n; i++) {
+		const char *a = c->upload_allow.v[i], *ac;
+		size_t alen;
+		long aport = -1;
+
+		/* "host:port" (the last colon outside brackets), "[v6]:port", else the host alone. */
+		ac = strrchr(a, ':');
+		if (ac != NULL && (a[0] != '[' || ac > strchr(a, ']'))) {
+			aport = strtol(ac + 1, NULL, 10);
+			alen = (size_t)(ac - a);
+		} else
+			alen = strlen(a);
+		if (aport >= 0 && aport != port)
+			continue;
+		if (alen > 2 && a[0] == '*' && a[1] == '.') {
+			/* "*.example.com": a subdomain, at any depth; not example.com itself */
+			if (hlen > alen - 1 && strncasecmp(hbuf + hlen - (alen - 1), a + 1, alen - 1) == 0)
+				return true;
+		} else if (hlen == alen && strncasecmp(hbuf, a, alen) == 0)
+			return true;
+	}
+	snprintf(err, errlen, "upload.url: host \"%.200s\" (port %ld) is not in the worker's upload_allow", hbuf, port);
+	return false;
+}
+
+/*
  * upload: {url: "http(s)://host/prefix/{name}", headers: {str: str}}.
  * Header values may be credentials: messages name the header, never
  * quote its value.  The headers the worker sets itself are refused.
  */
 static enum refusal
-job_upload(const msgpack_object *v, struct job_spec *js, char *err, size_t errlen)
+job_upload(const msgpack_object *v, const struct config *c, struct job_spec *js, char *err, size_t errlen)
 {
 	static const char *own[] = { "content-length", "content-digest", "transfer-encoding", "host",
 		"expect", "connection", "te", "upgrade", NULL };
@@ -262,6 +344,9 @@ job_upload(const msgpack_object *v, struct job_spec *js, char *err, size_t errle
 	if (hole == NULL && *path != '/')
 		REFUSE(REFUSE_VALUE, "upload.url: without {name}, the URL is a prefix and needs a path "
 		    "(\"https://host/\" at least)");
+	if (!job_upload_host_ok(c, auth, (size_t)(path - auth), tolower((unsigned char)js->upload_url[4]) == 's',
+	    err, errlen))
+		return REFUSE_VALUE;
 	if ((h = mp_get(v, "headers")) == NULL || h->type == MSGPACK_OBJECT_NIL)
 		return REFUSE_NONE;
 	if (h->type != MSGPACK_OBJECT_MAP)
@@ -325,7 +410,7 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 
 	if ((r = job_profile(o, c, js, err, errlen)))
 		return r;
-	if ((v = mp_get(o, "upload")) != NULL && (r = job_upload(v, js, err, errlen)))
+	if ((v = mp_get(o, "upload")) != NULL && (r = job_upload(v, c, js, err, errlen)))
 		return r;
 	/* Without output the worker makes one; only a job whose artifacts are uploaded may leave it out. */
 	if ((v = mp_get(o, "output")) == NULL && js->upload_url == NULL)

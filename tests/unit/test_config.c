@@ -424,6 +424,10 @@ static const struct bad_line bad_lines[] = {
 	    "concurrency: \"x\" is not an integer", "concurrency" },
 	{ "[worker]\nlog_level = loud\nnonsense\n", 2,
 	    "log_level: \"loud\" is not error, warning, notice, info or debug", "log_level" },
+	{ "[worker]\nupload_allow = up.example.com\n  up/evil\n", 3,
+	    "upload_allow: \"up/evil\" is not a host, host:port, [IPv6]:port or *.domain", "upload_allow" },
+	{ "[worker]\nupload_allow = up.example.com:0\n", 2,
+	    "upload_allow: \"up.example.com:0\" is not a host, host:port, [IPv6]:port or *.domain", "upload_allow" },
 	/* A syntax error before a bad key is still the first error. */
 	{ "[worker]\nnonsense\nbogus = 1\n", 2, "syntax error (expected [section] or name = value)", "syntax" },
 };

@@ -32,7 +32,7 @@ void worker_check_exit(void) {}
 
 static struct config conf;
 
-/* Pack a job map of n pairs given as (key, kind, value): kind 's' str, 'b' bin, 'm' upload map. */
+/* Pack a job map of n pairs given as (key, kind, value): kind 's' str, 'b' bin, 'u'/'m' upload map. */
 static void
 pack_job(msgpack_sbuffer *sb, int n, ...)
 {
@@ -53,6 +53,10 @@ pack_job(msgpack_sbuffer *sb, int n, ...)
 		else if (kind == 'b') {
 			msgpack_pack_bin(&pk, strlen(v));
 			msgpack_pack_bin_body(&pk, v, strlen(v));
+		} else if (kind == 'u') {
+			/* 'u': upload {url: v} */
+			msgpack_pack_map(&pk, 1);
+			mp_kv_str(&pk, "url", v);
 		} else {
 			/* 'm': upload {url: v, headers: {Authorization: "Bearer x"}} */
 			const char *hname = va_arg(ap, const char *);
@@ -72,6 +76,58 @@ decode(msgpack_sbuffer *sb, struct job_spec *js, char *err)
 	enum refusal r = job_decode(sb->data, sb->size, &conf, js, err, ERR_MAX);
 	msgpack_sbuffer_destroy(sb);
 	return r;
+}
+
+/* upload_allow: only the hosts (and ports) listed; nothing libcurl could read another host from. */
+static void
+test_decode_upload_allow(void **state)
+{
+	static const struct { const char *url; const char *why; } cases[] = {
+		{ "https://up.example.com/x/{name}", NULL },
+		{ "https://UP.Example.com:443/x/", NULL },
+		{ "http://up.example.com:8080/x/", NULL },	/* no port in the entry: any */
+		{ "https://a.b.store.example/x/", NULL },
+		{ "http://10.0.0.1:8080/up/{name}?sig=1", NULL },
+		{ "http://[::1]:9000/x/", NULL },
+		{ "https://user:pa%20ss@up.example.com/x/", NULL },
+		{ "https://evil.example/x/", "host \"evil.example\" (port 443) is not in the worker's upload_allow" },
+		{ "https://store.example/x/", "is not in the worker's upload_allow" },
+		{ "http://10.0.0.1/up/", "host \"10.0.0.1\" (port 80) is not" },
+		{ "http://[::1]/x/", "is not in the worker's upload_allow" },
+		{ "https://up.example.com@evil.example/x/", "host \"evil.example\"" },
+		{ "https://up.example.com.evil.example/x/", "is not in the worker's upload_allow" },
+		{ "https://evil.example\\@up.example.com/x/", "userinfo" },
+		{ "https://up.example.com%2e/x/", "not a plain host[:port]" },
+		{ "https://up.example.com:99999/x/", "not a plain host[:port]" },
+		{ "https://up.example.com:/x/", "not a plain host[:port]" },
+	};
+	msgpack_sbuffer sb;
+	struct job_spec js;
+	char err[ERR_MAX];
+
+	(void)state;
+	strv_push(&conf.upload_allow, "up.example.com");
+	strv_push(&conf.upload_allow, "*.store.example");
+	strv_push(&conf.upload_allow, "10.0.0.1:8080");
+	strv_push(&conf.upload_allow, "[::1]:9000");
+	for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+		pack_job(&sb, 3, "id", 's', "j1", "profile", 's', "p", "upload", 'u', cases[i].url);
+		err[0] = '\0';
+		if (cases[i].why == NULL) {
+			if (decode(&sb, &js, err) != REFUSE_NONE)
+				fail_msg("%s: refused: %s", cases[i].url, err);
+		} else {
+			assert_int_equal(decode(&sb, &js, err), REFUSE_VALUE);
+			if (strstr(err, cases[i].why) == NULL)
+				fail_msg("%s: \"%s\" does not say \"%s\"", cases[i].url, err, cases[i].why);
+		}
+		job_spec_free(&js);
+	}
+	strv_free(&conf.upload_allow);
+	/* Without a list, any host. */
+	pack_job(&sb, 3, "id", 's', "j1", "profile", 's', "p", "upload", 'u', "https://evil.example/x/");
+	assert_int_equal(decode(&sb, &js, err), REFUSE_NONE);
+	job_spec_free(&js);
 }
 
 /* The new fields: one of profile/profile_archive; output optional only with upload. */
@@ -449,6 +505,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_decode_fields),
 		cmocka_unit_test(test_decode_upload),
+		cmocka_unit_test(test_decode_upload_allow),
 		cmocka_unit_test_setup_teardown(test_unpack_good, setup_dirs, teardown_dirs),
 		cmocka_unit_test_setup_teardown(test_unpack_hostile, setup_dirs, teardown_dirs),
 		cmocka_unit_test_setup_teardown(test_unpack_caps, setup_dirs, teardown_dirs),
