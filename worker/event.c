@@ -13,7 +13,7 @@
 
 /* Start an event map: the common fields, then nfields of the type's own. */
 void
-event_begin(struct job *j, struct ev_pack *ep, const char *type, int nfields)
+event_begin(struct job *j, struct event_msg *ep, const char *type, int nfields)
 {
 	msgpack_sbuffer_init(&ep->sb);
 	msgpack_packer_init(&ep->pk, &ep->sb, msgpack_sbuffer_write);
@@ -89,7 +89,7 @@ event_emitted(redisReply *r, void *arg)
 
 /* Send the event in ep (and free its buffer). */
 void
-event_send(struct job *j, struct ev_pack *ep, const char *type, enum rq_kind kind, const char *phase)
+event_send(struct job *j, struct event_msg *ep, const char *type, enum rq_kind kind, const char *phase)
 {
 	char kjob[KEY_MAX], kprog[KEY_MAX], klog[KEY_MAX], seq[24], att[24], maxlen[24];
 	const char *args[14];

@@ -200,7 +200,7 @@ job_line(struct job *j, struct outstream *os, const char *line, size_t len)
 		j->tail.v[i] = xstrndup(line, len);
 	}
 	for (size_t i = (size_t)(j->phase + 1); i < c->nphases; i++) {
-		struct ev_pack ep;
+		struct event_msg ep;
 		if (memmem(line, len, c->phases[i].pattern, strlen(c->phases[i].pattern)) == NULL)
 			continue;
 		j->phase = (int)i;
@@ -373,7 +373,7 @@ static void
 job_warn_cb(EV_P_ ev_timer *w, int revents)
 {
 	struct job *j = w->data;
-	struct ev_pack ep;
+	struct event_msg ep;
 	char msg[160];
 	double el = now_mono() - j->started_mono;
 
@@ -441,7 +441,7 @@ static void
 job_stats_cb(EV_P_ ev_timer *w, int revents)
 {
 	struct job *j = w->data;
-	struct ev_pack ep;
+	struct event_msg ep;
 	uint64_t mem = 0;
 	double cpu = 0;
 
@@ -850,7 +850,7 @@ job_finish(struct job *j)
 	const char *args[24];
 	size_t lens[24];
 	msgpack_sbuffer res;
-	struct ev_pack fe, rq;
+	struct event_msg fe, rq;
 	int n = 0;
 
 	job_set_state(j, JOB_FINISHING);

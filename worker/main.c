@@ -227,7 +227,7 @@ worker_sweep_own(void)
 		return;
 	snprintf(label, sizeof label, "debate.worker=%s", wk->id);
 	sandbox_ps_argv(wk->conf, &wk->rt, label, &argv);
-	st = image_run(argv.v, &out, 65536);
+	st = proc_run_sync(argv.v, &out, 65536);
 	sandbox_name(wk->conf->namespace, "", prefix, sizeof prefix);
 	if (st == 0 && out != NULL) {
 		for (line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
@@ -235,7 +235,7 @@ worker_sweep_own(void)
 				continue;
 			log_notice("removing container %s left by an earlier run of %s", line, wk->id);
 			sandbox_rm_argv(wk->conf, &wk->rt, line, &argv);
-			image_run(argv.v, NULL, 0);
+			proc_run_sync(argv.v, NULL, 0);
 		}
 	}
 	free(out);

@@ -37,7 +37,7 @@ void
 output_flush(struct outstream *os)
 {
 	struct job *j = os->job;
-	struct ev_pack ep;
+	struct event_msg ep;
 
 	ev_timer_stop(EV_DEFAULT, &os->flush_timer);
 	if (os->batch_n == 0)

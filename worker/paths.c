@@ -152,7 +152,7 @@ paths_sudo(const char *const *args)
 	strv_push(&argv, "-n");
 	for (; *args != NULL; args++)
 		strv_push(&argv, *args);
-	st = image_run(argv.v, NULL, 0);
+	st = proc_run_sync(argv.v, NULL, 0);
 	strv_free(&argv);
 	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }

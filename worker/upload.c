@@ -117,7 +117,7 @@ static void
 upload_event(struct upload *u, uint64_t bytes, enum rq_kind kind)
 {
 	const struct artifact *a = collect_get(u->job->collect, u->cur);
-	struct ev_pack ep;
+	struct event_msg ep;
 
 	event_begin(u->job, &ep, "upload", 4);
 	mp_str(&ep.pk, "name");

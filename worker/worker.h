@@ -80,8 +80,6 @@ int image_ensure(const struct config *c, const struct runtime *rt, const char *i
     size_t errlen);
 /* runtime = auto: docker only when its daemon answers, else podman. */
 void image_pick_runtime(const struct config *c, struct runtime *rt);
-/* Run argv to completion (start-up and rare paths only); its exit status. */
-int image_run(char *const argv[], char **out, size_t outmax);
 
 /* --- spawn.c: children ------------------------------------------------ */
 
@@ -107,6 +105,8 @@ void defer_flush(void);
  */
 pid_t spawn(char *const argv[], char *const envp[], int *out_fd, int *err_fd, char *err,
     size_t errlen);
+/* Run argv to completion, blocking (start-up and rare paths only); its wait status. */
+int proc_run_sync(char *const argv[], char **out, size_t outmax);
 
 /* --- cgroup.c: memory and CPU of a running container ----------------- */
 
@@ -183,15 +183,15 @@ void script_call(struct rconn *rc, enum script_id id, enum rq_kind kind, rq_cb *
 
 /* --- event.c: building and sending events ---------------------------- */
 
-struct ev_pack {
+struct event_msg {
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
 };
 
 /* Start an event map with nfields type-specific fields to follow. */
-void event_begin(struct job *j, struct ev_pack *ep, const char *type, int nfields);
+void event_begin(struct job *j, struct event_msg *ep, const char *type, int nfields);
 /* Send it: PUBLISH progress (and events), XADD log, in one script. */
-void event_send(struct job *j, struct ev_pack *ep, const char *type, enum rq_kind kind,
+void event_send(struct job *j, struct event_msg *ep, const char *type, enum rq_kind kind,
     const char *phase);
 /* The started event, with placeholders the claim script fills. */
 void event_started(struct job *j, msgpack_sbuffer *sb, size_t *seq_off, size_t *att_off);
