@@ -91,34 +91,11 @@ event_emitted(redisReply *r, void *arg)
 void
 event_send(struct job *j, struct event_msg *ep, const char *type, enum rq_kind kind, const char *phase)
 {
-	char kjob[KEY_MAX], kprog[KEY_MAX], klog[KEY_MAX], seq[24], att[24], maxlen[24];
-	const char *args[14];
-	size_t lens[14];
-
-	keys_id(&wk->keys, "job", j->id, kjob, sizeof kjob);
-	keys_id(&wk->keys, "progress", j->id, kprog, sizeof kprog);
-	keys_id(&wk->keys, "log", j->id, klog, sizeof klog);
-	snprintf(seq, sizeof seq, "%llu", (unsigned long long)j->seq);
-	snprintf(att, sizeof att, "%ld", j->attempt);
-	snprintf(maxlen, sizeof maxlen, "%ld", wk->conf->log_maxlen);
-	args[0] = kjob;
-	args[1] = kprog;
-	args[2] = wk->keys.events;
-	args[3] = klog;
-	args[4] = wk->keys.cancel;
-	args[5] = wk->id;
-	args[6] = att;
-	args[7] = ep->sb.data;
-	args[8] = seq;
-	args[9] = type;
-	args[10] = maxlen;
-	args[11] = strcmp(type, "log") == 0 ? "0" : "1";
-	args[12] = phase ? phase : "";
-	args[13] = j->id;
-	for (int i = 0; i < 14; i++)
-		lens[i] = i == 7 ? ep->sb.size : strlen(args[i]);
 	j->emits++;
-	script_call(wk->cmd, SCRIPT_EMIT, kind, event_emitted, j, 5, 14, args, lens);
+	script_emit(&(struct script_emit) {
+	    .id = j->id, .attempt = j->attempt, .seq = j->seq, .type = type, .event = ep->sb.data,
+	    .event_len = ep->sb.size, .to_events = strcmp(type, "log") != 0, .phase = phase,
+	}, kind, event_emitted, j);
 	msgpack_sbuffer_destroy(&ep->sb);
 }
 

@@ -244,8 +244,7 @@ fetch_refused(redisReply *r, void *arg)
 void
 fetch_refuse(struct job *j, enum refusal r, const char *msg)
 {
-	char now[32], maxlen[24], deadmax[24], plen[24], kact[KEY_MAX], *prefix, clean[ERR_MAX];
-	const char *args[13];
+	char clean[ERR_MAX];
 
 	str_printable(clean, sizeof clean, msg);
 	msg = clean;
@@ -256,23 +255,9 @@ fetch_refuse(struct job *j, enum refusal r, const char *msg)
 	free(j->payload);
 	j->payload = NULL;
 
-	snprintf(now, sizeof now, "%.6f", now_real());
-	snprintf(maxlen, sizeof maxlen, "%ld", wk->conf->log_maxlen);
-	snprintf(deadmax, sizeof deadmax, "%ld", wk->conf->dead_maxlen);
-	snprintf(plen, sizeof plen, "%zu", j->payload_len);
-	args[0] = wk->keys.dead;
-	args[1] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);
-	args[2] = plen;
-	args[3] = j->payload_sha1;
-	args[4] = j->id;
-	args[5] = msg;
-	args[6] = prefix = xasprintf("{%s}:", wk->keys.ns);
-	args[7] = now;
-	args[8] = maxlen;
-	args[9] = refusal_name(r);
-	args[10] = wk->id;
-	args[11] = deadmax;
-	args[12] = r == REFUSE_TOO_LARGE ? j->payload_sha256 : "";
-	script_call(wk->cmd, SCRIPT_REFUSE, RQ_KEEP, fetch_refused, j, 2, 13, args, NULL);
-	free(prefix);
+	script_refuse(&(struct script_refuse) {
+	    .id = j->id, .payload_len = j->payload_len, .sha1 = j->payload_sha1,
+	    .sha256 = r == REFUSE_TOO_LARGE ? j->payload_sha256 : NULL, .error = msg,
+	    .reason = refusal_name(r), .now = now_real(),
+	}, fetch_refused, j);
 }

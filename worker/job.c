@@ -846,12 +846,8 @@ job_finished(redisReply *r, void *arg)
 static void
 job_finish(struct job *j)
 {
-	char k[9][KEY_MAX], att[24], seq[24], code[24], fin[32], ttl[24], maxlen[24], due[32];
-	const char *args[24];
-	size_t lens[24];
 	msgpack_sbuffer res;
 	struct event_msg fe, rq;
-	int n = 0;
 
 	job_set_state(j, JOB_FINISHING);
 	/*
@@ -876,51 +872,13 @@ job_finish(struct job *j)
 		msgpack_sbuffer_write(&fe.sb, res.data, res.size);
 		msgpack_sbuffer_init(&rq.sb);
 	}
-	keys_id(&wk->keys, "job", j->id, k[0], KEY_MAX);
-	keys_id(&wk->keys, "active", wk->id, k[1], KEY_MAX);
-	keys_id(&wk->keys, "result", j->id, k[3], KEY_MAX);
-	keys_id(&wk->keys, "progress", j->id, k[4], KEY_MAX);
-	keys_id(&wk->keys, "log", j->id, k[6], KEY_MAX);
-	args[n++] = k[0];
-	args[n++] = k[1];
-	args[n++] = wk->keys.results;
-	args[n++] = k[3];
-	args[n++] = k[4];
-	args[n++] = wk->keys.events;
-	args[n++] = k[6];
-	args[n++] = wk->keys.cancel;
-	args[n++] = wk->keys.delayed;
-	snprintf(att, sizeof att, "%ld", j->attempt);
-	snprintf(seq, sizeof seq, "%llu", (unsigned long long)j->seq);
-	snprintf(code, sizeof code, "%d", j->exit_code);
-	snprintf(fin, sizeof fin, "%.6f", j->finished_at);
-	snprintf(ttl, sizeof ttl, "%ld", wk->conf->result_ttl);
-	snprintf(maxlen, sizeof maxlen, "%ld", wk->conf->log_maxlen);
-	snprintf(due, sizeof due, "%.3f", j->retry_due);
-	args[n++] = wk->id;
-	args[n++] = att;
-	args[n++] = j->payload;
-	args[n++] = res.data;
-	args[n++] = fe.sb.data ? fe.sb.data : "";
-	args[n++] = seq;
-	args[n++] = status_name(j->status);
-	args[n++] = code;
-	args[n++] = fin;
-	args[n++] = j->error;
-	args[n++] = ttl;
-	args[n++] = maxlen;
-	args[n++] = j->id;
-	args[n++] = j->retry_due > 0 ? due : "0";
-	args[n++] = rq.sb.data ? rq.sb.data : "";
-	for (int i = 0; i < n; i++) {
-		if (i != 11 && i != 12 && i != 13 && i != 23)	/* binary ones below */
-			lens[i] = strlen(args[i]);
-	}
-	lens[11] = j->payload_len;
-	lens[12] = res.size;
-	lens[13] = fe.sb.size;
-	lens[23] = rq.sb.size;
-	script_call(wk->cmd, SCRIPT_FINISH, RQ_KEEP, job_finished, j, 9, n, args, lens);
+	script_finish(&(struct script_finish) {
+	    .id = j->id, .attempt = j->attempt, .payload = j->payload, .payload_len = j->payload_len,
+	    .result = res.data, .result_len = res.size, .finished = fe.sb.data, .finished_len = fe.sb.size,
+	    .seq = j->seq, .status = status_name(j->status), .exit_code = j->exit_code,
+	    .finished_at = j->finished_at, .error = j->error, .retry_due = j->retry_due,
+	    .requeued = rq.sb.data, .requeued_len = rq.sb.size,
+	}, job_finished, j);
 	msgpack_sbuffer_destroy(&res);
 	msgpack_sbuffer_destroy(&fe.sb);
 	msgpack_sbuffer_destroy(&rq.sb);
@@ -1086,10 +1044,7 @@ static void
 job_claim(struct job *j)
 {
 	const struct config *c = wk->conf;
-	char seqoff[24], attoff[24], maxlen[24], deadmax[24];
-	char kjob[KEY_MAX], kact[KEY_MAX], klog[KEY_MAX], kprog[KEY_MAX], now[32];
-	const char *args[15];
-	size_t lens[15], so, ao;
+	size_t so, ao;
 	msgpack_sbuffer started;
 
 	if (j->state == JOB_UNPACKING)
@@ -1107,29 +1062,10 @@ job_claim(struct job *j)
 	/* The claim script sends `started` itself, with the seq and attempt it decides. */
 	msgpack_sbuffer_init(&started);
 	event_started(j, &started, &so, &ao);
-	snprintf(now, sizeof now, "%.6f", now_real());
-	snprintf(seqoff, sizeof seqoff, "%zu", so);
-	snprintf(attoff, sizeof attoff, "%zu", ao);
-	snprintf(maxlen, sizeof maxlen, "%ld", c->log_maxlen);
-	snprintf(deadmax, sizeof deadmax, "%ld", c->dead_maxlen);
-	args[0] = keys_id(&wk->keys, "job", j->id, kjob, sizeof kjob);
-	args[1] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);
-	args[2] = wk->keys.cancel;
-	args[3] = keys_id(&wk->keys, "log", j->id, klog, sizeof klog);
-	args[4] = keys_id(&wk->keys, "progress", j->id, kprog, sizeof kprog);
-	args[5] = wk->keys.events;
-	args[6] = wk->id;
-	args[7] = j->payload;
-	args[8] = now;
-	args[9] = j->id;
-	args[10] = started.data;
-	args[11] = seqoff;
-	args[12] = attoff;
-	args[13] = maxlen;
-	args[14] = deadmax;
-	for (int i = 0; i < 15; i++)
-		lens[i] = i == 7 ? j->payload_len : i == 10 ? started.size : strlen(args[i]);
-	script_call(wk->cmd, SCRIPT_CLAIM, RQ_KEEP, job_claimed, j, 6, 15, args, lens);
+	script_claim(&(struct script_claim) {
+	    .id = j->id, .payload = j->payload, .payload_len = j->payload_len, .now = now_real(),
+	    .started = started.data, .started_len = started.size, .seq_off = so, .att_off = ao,
+	}, job_claimed, j);
 	msgpack_sbuffer_destroy(&started);
 }
 

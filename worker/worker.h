@@ -181,6 +181,85 @@ const char *script_sha(enum script_id id);
 void script_call(struct rconn *rc, enum script_id id, enum rq_kind kind, rq_cb *cb, void *arg,
     int nkeys, int nargs, const char **args, const size_t *lens);
 
+/*
+ * One typed call per script, each sent through the outbox of the command
+ * connection.  The fields are what the caller knows; the keys, the
+ * worker's id and the configured limits are filled in by scripts.c, in
+ * the KEYS/ARGV order of the script's worker/lua/ header.  Every pointer
+ * is borrowed for the call only.
+ */
+struct script_claim {
+	const char *id;
+	const char *payload;
+	size_t payload_len;
+	double now;		/* the claim's started_at */
+	const char *started;	/* the started event, with placeholders */
+	size_t started_len, seq_off, att_off;
+};
+void script_claim(const struct script_claim *c, rq_cb *cb, void *arg);
+
+struct script_emit {
+	const char *id;
+	long attempt;
+	uint64_t seq;
+	const char *type;
+	const char *event;	/* msgpack */
+	size_t event_len;
+	bool to_events;		/* also PUBLISH {ns}:events (all but log batches) */
+	const char *phase;	/* recorded in the job hash, or NULL */
+};
+void script_emit(const struct script_emit *e, enum rq_kind kind, rq_cb *cb, void *arg);
+
+struct script_finish {
+	const char *id;
+	long attempt;
+	const char *payload;
+	size_t payload_len;
+	const char *result;	/* msgpack */
+	size_t result_len;
+	const char *finished;	/* the finished event, or NULL for a retry */
+	size_t finished_len;
+	uint64_t seq;
+	const char *status;
+	int exit_code;
+	double finished_at;
+	const char *error;
+	double retry_due;	/* > 0: requeued for then instead of a result */
+	const char *requeued;	/* the requeued event of a retry, or NULL */
+	size_t requeued_len;
+};
+void script_finish(const struct script_finish *f, rq_cb *cb, void *arg);
+
+struct script_refuse {
+	const char *id;		/* "" when the payload had no valid one */
+	size_t payload_len;
+	const char *sha1;
+	const char *sha256;	/* over max_payload, else NULL */
+	const char *error;
+	const char *reason;
+	double now;
+};
+void script_refuse(const struct script_refuse *r, rq_cb *cb, void *arg);
+
+struct script_beat {
+	const char *mode;	/* the steps, see beat.lua */
+	const char *jobs;	/* running job ids, comma-separated */
+	size_t nrun;
+	uint64_t free_bytes;
+	bool disk_ok;
+	double now;
+	long ttl_ms;		/* the worker hash's expiry */
+};
+void script_beat(const struct script_beat *b, rq_cb *cb, void *arg);
+
+struct script_release {
+	bool all;		/* at exit: everything, and our heartbeat */
+	double now;
+	const char *const *held;	/* "<length>:<sha1>" of each payload we keep */
+	size_t nheld;
+};
+void script_release(const struct script_release *r, rq_cb *cb, void *arg);
+
 /* --- event.c: building and sending events ---------------------------- */
 
 struct event_msg {
