@@ -30,7 +30,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "worker.h"
+#include "job.h"
 
 #define COLLECT_CHUNK (1 << 20)	/* bytes read per idle call, at most */
 #define COLLECT_ENTRIES 64	/* directory entries handled per idle call, at most */

@@ -9,7 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker.h"
+#include "job.h"
 
 /* Start an event map: the common fields, then nfields of the type's own. */
 void
@@ -72,19 +72,33 @@ event_started(struct job *j, msgpack_sbuffer *sb, size_t *seq_off, size_t *att_o
 	}
 }
 
+static void (*event_answered)(struct job *, enum emit_answer);
+
+/* Where every emit's answer goes (job.c's). */
+void
+event_init(void (*answered)(struct job *j, enum emit_answer a))
+{
+	event_answered = answered;
+}
+
 /* The emit script's answer: lease lost, sent, or sent with a cancel asked. */
 static void
 event_emitted(redisReply *r, void *arg)
 {
 	struct job *j = arg;
+	enum emit_answer a = EMIT_SENT;
 
-	if (r != NULL && r->type == REDIS_REPLY_ERROR)
+	if (r == NULL)
+		a = EMIT_FAILED;	/* dropped at exit */
+	else if (r->type == REDIS_REPLY_ERROR) {
 		log_warn("job %s: event refused by Redis: %s", j->id, r->str);
-	else if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 0)
-		job_lease_lost(j);
-	else if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 2)
-		job_cancel_seen(j);
-	job_emit_answered(j);
+		a = EMIT_FAILED;
+	} else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+		a = EMIT_LEASE_LOST;
+	else if (r->type == REDIS_REPLY_INTEGER && r->integer == 2)
+		a = EMIT_CANCEL;
+	if (event_answered != NULL)
+		event_answered(j, a);
 }
 
 /* Send the event in ep (and free its buffer). */

@@ -45,7 +45,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "worker.h"
+#include "job.h"
 
 TAILQ_HEAD(held_list, job_paths);
 static struct held_list held = TAILQ_HEAD_INITIALIZER(held);

@@ -32,7 +32,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "worker.h"
+#include "job.h"
 
 #define UPLOAD_BACKOFF_MAX 30.0
 #define UPLOAD_EVENT_EVERY 1.0		/* seconds between upload events of a file */

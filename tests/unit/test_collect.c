@@ -16,7 +16,7 @@
 
 #include <cmocka.h>
 
-#include "worker.h"
+#include "job.h"
 #include "unit.h"
 
 struct worker *wk;
