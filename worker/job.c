@@ -116,6 +116,7 @@ job_init(const struct job_hooks *h)
 {
 	job_hooks = *h;
 	event_init(job_emitted);
+	collect_init(job_emitted);
 }
 
 /* Give the slot back so the fetch can ask for another job. */

@@ -327,6 +327,8 @@ struct artifact {
 };
 
 struct collect;
+/* polled(j, EMIT_CANCEL or EMIT_SENT) answers each cancel poll, as an event's answer. */
+void collect_init(void (*polled)(struct job *j, enum emit_answer a));
 /*
  * Start hashing dir's regular files (walked from fds, capped, with a
  * deadline) on an idle watcher; done() when finished, failed or cancelled.
