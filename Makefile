@@ -21,6 +21,12 @@ WARNINGS += -Wno-unknown-warning-option
 endif
 ALL_CFLAGS = -std=gnu11 -D_GNU_SOURCE -Ishared -I$(B)/gen $(WARNINGS) $(CFLAGS) $(SAN_CFLAGS)
 ALL_LDFLAGS = $(LDFLAGS) $(SAN_CFLAGS)
+# An illegal job state transition is fatal in the sanitizer builds (and
+# with STRICT_STATES=1), logged and refused otherwise (worker/job.c).
+STRICT_STATES ?= $(if $(SAN_CFLAGS),1,)
+ifeq ($(STRICT_STATES),1)
+ALL_CFLAGS += -DJOB_STRICT_STATES
+endif
 
 B ?= build
 SHARED_LIBS = -lmsgpackc -linih -lm

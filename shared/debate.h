@@ -222,6 +222,7 @@ const char *config_find(const char *given);
 
 struct keys {
 	char *ns;
+	char *prefix;		/* "{ns}:", which every key starts with */
 	char *queue;		/* {ns}:queue */
 	char *events;		/* {ns}:events */
 	char *results;		/* {ns}:results */

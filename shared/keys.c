@@ -12,6 +12,7 @@ void
 keys_init(struct keys *k, const char *ns)
 {
 	k->ns = xstrdup(ns);
+	k->prefix = xasprintf("{%s}:", ns);
 	k->queue = xasprintf("{%s}:queue", ns);
 	k->events = xasprintf("{%s}:events", ns);
 	k->results = xasprintf("{%s}:results", ns);
@@ -28,6 +29,7 @@ void
 keys_free(struct keys *k)
 {
 	free(k->ns);
+	free(k->prefix);
 	free(k->queue);
 	free(k->events);
 	free(k->results);
@@ -48,7 +50,7 @@ keys_free(struct keys *k)
 const char *
 keys_id(const struct keys *k, const char *kind, const char *id, char *buf, size_t len)
 {
-	const char *parts[] = { "{", k->ns, "}:", kind, ":", id };
+	const char *parts[] = { k->prefix, kind, ":", id };
 	size_t at = 0;
 
 	if (len == 0)

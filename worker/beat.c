@@ -9,7 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "worker.h"
+#include "job.h"
 
 static ev_timer beat_timer;
 
@@ -153,54 +153,14 @@ static void
 beat_script(const char *mode, const char *jobs, size_t nrun, uint64_t free_bytes, bool disk_ok,
     struct beat_sent *s)
 {
-	char kwork[KEY_MAX], korph[KEY_MAX], now[32], ttlms[24], reapms[24], maxatt[24], pid[24];
-	char started[32], conc[24], running[24], maxlen[24], ttl[24], deadmax[24], dfree[24], *prefix;
 	const struct config *c = wk->conf;
-	const char *args[26];
 
-	prefix = xasprintf("{%s}:", wk->keys.ns);
-	snprintf(now, sizeof now, "%.3f", now_real());
 	/* The hash outlives the beats between two refreshes; the reaper deletes a dead one's. */
-	snprintf(ttlms, sizeof ttlms, "%ld",
-	    (long)((c->heartbeat_ttl + (BEAT_REFRESH_EVERY + 1) * c->heartbeat_interval) * 1000));
-	snprintf(reapms, sizeof reapms, "%ld", (long)(c->reaper_interval * 1000));
-	snprintf(maxatt, sizeof maxatt, "%ld", c->max_attempts);
-	snprintf(pid, sizeof pid, "%d", (int)getpid());
-	snprintf(started, sizeof started, "%.3f", wk->started_at);
-	snprintf(conc, sizeof conc, "%ld", wk->slots);
-	snprintf(running, sizeof running, "%zu", nrun);
-	snprintf(maxlen, sizeof maxlen, "%ld", c->log_maxlen);
-	snprintf(ttl, sizeof ttl, "%.3f", c->heartbeat_ttl);
-	snprintf(deadmax, sizeof deadmax, "%ld", c->dead_maxlen);
-	args[0] = keys_id(&wk->keys, "worker", wk->id, kwork, sizeof kwork);
-	args[1] = wk->keys.workers;
-	args[2] = wk->keys.reaper_lock;
-	args[3] = wk->keys.delayed;
-	args[4] = wk->keys.queue;
-	args[5] = wk->keys.dead;
-	args[6] = keys_id(&wk->keys, "orphans", wk->host, korph, sizeof korph);
-	args[7] = wk->id;
-	args[8] = now;
-	args[9] = ttlms;
-	args[10] = reapms;
-	args[11] = prefix;
-	args[12] = maxatt;
-	args[13] = wk->host;
-	args[14] = pid;
-	args[15] = DEBATE_VERSION;
-	args[16] = started;
-	args[17] = conc;
-	args[18] = running;
-	args[19] = jobs;
-	args[20] = maxlen;
-	args[21] = ttl;
-	args[22] = deadmax;
-	args[23] = mode;
-	snprintf(dfree, sizeof dfree, "%llu", (unsigned long long)free_bytes);
-	args[24] = dfree;
-	args[25] = disk_ok ? "0" : "1";
-	script_call(wk->cmd, SCRIPT_BEAT, RQ_ONCE, beat_script_reply, s, 7, 26, args, NULL);
-	free(prefix);
+	script_beat(&(struct script_beat) {
+	    .mode = mode, .jobs = jobs, .nrun = nrun, .free_bytes = free_bytes, .disk_ok = disk_ok,
+	    .now = now_real(),
+	    .ttl_ms = (long)((c->heartbeat_ttl + (BEAT_REFRESH_EVERY + 1) * c->heartbeat_interval) * 1000),
+	}, beat_script_reply, s);
 }
 
 /*
@@ -316,47 +276,28 @@ beat_released(redisReply *r, void *arg)
 void
 beat_release(bool all, void (*done)(bool ok))
 {
-	char kact[KEY_MAX], kwork[KEY_MAX], now[32], maxlen[24], *prefix;
-	size_t n = 0, cap = 9;
 	struct release *rel;
-	const char **args;
-	size_t *lens;
+	char **held = NULL;
+	size_t n = 0;
 	struct job *j;
 
-	TAILQ_FOREACH(j, &wk->jobs, entry)
-		cap++;
-	args = xcalloc(cap, sizeof *args);
-	lens = xcalloc(cap, sizeof *lens);
-	prefix = xasprintf("{%s}:", wk->keys.ns);
-	snprintf(now, sizeof now, "%.3f", now_real());
-	snprintf(maxlen, sizeof maxlen, "%ld", wk->conf->log_maxlen);
-	args[n++] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);
-	args[n++] = wk->keys.queue;
-	args[n++] = keys_id(&wk->keys, "worker", wk->id, kwork, sizeof kwork);
-	args[n++] = wk->keys.workers;
-	args[n++] = prefix;
-	args[n++] = now;
-	args[n++] = maxlen;
-	args[n++] = all ? "drained" : "recovered";
-	args[n++] = all ? "1" : "0";
-	for (size_t i = 0; i < n; i++)
-		lens[i] = strlen(args[i]);
 	if (!all) {
 		/* What we hold, as "<length>:<sha1>": the payloads need not be sent. */
-		TAILQ_FOREACH(j, &wk->jobs, entry) {
-			args[n] = xasprintf("%zu:%s", j->payload_len, j->payload_sha1);
-			lens[n] = strlen(args[n]);
+		TAILQ_FOREACH(j, &wk->jobs, entry)
 			n++;
-		}
+		held = xcalloc(n + 1, sizeof *held);
+		n = 0;
+		TAILQ_FOREACH(j, &wk->jobs, entry)
+			held[n++] = xasprintf("%zu:%s", j->payload_len, j->payload_sha1);
 	}
 	rel = xmalloc(sizeof *rel);
 	rel->done = done;
-	script_call(wk->cmd, SCRIPT_RELEASE, RQ_KEEP, beat_released, rel, 4, (int)n, args, lens);
-	for (size_t i = 9; i < n; i++)
-		free((char *)(uintptr_t)args[i]);
-	free(prefix);
-	free(args);
-	free(lens);
+	script_release(&(struct script_release) {
+	    .all = all, .now = now_real(), .held = (const char *const *)held, .nheld = n,
+	}, beat_released, rel);
+	for (size_t i = 0; i < n; i++)
+		free(held[i]);
+	free(held);
 }
 
 /* One container ps listed for a dead worker: checked again, then removed by id. */

@@ -30,7 +30,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "worker.h"
+#include "job.h"
 
 #define COLLECT_CHUNK (1 << 20)	/* bytes read per idle call, at most */
 #define COLLECT_ENTRIES 64	/* directory entries handled per idle call, at most */
@@ -379,15 +379,24 @@ collect_deadline_cb(EV_P_ ev_timer *w, int revents)
 	collect_finish(co);
 }
 
+static void (*collect_polled)(struct job *, enum emit_answer);
+
+/* Where the cancel poll's answers go (job.c's, as an event's). */
+void
+collect_init(void (*polled)(struct job *j, enum emit_answer a))
+{
+	collect_polled = polled;
+}
+
 /* HEXISTS's answer: a cancel asked while we collect. */
 static void
 collect_poll_reply(redisReply *r, void *arg)
 {
 	struct job *j = arg;
+	bool cancel = r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1;
 
-	if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1)
-		job_cancel_seen(j);
-	job_emit_answered(j);
+	if (collect_polled != NULL)
+		collect_polled(j, cancel ? EMIT_CANCEL : EMIT_SENT);
 }
 
 /*

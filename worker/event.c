@@ -9,11 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker.h"
+#include "job.h"
 
 /* Start an event map: the common fields, then nfields of the type's own. */
 void
-event_begin(struct job *j, struct ev_pack *ep, const char *type, int nfields)
+event_begin(struct job *j, struct event_msg *ep, const char *type, int nfields)
 {
 	msgpack_sbuffer_init(&ep->sb);
 	msgpack_packer_init(&ep->pk, &ep->sb, msgpack_sbuffer_write);
@@ -72,53 +72,44 @@ event_started(struct job *j, msgpack_sbuffer *sb, size_t *seq_off, size_t *att_o
 	}
 }
 
+static void (*event_answered)(struct job *, enum emit_answer);
+
+/* Where every emit's answer goes (job.c's). */
+void
+event_init(void (*answered)(struct job *j, enum emit_answer a))
+{
+	event_answered = answered;
+}
+
 /* The emit script's answer: lease lost, sent, or sent with a cancel asked. */
 static void
 event_emitted(redisReply *r, void *arg)
 {
 	struct job *j = arg;
+	enum emit_answer a = EMIT_SENT;
 
-	if (r != NULL && r->type == REDIS_REPLY_ERROR)
+	if (r == NULL)
+		a = EMIT_FAILED;	/* dropped at exit */
+	else if (r->type == REDIS_REPLY_ERROR) {
 		log_warn("job %s: event refused by Redis: %s", j->id, r->str);
-	else if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 0)
-		job_lease_lost(j);
-	else if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 2)
-		job_cancel_seen(j);
-	job_emit_answered(j);
+		a = EMIT_FAILED;
+	} else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
+		a = EMIT_LEASE_LOST;
+	else if (r->type == REDIS_REPLY_INTEGER && r->integer == 2)
+		a = EMIT_CANCEL;
+	if (event_answered != NULL)
+		event_answered(j, a);
 }
 
 /* Send the event in ep (and free its buffer). */
 void
-event_send(struct job *j, struct ev_pack *ep, const char *type, enum rq_kind kind, const char *phase)
+event_send(struct job *j, struct event_msg *ep, const char *type, enum rq_kind kind, const char *phase)
 {
-	char kjob[KEY_MAX], kprog[KEY_MAX], klog[KEY_MAX], seq[24], att[24], maxlen[24];
-	const char *args[14];
-	size_t lens[14];
-
-	keys_id(&wk->keys, "job", j->id, kjob, sizeof kjob);
-	keys_id(&wk->keys, "progress", j->id, kprog, sizeof kprog);
-	keys_id(&wk->keys, "log", j->id, klog, sizeof klog);
-	snprintf(seq, sizeof seq, "%llu", (unsigned long long)j->seq);
-	snprintf(att, sizeof att, "%ld", j->attempt);
-	snprintf(maxlen, sizeof maxlen, "%ld", wk->conf->log_maxlen);
-	args[0] = kjob;
-	args[1] = kprog;
-	args[2] = wk->keys.events;
-	args[3] = klog;
-	args[4] = wk->keys.cancel;
-	args[5] = wk->id;
-	args[6] = att;
-	args[7] = ep->sb.data;
-	args[8] = seq;
-	args[9] = type;
-	args[10] = maxlen;
-	args[11] = strcmp(type, "log") == 0 ? "0" : "1";
-	args[12] = phase ? phase : "";
-	args[13] = j->id;
-	for (int i = 0; i < 14; i++)
-		lens[i] = i == 7 ? ep->sb.size : strlen(args[i]);
 	j->emits++;
-	script_call(wk->cmd, SCRIPT_EMIT, kind, event_emitted, j, 5, 14, args, lens);
+	script_emit(&(struct script_emit) {
+	    .id = j->id, .attempt = j->attempt, .seq = j->seq, .type = type, .event = ep->sb.data,
+	    .event_len = ep->sb.size, .to_events = strcmp(type, "log") != 0, .phase = phase,
+	}, kind, event_emitted, j);
 	msgpack_sbuffer_destroy(&ep->sb);
 }
 

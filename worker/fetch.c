@@ -17,7 +17,7 @@
 #include <sha1.h>
 #include <sha2.h>
 
-#include "worker.h"
+#include "job.h"
 
 #define FETCH_BLOCK_SECONDS "30"
 
@@ -25,6 +25,7 @@ static bool fetch_inflight;
 static bool fetch_recover_needed = true;
 static bool fetch_recovering;
 static ev_timer fetch_again_timer;	/* a failed release is tried again later */
+static void (*fetch_fetched)(const char *, size_t, const char *, const char *);
 
 /*
  * hiredis 0.14.1 reads a whole bulk reply into its read buffer before it
@@ -100,13 +101,13 @@ fetch_reply(redisAsyncContext *ac, void *reply, void *priv)
 	rconn_ok(wk->fetch);
 	if (r->type == REDIS_REPLY_STRING && fetch_big.pending) {
 		fetch_big.pending = false;
-		job_fetched(NULL, fetch_big.len, fetch_big.sha1, fetch_big.sha256);
+		fetch_fetched(NULL, fetch_big.len, fetch_big.sha1, fetch_big.sha256);
 	} else if (r->type == REDIS_REPLY_STRING && !outdir_disk_ok(NULL)) {
 		/* The disk filled while BLMOVE waited: the release puts it back for a worker with room. */
 		log_warn("fetch: builds_root is below min_free; putting the job back");
 		fetch_recover_later();
 	} else if (r->type == REDIS_REPLY_STRING)
-		job_fetched(r->str, r->len, NULL, NULL);
+		fetch_fetched(r->str, r->len, NULL, NULL);
 	fetch_kick();
 }
 
@@ -199,10 +200,11 @@ fetch_down(struct rconn *rc)
 	fetch_recover_needed = true;
 }
 
-/* Make and connect the fetch connection. */
+/* Make and connect the fetch connection; fetched gets each payload. */
 void
-fetch_init(void)
+fetch_init(void (*fetched)(const char *payload, size_t len, const char *sha1, const char *sha256))
 {
+	fetch_fetched = fetched;
 	ev_timer_init(&fetch_again_timer, fetch_again_cb, 0, 0);
 	wk->fetch = rconn_new("fetch", false, fetch_up, fetch_down);
 	rconn_start(wk->fetch);
@@ -220,19 +222,28 @@ fetch_stop(void)
 	fetch_inflight = false;
 }
 
+/* What a refusal waits for: its job, and whom to tell when Redis answered. */
+struct fetch_refusal {
+	struct job *job;
+	void (*done)(struct job *);
+};
+
 /* The refuse script is done: the payload is in the dead list. */
 static void
 fetch_refused(redisReply *r, void *arg)
 {
-	struct job *j = arg;
+	struct fetch_refusal *fr = arg;
+	struct job *j = fr->job;
+	void (*done)(struct job *) = fr->done;
 
+	free(fr);
 	if (r == NULL)
-		return;
+		return;	/* only at exit */
 	if (r->type == REDIS_REPLY_ERROR)
 		log_err("job %s: dead-lettering failed: %s", j->id[0] ? j->id : "?", r->str);
 	else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0)
 		log_info("job %s: the refused payload had left our active list already", j->id[0] ? j->id : "?");
-	job_done_refused(j);
+	done(j);
 }
 
 /*
@@ -242,37 +253,24 @@ fetch_refused(redisReply *r, void *arg)
  * bulk limit could not be, twice over), and the worker's copy goes now.
  */
 void
-fetch_refuse(struct job *j, enum refusal r, const char *msg)
+fetch_refuse(struct job *j, enum refusal r, const char *msg, void (*done)(struct job *))
 {
-	char now[32], maxlen[24], deadmax[24], plen[24], kact[KEY_MAX], *prefix, clean[ERR_MAX];
-	const char *args[13];
+	struct fetch_refusal *fr = xmalloc(sizeof *fr);
+	char clean[ERR_MAX];
 
+	fr->job = j;
+	fr->done = done;
 	str_printable(clean, sizeof clean, msg);
 	msg = clean;
 	wk->m.refused++;
 	log_warn("refused a job%s%s: %s: %s", j->id[0] ? " " : "", j->id, refusal_name(r), msg);
-	job_set_state(j, JOB_REFUSING);
 	snprintf(j->error, sizeof j->error, "%s", msg);
 	free(j->payload);
 	j->payload = NULL;
 
-	snprintf(now, sizeof now, "%.6f", now_real());
-	snprintf(maxlen, sizeof maxlen, "%ld", wk->conf->log_maxlen);
-	snprintf(deadmax, sizeof deadmax, "%ld", wk->conf->dead_maxlen);
-	snprintf(plen, sizeof plen, "%zu", j->payload_len);
-	args[0] = wk->keys.dead;
-	args[1] = keys_id(&wk->keys, "active", wk->id, kact, sizeof kact);
-	args[2] = plen;
-	args[3] = j->payload_sha1;
-	args[4] = j->id;
-	args[5] = msg;
-	args[6] = prefix = xasprintf("{%s}:", wk->keys.ns);
-	args[7] = now;
-	args[8] = maxlen;
-	args[9] = refusal_name(r);
-	args[10] = wk->id;
-	args[11] = deadmax;
-	args[12] = r == REFUSE_TOO_LARGE ? j->payload_sha256 : "";
-	script_call(wk->cmd, SCRIPT_REFUSE, RQ_KEEP, fetch_refused, j, 2, 13, args, NULL);
-	free(prefix);
+	script_refuse(&(struct script_refuse) {
+	    .id = j->id, .payload_len = j->payload_len, .sha1 = j->payload_sha1,
+	    .sha256 = r == REFUSE_TOO_LARGE ? j->payload_sha256 : NULL, .error = msg,
+	    .reason = refusal_name(r), .now = now_real(),
+	}, fetch_refused, fr);
 }

@@ -21,40 +21,6 @@
 #define IMAGE_LOCK "/run/lock/debate-image-build.lock"
 #define IMAGE_LOCK_FALLBACK "/tmp/debate-image-build.lock"
 
-/* Run argv to its end; collect up to outmax bytes of stdout+stderr. */
-int
-image_run(char *const argv[], char **out, size_t outmax)
-{
-	char err[ERR_MAX], buf[4096];
-	size_t len = 0;
-	int fd, status;
-	ssize_t n;
-	pid_t pid;
-
-	if ((pid = spawn(argv, NULL, &fd, NULL, err, sizeof err)) < 0) {
-		log_err("%s", err);
-		return 127 << 8;
-	}
-	if (out != NULL)
-		*out = xcalloc(1, outmax + 1);
-	fcntl(fd, F_SETFL, 0);	/* blocking: we wait for it here */
-	while ((n = read(fd, buf, sizeof buf)) != 0) {
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0)
-			break;
-		if (out != NULL && len < outmax) {
-			size_t k = (size_t)n < outmax - len ? (size_t)n : outmax - len;
-			memcpy(*out + len, buf, k);
-			len += k;
-		}
-	}
-	close(fd);
-	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
-		;
-	return status;
-}
-
 /*
  * With runtime = auto, docker comes first as in the old sandbox, but only
  * when its daemon answers: a docker client without a daemon falls back to
@@ -73,7 +39,7 @@ image_pick_runtime(const struct config *c, struct runtime *rt)
 	sandbox_base_argv(c, rt, &argv);
 	strv_push(&argv, "version");
 	strv_push(&argv, "--format={{.Server.Version}}");
-	st = image_run(argv.v, NULL, 0);
+	st = proc_run_sync(argv.v, NULL, 0);
 	strv_free(&argv);
 	if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
 		return;
@@ -101,7 +67,7 @@ image_exists(const struct config *c, const struct runtime *rt, const char *image
 	strv_push(&argv, "inspect");
 	strv_push(&argv, "--format={{.Id}}");
 	strv_push(&argv, image);
-	st = image_run(argv.v, NULL, 0);
+	st = proc_run_sync(argv.v, NULL, 0);
 	strv_free(&argv);
 	return WIFEXITED(st) && WEXITSTATUS(st) == 0;
 }
@@ -143,7 +109,7 @@ image_ensure(const struct config *c, const struct runtime *rt, const char *image
 	strv_push(&argv, "--file");
 	strv_push(&argv, c->containerfile);
 	strv_push(&argv, slash ? dir : ".");
-	st = image_run(argv.v, &out, 4096);
+	st = proc_run_sync(argv.v, &out, 4096);
 	strv_free(&argv);
 	free(dir);
 	if (lock >= 0)

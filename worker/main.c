@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "worker.h"
+#include "job.h"
 
 struct worker *wk;
 static struct worker worker_storage;
@@ -53,8 +53,8 @@ worker_exit_now(bool ok)
 	ev_break(EV_DEFAULT, EVBREAK_ALL);
 }
 
-/* A slot is free: ask for a job; tell systemd. */
-void
+/* A slot is free: ask for a job. */
+static void
 worker_slot_freed(void)
 {
 	fetch_kick();
@@ -65,7 +65,7 @@ worker_slot_freed(void)
  * state.  The payloads still in our active list then go back to the queue
  * and our heartbeat is removed, in one script; we exit when Redis says so.
  */
-void
+static void
 worker_check_exit(void)
 {
 	if (wk->once && wk->done > 0)
@@ -227,7 +227,7 @@ worker_sweep_own(void)
 		return;
 	snprintf(label, sizeof label, "debate.worker=%s", wk->id);
 	sandbox_ps_argv(wk->conf, &wk->rt, label, &argv);
-	st = image_run(argv.v, &out, 65536);
+	st = proc_run_sync(argv.v, &out, 65536);
 	sandbox_name(wk->conf->namespace, "", prefix, sizeof prefix);
 	if (st == 0 && out != NULL) {
 		for (line = strtok_r(out, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
@@ -235,7 +235,7 @@ worker_sweep_own(void)
 				continue;
 			log_notice("removing container %s left by an earlier run of %s", line, wk->id);
 			sandbox_rm_argv(wk->conf, &wk->rt, line, &argv);
-			image_run(argv.v, NULL, 0);
+			proc_run_sync(argv.v, NULL, 0);
 		}
 	}
 	free(out);
@@ -381,7 +381,8 @@ main(int argc, char **argv)
 	}
 	wk->cmd = rconn_new("cmd", true, cmd_up, NULL);
 	rconn_start(wk->cmd);
-	fetch_init();
+	job_init(&(struct job_hooks) { .slot_freed = worker_slot_freed, .job_gone = worker_check_exit });
+	fetch_init(job_fetched);
 	beat_init();
 
 	ev_run(wk->loop, 0);

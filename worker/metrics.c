@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "worker.h"
+#include "job.h"
 
 static struct {
 	__typeof__(&MHD_start_daemon) start_daemon;

@@ -21,7 +21,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "worker.h"
+#include "job.h"
 
 /* The batch timer: the oldest line waited long enough. */
 static void
@@ -37,7 +37,7 @@ void
 output_flush(struct outstream *os)
 {
 	struct job *j = os->job;
-	struct ev_pack ep;
+	struct event_msg ep;
 
 	ev_timer_stop(EV_DEFAULT, &os->flush_timer);
 	if (os->batch_n == 0)
@@ -70,7 +70,7 @@ output_line(struct outstream *os, const char *line, size_t len)
 {
 	struct job *j = os->job;
 
-	job_line(j, os, line, len);
+	os->on_line(j, os, line, len);
 	if (wk->conf->log_max_lines > 0 && j->lines_sent >= (uint64_t)wk->conf->log_max_lines) {
 		j->lines_dropped++;
 		j->dropped_unreported++;
@@ -172,7 +172,7 @@ output_read_cb(EV_P_ ev_io *w, int revents)
 	(void)revents;
 	if (output_drain(os)) {
 		output_end(os);
-		job_pipe_closed(os->job);
+		os->on_eof(os->job);
 	}
 }
 
@@ -190,12 +190,15 @@ output_abandon(struct outstream *os)
 	output_end(os);
 }
 
-/* Prepare a stream on fd (which may be -1: then it is at EOF already). */
+/* Prepare a stream on fd (which may be -1: then it is at EOF already), telling j through the callbacks. */
 void
-output_init(struct outstream *os, struct job *j, const char *name, int fd)
+output_init(struct outstream *os, struct job *j, const char *name, int fd, output_line_cb *on_line,
+    output_eof_cb *on_eof)
 {
 	os->job = j;
 	os->name = name;
+	os->on_line = on_line;
+	os->on_eof = on_eof;
 	os->fd = fd;
 	os->eof = fd < 0;
 	os->len = 0;

@@ -44,7 +44,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "worker.h"
+#include "job.h"
 
 TAILQ_HEAD(held_list, job_paths);
 static struct held_list held = TAILQ_HEAD_INITIALIZER(held);
@@ -155,7 +155,7 @@ paths_sudo(const char *const *args)
 	strv_push(&argv, "-n");
 	for (; *args != NULL; args++)
 		strv_push(&argv, *args);
-	st = image_run(argv.v, NULL, 0);
+	st = proc_run_sync(argv.v, NULL, 0);
 	strv_free(&argv);
 	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -1;
 }

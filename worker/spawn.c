@@ -15,6 +15,7 @@
 #include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "worker.h"
@@ -345,4 +346,38 @@ void
 proc_run(char *const argv[], proc_done_cb *done, void *arg)
 {
 	proc_run_timeout(argv, PROC_TIMEOUT, done, arg);
+}
+
+/* Run argv to its end, blocking; collect up to outmax bytes of its stdout. */
+int
+proc_run_sync(char *const argv[], char **out, size_t outmax)
+{
+	char err[ERR_MAX], buf[4096];
+	size_t len = 0;
+	int fd, status;
+	ssize_t n;
+	pid_t pid;
+
+	if ((pid = spawn(argv, NULL, &fd, NULL, err, sizeof err)) < 0) {
+		log_err("%s", err);
+		return 127 << 8;
+	}
+	if (out != NULL)
+		*out = xcalloc(1, outmax + 1);
+	fcntl(fd, F_SETFL, 0);	/* blocking: we wait for it here */
+	while ((n = read(fd, buf, sizeof buf)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			break;
+		if (out != NULL && len < outmax) {
+			size_t k = (size_t)n < outmax - len ? (size_t)n : outmax - len;
+			memcpy(*out + len, buf, k);
+			len += k;
+		}
+	}
+	close(fd);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	return status;
 }

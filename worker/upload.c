@@ -32,7 +32,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "worker.h"
+#include "job.h"
 
 #define UPLOAD_BACKOFF_MAX 30.0
 #define UPLOAD_EVENT_EVERY 1.0		/* seconds between upload events of a file */
@@ -117,7 +117,7 @@ static void
 upload_event(struct upload *u, uint64_t bytes, enum rq_kind kind)
 {
 	const struct artifact *a = collect_get(u->job->collect, u->cur);
-	struct ev_pack ep;
+	struct event_msg ep;
 
 	event_begin(u->job, &ep, "upload", 4);
 	mp_str(&ep.pk, "name");

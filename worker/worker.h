@@ -80,8 +80,6 @@ int image_ensure(const struct config *c, const struct runtime *rt, const char *i
     size_t errlen);
 /* runtime = auto: docker only when its daemon answers, else podman. */
 void image_pick_runtime(const struct config *c, struct runtime *rt);
-/* Run argv to completion (start-up and rare paths only); its exit status. */
-int image_run(char *const argv[], char **out, size_t outmax);
 
 /* --- spawn.c: children ------------------------------------------------ */
 
@@ -107,6 +105,8 @@ void defer_flush(void);
  */
 pid_t spawn(char *const argv[], char *const envp[], int *out_fd, int *err_fd, char *err,
     size_t errlen);
+/* Run argv to completion, blocking (start-up and rare paths only); its wait status. */
+int proc_run_sync(char *const argv[], char **out, size_t outmax);
 
 /* --- cgroup.c: memory and CPU of a running container ----------------- */
 
@@ -181,17 +181,101 @@ const char *script_sha(enum script_id id);
 void script_call(struct rconn *rc, enum script_id id, enum rq_kind kind, rq_cb *cb, void *arg,
     int nkeys, int nargs, const char **args, const size_t *lens);
 
+/*
+ * One typed call per script, each sent through the outbox of the command
+ * connection.  The fields are what the caller knows; the keys, the
+ * worker's id and the configured limits are filled in by scripts.c, in
+ * the KEYS/ARGV order of the script's worker/lua/ header.  Every pointer
+ * is borrowed for the call only.
+ */
+struct script_claim {
+	const char *id;
+	const char *payload;
+	size_t payload_len;
+	double now;		/* the claim's started_at */
+	const char *started;	/* the started event, with placeholders */
+	size_t started_len, seq_off, att_off;
+};
+void script_claim(const struct script_claim *c, rq_cb *cb, void *arg);
+
+struct script_emit {
+	const char *id;
+	long attempt;
+	uint64_t seq;
+	const char *type;
+	const char *event;	/* msgpack */
+	size_t event_len;
+	bool to_events;		/* also PUBLISH {ns}:events (all but log batches) */
+	const char *phase;	/* recorded in the job hash, or NULL */
+};
+void script_emit(const struct script_emit *e, enum rq_kind kind, rq_cb *cb, void *arg);
+
+struct script_finish {
+	const char *id;
+	long attempt;
+	const char *payload;
+	size_t payload_len;
+	const char *result;	/* msgpack */
+	size_t result_len;
+	const char *finished;	/* the finished event, or NULL for a retry */
+	size_t finished_len;
+	uint64_t seq;
+	const char *status;
+	int exit_code;
+	double finished_at;
+	const char *error;
+	double retry_due;	/* > 0: requeued for then instead of a result */
+	const char *requeued;	/* the requeued event of a retry, or NULL */
+	size_t requeued_len;
+};
+void script_finish(const struct script_finish *f, rq_cb *cb, void *arg);
+
+struct script_refuse {
+	const char *id;		/* "" when the payload had no valid one */
+	size_t payload_len;
+	const char *sha1;
+	const char *sha256;	/* over max_payload, else NULL */
+	const char *error;
+	const char *reason;
+	double now;
+};
+void script_refuse(const struct script_refuse *r, rq_cb *cb, void *arg);
+
+struct script_beat {
+	const char *mode;	/* the steps, see beat.lua */
+	const char *jobs;	/* running job ids, comma-separated */
+	size_t nrun;
+	uint64_t free_bytes;
+	bool disk_ok;
+	double now;
+	long ttl_ms;		/* the worker hash's expiry */
+};
+void script_beat(const struct script_beat *b, rq_cb *cb, void *arg);
+
+struct script_release {
+	bool all;		/* at exit: everything, and our heartbeat */
+	double now;
+	const char *const *held;	/* "<length>:<sha1>" of each payload we keep */
+	size_t nheld;
+};
+void script_release(const struct script_release *r, rq_cb *cb, void *arg);
+
 /* --- event.c: building and sending events ---------------------------- */
 
-struct ev_pack {
+/* What the emit script answered (or that it was dropped or refused). */
+enum emit_answer { EMIT_SENT, EMIT_FAILED, EMIT_LEASE_LOST, EMIT_CANCEL };
+/* answered(j, a) for every event sent, once, when it is answered or dropped. */
+void event_init(void (*answered)(struct job *j, enum emit_answer a));
+
+struct event_msg {
 	msgpack_sbuffer sb;
 	msgpack_packer pk;
 };
 
 /* Start an event map with nfields type-specific fields to follow. */
-void event_begin(struct job *j, struct ev_pack *ep, const char *type, int nfields);
+void event_begin(struct job *j, struct event_msg *ep, const char *type, int nfields);
 /* Send it: PUBLISH progress (and events), XADD log, in one script. */
-void event_send(struct job *j, struct ev_pack *ep, const char *type, enum rq_kind kind,
+void event_send(struct job *j, struct event_msg *ep, const char *type, enum rq_kind kind,
     const char *phase);
 /* The started event, with placeholders the claim script fills. */
 void event_started(struct job *j, msgpack_sbuffer *sb, size_t *seq_off, size_t *att_off);
@@ -200,12 +284,20 @@ void event_result(struct job *j, msgpack_sbuffer *sb);
 
 /* --- output.c: the build's stdout/stderr ----------------------------- */
 
+struct outstream;
+
 #define LINE_MAX_BYTES 8192
 #define OUT_BUF (64 * 1024)
+
+/* What a stream tells its job: each whole line (valid UTF-8), and its EOF. */
+typedef void output_line_cb(struct job *j, struct outstream *os, const char *line, size_t len);
+typedef void output_eof_cb(struct job *j);
 
 struct outstream {
 	struct job *job;
 	const char *name;	/* "stdout" or "stderr" */
+	output_line_cb *on_line;
+	output_eof_cb *on_eof;
 	ev_io io;
 	int fd;
 	bool eof;
@@ -218,10 +310,11 @@ struct outstream {
 	ev_timer flush_timer;
 };
 
-void output_init(struct outstream *os, struct job *j, const char *name, int fd);
+void output_init(struct outstream *os, struct job *j, const char *name, int fd, output_line_cb *on_line,
+    output_eof_cb *on_eof);
 void output_start(struct outstream *os);
 void output_flush(struct outstream *os);
-/* End the stream now, as at EOF, with what is readable (no job_pipe_closed). */
+/* End the stream now, as at EOF, with what is readable (on_eof is not called). */
 void output_abandon(struct outstream *os);
 void output_close(struct outstream *os);
 
@@ -234,6 +327,8 @@ struct artifact {
 };
 
 struct collect;
+/* polled(j, EMIT_CANCEL or EMIT_SENT) answers each cancel poll, as an event's answer. */
+void collect_init(void (*polled)(struct job *j, enum emit_answer a));
 /*
  * Start hashing dir's regular files (walked from fds, capped, with a
  * deadline) on an idle watcher; done() when finished, failed or cancelled.
@@ -349,106 +444,45 @@ char *upload_display(const char *url);
 /* base64 of the sha256 given in hex, for Content-Digest (pure); -1 if hex is not one. */
 int upload_digest_b64(const char *hex, char *out, size_t outlen);
 
-/* --- job.c: one build from fetch to result --------------------------- */
-
-enum job_state {
-	JOB_UNPACKING,	/* profile_archive being unpacked, before the claim */
-	JOB_CLAIMING,	/* claim script in flight */
-	JOB_STARTING,	/* resolving paths, spawning */
-	JOB_RUNNING,	/* child alive */
-	JOB_STOPPING,	/* timeout, cancel or drain: stop sent */
-	JOB_COLLECTING,	/* child reaped and pipes at EOF: hashing artifacts */
-	JOB_UPLOADING,	/* PUTting the artifacts to upload.url */
-	JOB_FINISHING,	/* finish script in flight */
-	JOB_REFUSING,	/* dead-letter script in flight */
-	JOB_DONE,	/* nothing left; freed from the loop */
-};
+/* --- outcome.c: how a build ended (pure) ----------------------------- */
 
 enum stop_reason { STOP_NONE, STOP_TIMEOUT, STOP_CANCEL, STOP_DRAIN, STOP_LEASE };
 
-struct job {
-	TAILQ_ENTRY(job) entry;
-	enum job_state state;
-	char *payload;		/* the exact bytes in our active list; NULL when over max_payload */
-	size_t payload_len;
-	char payload_sha1[41];	/* how release and refuse find it in our active list */
-	char payload_sha256[65];	/* over max_payload: what its dead letter keeps */
-	struct job_spec spec;
-	char id[ID_MAX + 1];	/* spec.id, or "" while unknown */
-	long attempt;
-	uint64_t seq;		/* last event seq sent */
-	double started_at, finished_at, started_mono;
+/*
+ * Exit status, flags and signals to one status, and into err the message
+ * the result records (pure, unit tested).  memory and timeout are the
+ * job's limits, which the OOM and timeout messages name.
+ */
+enum status outcome_decide(enum rt_kind rt, int wstatus, bool oom, enum stop_reason stop, uint64_t memory,
+    double timeout, int *exit_code, char *err, size_t errlen);
+/* Append the runtime's own complaint from the tail ring (its last "Error" line) to err (pure). */
+void outcome_detail(char *err, size_t errlen, const struct strv *tail, size_t next);
 
-	/* the child */
-	pid_t pid;
-	ev_child child;
-	bool reaped;
-	int wstatus;
-	struct outstream out, err;
-	char cidfile[256];
-	char cname[ID_MAX + 128];
-	char profile_path[4096], output_path[4096];
-	struct job_paths paths;	/* the held profile and output */
-
-	bool profile_owned, output_owned;	/* made by the worker: removed by it */
-	int profile_fd;		/* the unpack's directory, or -1 */
-	struct unpack *unpack;
-	struct upload *upload;
-
-	ev_timer warn_timer, timeout_timer, stats_timer, cid_timer, kill_timer;
-	ev_io oom_io;
-	struct cgroup cg;
-	bool cg_found;
-	bool oom;
-	enum stop_reason stop;
-	int kills;		/* stop stages done (job_kill_cb) */
-	double cpus_clamped_from;
-
-	/* output bookkeeping */
-	struct strv tail;	/* ring of the last lines */
-	size_t tail_next;
-	uint64_t lines_sent, lines_dropped, dropped_unreported;
-	int phase;		/* index in conf->phases, -1 before the first */
-
-	/* the outcome */
-	enum status status;
-	int exit_code;
-	char error[ERR_MAX];
-	struct collect *collect;
-	double retry_due;	/* > 0: retried at that time instead of a result */
-	bool lease_lost;
-	bool has_slot;
-	bool conflict_retried;	/* exit 125 checked for a name conflict once */
-	char cid[80];		/* our container's id, once the cidfile had it */
-	bool no_container;	/* stopped between a conflict's runs: nothing of ours to rm */
-	bool container_dirty;	/* the container may outlive the client: rm -f */
-	unsigned emits;		/* emit scripts (and collect.c cancel polls) not answered yet */
-};
+/* --- job.c: one build from fetch to result (struct job: job.h) -------- */
 
 TAILQ_HEAD(jobs, job);
 
+/* What the job module tells the rest of the worker (main.c registers them). */
+struct job_hooks {
+	void (*slot_freed)(void);	/* a job gave its slot back: fetch again */
+	void (*job_gone)(void);		/* a job is over and off the list: perhaps exit */
+};
+
+void job_init(const struct job_hooks *h);
 /* A payload BLMOVE gave us; NULL (with its hashes) when it was over max_payload. */
 void job_fetched(const char *payload, size_t len, const char *sha1, const char *sha256);
-void job_set_state(struct job *j, enum job_state s);
-const char *job_state_name(enum job_state s);
-/* Exit status, flags and signals to one status (pure, unit tested). */
-enum status job_outcome(enum rt_kind rt, int wstatus, bool oom, enum stop_reason stop,
-    int *exit_code, char *err, size_t errlen);
+/* Stop a running build (or abandon its upload) for why; nothing when it does not run. */
 void job_stop(struct job *j, enum stop_reason why);
-void job_line(struct job *j, struct outstream *os, const char *line, size_t len);
-void job_pipe_closed(struct job *j);
-void job_lease_lost(struct job *j);
-void job_cancel_seen(struct job *j);
-void job_done_refused(struct job *j);
-void job_emit_answered(struct job *j);
 
 /* --- fetch.c: BLMOVE, refusal and the release of held jobs ----------- */
 
-void fetch_init(void);
+/* fetched gets each payload BLMOVE brings (as job_fetched). */
+void fetch_init(void (*fetched)(const char *payload, size_t len, const char *sha1, const char *sha256));
 void fetch_kick(void);
 void fetch_recover_later(void);
 void fetch_stop(void);
-void fetch_refuse(struct job *j, enum refusal r, const char *msg);
+/* Dead-letter j's payload for r, msg; done(j) once Redis answered. */
+void fetch_refuse(struct job *j, enum refusal r, const char *msg, void (*done)(struct job *));
 
 /* --- beat.c: heartbeat, reaper, orphans, graceful stop --------------- */
 
@@ -507,8 +541,5 @@ struct worker {
 };
 
 extern struct worker *wk;
-
-void worker_slot_freed(void);
-void worker_check_exit(void);
 
 #endif

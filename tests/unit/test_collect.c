@@ -16,30 +16,14 @@
 
 #include <cmocka.h>
 
-#include "worker.h"
+#include "job.h"
 #include "unit.h"
 
 struct worker *wk;
 
 static int collected;
 
-/* Stand-ins for job.c and rconn.c: the cancel poll needs Redis (wk->cmd is NULL here). */
-void
-job_cancel_seen(struct job *j)
-{
-	(void)j;
-	fail();
-}
-
-/* Not called: no poll without a connection. */
-void
-job_emit_answered(struct job *j)
-{
-	(void)j;
-	fail();
-}
-
-/* Not called either. */
+/* A stand-in for rconn.c: the cancel poll needs Redis (wk->cmd is NULL here). */
 void
 rconn_send(struct rconn *rc, enum rq_kind kind, rq_cb *cb, void *arg, int argc, const char **argv,
     const size_t *argvlen)

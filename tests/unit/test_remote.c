@@ -25,8 +25,6 @@
 
 /* What main.c defines, for the worker objects the upload helpers pull in. */
 struct worker *wk;
-void worker_slot_freed(void) {}
-void worker_check_exit(void) {}
 
 /* ---- job_decode ------------------------------------------------------- */
 

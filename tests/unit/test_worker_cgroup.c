@@ -20,8 +20,6 @@
 #include "worker.h"
 
 struct worker *wk;
-void worker_slot_freed(void) {}
-void worker_check_exit(void) {}
 
 #define CID "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 

@@ -16,8 +16,6 @@
 
 /* The unit tests link the worker's modules without main.c. */
 struct worker *wk;
-void worker_slot_freed(void) {}
-void worker_check_exit(void) {}
 
 static struct sandbox_spec spec = {
 	.ns = "debate", .job_id = "job-1", .worker_id = "host-7", .attempt = 2, .expires = 1700003600,
@@ -337,6 +335,8 @@ test_reply_classes(void **state)
 
 /* A wait status for exit code n. */
 #define EXITED(n) ((n) << 8)
+/* The memory limit the OOM message names. */
+#define MEM (512ULL << 20)
 
 /* Every branch of the exit status to outcome mapping. */
 static void
@@ -346,25 +346,30 @@ test_outcome(void **state)
 	int code;
 
 	(void)state;
-	assert_int_equal(job_outcome(RT_PODMAN, EXITED(0), false, STOP_NONE, &code, err, sizeof err), ST_SUCCEEDED);
+	assert_int_equal(outcome_decide(RT_PODMAN, EXITED(0), false, STOP_NONE, MEM, 30, &code, err, sizeof err), ST_SUCCEEDED);
 	assert_int_equal(code, 0);
 	assert_string_equal(err, "");
-	assert_int_equal(job_outcome(RT_PODMAN, EXITED(3), false, STOP_NONE, &code, err, sizeof err), ST_FAILED);
+	assert_int_equal(outcome_decide(RT_PODMAN, EXITED(3), false, STOP_NONE, MEM, 30, &code, err, sizeof err), ST_FAILED);
 	assert_int_equal(code, 3);
 	assert_non_null(strstr(err, "code 3"));
 	/* mkarchiso exits 1 after the kernel killed a step: still an OOM kill. */
-	assert_int_equal(job_outcome(RT_PODMAN, EXITED(1), true, STOP_NONE, &code, err, sizeof err), ST_OOM_KILLED);
-	assert_int_equal(job_outcome(RT_DOCKER, EXITED(137), true, STOP_NONE, &code, err, sizeof err), ST_OOM_KILLED);
+	assert_int_equal(outcome_decide(RT_PODMAN, EXITED(1), true, STOP_NONE, MEM, 30, &code, err, sizeof err), ST_OOM_KILLED);
+	/* The message is the one the result records, limit and all (job_end adds nothing). */
+	assert_string_equal(err, "the kernel killed a process of the build for memory (limit 512.0 MiB)");
+	assert_int_equal(outcome_decide(RT_DOCKER, EXITED(137), true, STOP_NONE, MEM, 30, &code, err, sizeof err), ST_OOM_KILLED);
 	/* A stop we asked for wins over what it caused. */
-	assert_int_equal(job_outcome(RT_PODMAN, EXITED(137), false, STOP_TIMEOUT, &code, err, sizeof err), ST_TIMED_OUT);
-	assert_int_equal(job_outcome(RT_PODMAN, EXITED(137), true, STOP_CANCEL, &code, err, sizeof err), ST_CANCELLED);
-	assert_int_equal(job_outcome(RT_PODMAN, EXITED(125), false, STOP_NONE, &code, err, sizeof err), ST_ERROR);
+	assert_int_equal(outcome_decide(RT_PODMAN, EXITED(137), false, STOP_TIMEOUT, MEM, 30, &code, err, sizeof err), ST_TIMED_OUT);
+	assert_string_equal(err, "stopped after its timeout of 30 s");
+	assert_int_equal(outcome_decide(RT_PODMAN, EXITED(137), false, STOP_TIMEOUT, MEM, 2.5, &code, err, sizeof err), ST_TIMED_OUT);
+	assert_string_equal(err, "stopped after its timeout of 2.5 s");
+	assert_int_equal(outcome_decide(RT_PODMAN, EXITED(137), true, STOP_CANCEL, MEM, 30, &code, err, sizeof err), ST_CANCELLED);
+	assert_int_equal(outcome_decide(RT_PODMAN, EXITED(125), false, STOP_NONE, MEM, 30, &code, err, sizeof err), ST_ERROR);
 	assert_non_null(strstr(err, "125"));
-	assert_int_equal(job_outcome(RT_EXEC, EXITED(125), false, STOP_NONE, &code, err, sizeof err), ST_FAILED);
-	assert_int_equal(job_outcome(RT_DOCKER, EXITED(127), false, STOP_NONE, &code, err, sizeof err), ST_ERROR);
-	assert_int_equal(job_outcome(RT_EXEC, SIGKILL, false, STOP_NONE, &code, err, sizeof err), ST_FAILED);
+	assert_int_equal(outcome_decide(RT_EXEC, EXITED(125), false, STOP_NONE, MEM, 30, &code, err, sizeof err), ST_FAILED);
+	assert_int_equal(outcome_decide(RT_DOCKER, EXITED(127), false, STOP_NONE, MEM, 30, &code, err, sizeof err), ST_ERROR);
+	assert_int_equal(outcome_decide(RT_EXEC, SIGKILL, false, STOP_NONE, MEM, 30, &code, err, sizeof err), ST_FAILED);
 	assert_int_equal(code, -1);
-	assert_int_equal(job_outcome(RT_PODMAN, SIGKILL, false, STOP_NONE, &code, err, sizeof err), ST_ERROR);
+	assert_int_equal(outcome_decide(RT_PODMAN, SIGKILL, false, STOP_NONE, MEM, 30, &code, err, sizeof err), ST_ERROR);
 	assert_non_null(strstr(err, "signal 9"));
 }
 

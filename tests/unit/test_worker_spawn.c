@@ -18,8 +18,6 @@
 #include "worker.h"
 
 struct worker *wk;
-void worker_slot_freed(void) {}
-void worker_check_exit(void) {}
 
 struct got {
 	int calls;
