@@ -23,7 +23,7 @@ struct worker *wk;
 
 static int collected;
 
-/* Stand-ins for job.c and rconn.c: the cancel poll needs Redis (wk->cmd is NULL here). */
+/* Stand-ins for job.c and rconnqueue.c: the cancel poll needs Redis (wk->cmd is NULL here). */
 void
 job_cancel_seen(struct job *j)
 {
