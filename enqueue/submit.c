@@ -372,7 +372,7 @@ submit_main(int argc, char **argv)
 		print_json_end(&jb);
 	}
 	if (a.follow)
-		rc = follow_job(id, a.wait_timeout);
+		rc = watch_job(id, a.wait_timeout);
 	else if (a.wait)
 		rc = submit_wait(id, a.wait_timeout);
 	return rc;
