@@ -87,16 +87,21 @@ $(B)/gen/enqueue_lua.h: $(ENQUEUE_LUA_SRC) scripts/lua2c.awk
 # A header edit rebuilds exactly what includes it.  On the first build no
 # .d exists yet, so the generated headers are order-only prerequisites:
 # made before anything compiles, without making every object depend on them.
+# An object whose .d is missing (a build tree from before, a .d deleted) is
+# compiled again: the .d is a prerequisite with an empty rule.  The touch
+# keeps each object newer than its .d.
 DEPFLAGS = -MMD -MP -MF $@.d -MT $@
--include $(wildcard $(B)/shared/*.o.d $(B)/worker/*.o.d $(B)/enqueue/*.o.d $(B)/tests/*.o.d)
+DEPFILES = $(SHARED_OBJ:=.d) $(WORKER_OBJ:=.d) $(ENQUEUE_OBJ:=.d) $(UNIT_OBJ:=.d)
+$(DEPFILES):
+-include $(wildcard $(DEPFILES))
 
 $(WORKER_OBJ): | $(B)/gen/worker_lua.h
 $(ENQUEUE_OBJ): | $(B)/gen/enqueue_lua.h
 
-$(B)/%.o: %.c
+$(B)/%.o: %.c $(B)/%.o.d
 	@mkdir -p $(dir $@)
 	$(say) CC $<
-	$(Q)$(CC) $(ALL_CFLAGS) $(DEPFLAGS) -c $< -o $@
+	$(Q)$(CC) $(ALL_CFLAGS) $(DEPFLAGS) -c $< -o $@ && touch $@
 
 # rm first: ar would keep the members of sources that were renamed or removed.
 $(B)/libshared.a: $(SHARED_OBJ)
@@ -121,10 +126,10 @@ $(B)/libworker.a: $(WORKER_LIB_OBJ)
 # A test's object depends on the headers it reads (its .d), its program
 # on the archives: a worker change relinks the tests, a header compiles
 # only the tests that include it.
-$(UNIT_OBJ): $(B)/tests/%.o: tests/unit/%.c
+$(UNIT_OBJ): $(B)/tests/%.o: tests/unit/%.c $(B)/tests/%.o.d
 	@mkdir -p $(dir $@)
 	$(say) CC $<
-	$(Q)$(CC) $(ALL_CFLAGS) -Iworker $(DEPFLAGS) -c $< -o $@
+	$(Q)$(CC) $(ALL_CFLAGS) -Iworker $(DEPFLAGS) -c $< -o $@ && touch $@
 
 $(UNIT_BIN): $(B)/tests/%: $(B)/tests/%.o $(B)/libworker.a $(B)/libshared.a
 	$(say) LD $@
