@@ -44,6 +44,7 @@ UNIT_SRC = $(wildcard tests/unit/test_*.c)
 SHARED_OBJ = $(SHARED_SRC:%.c=$(B)/%.o)
 WORKER_OBJ = $(WORKER_SRC:%.c=$(B)/%.o)
 ENQUEUE_OBJ = $(ENQUEUE_SRC:%.c=$(B)/%.o)
+UNIT_OBJ = $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%.o)
 UNIT_BIN = $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
 
 ifeq ($(B),build)
@@ -86,16 +87,31 @@ $(B)/gen/enqueue_lua.h: $(ENQUEUE_LUA_SRC) scripts/lua2c.awk
 	$(say) GEN $@
 	$(Q)awk -f scripts/lua2c.awk $(ENQUEUE_LUA_SRC) > $@.tmp && mv $@.tmp $@
 
-$(WORKER_OBJ): $(B)/gen/worker_lua.h
-$(ENQUEUE_OBJ): $(B)/gen/enqueue_lua.h
+# Header dependencies: each compile writes a .d file next to its output
+# (-MMD: the headers it read, the generated Lua headers included; -MP: a
+# phony target per header, so a header that is gone does not stop make).
+# A header edit rebuilds exactly what includes it.  On the first build no
+# .d exists yet, so the generated headers are order-only prerequisites:
+# made before anything compiles, without making every object depend on them.
+# An object whose .d is missing (a build tree from before, a .d deleted) is
+# compiled again: the .d is a prerequisite with an empty rule.  The touch
+# keeps each object newer than its .d.
+DEPFLAGS = -MMD -MP -MF $@.d -MT $@
+DEPFILES = $(SHARED_OBJ:=.d) $(WORKER_OBJ:=.d) $(ENQUEUE_OBJ:=.d) $(UNIT_OBJ:=.d)
+$(DEPFILES):
+-include $(wildcard $(DEPFILES))
 
-$(B)/%.o: %.c shared/debate.h $(wildcard worker/*.h) $(wildcard enqueue/*.h)
+$(WORKER_OBJ): | $(B)/gen/worker_lua.h
+$(ENQUEUE_OBJ): | $(B)/gen/enqueue_lua.h
+
+$(B)/%.o: %.c $(B)/%.o.d
 	@mkdir -p $(dir $@)
 	$(say) CC $<
-	$(Q)$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(Q)$(CC) $(ALL_CFLAGS) $(DEPFLAGS) -c $< -o $@ && touch $@
 
+# rm first: ar would keep the members of sources that were renamed or removed.
 $(B)/libshared.a: $(SHARED_OBJ)
-	$(Q)$(AR) rcs $@ $^
+	$(Q)rm -f $@ && $(AR) rcs $@ $^
 
 $(WORKER_BIN): $(WORKER_OBJ) $(B)/libshared.a
 	@mkdir -p $(dir $@)
@@ -111,12 +127,19 @@ $(ENQUEUE_BIN): $(ENQUEUE_OBJ) $(B)/libshared.a
 # of the worker's objects without main(): only what a test uses is pulled.
 WORKER_LIB_OBJ = $(filter-out $(B)/worker/main.o,$(WORKER_OBJ))
 $(B)/libworker.a: $(WORKER_LIB_OBJ)
-	$(Q)$(AR) rcs $@ $^
+	$(Q)rm -f $@ && $(AR) rcs $@ $^
 
-$(B)/tests/test_%: tests/unit/test_%.c tests/unit/unit.h $(B)/libworker.a $(B)/libshared.a
+# A test's object depends on the headers it reads (its .d), its program
+# on the archives: a worker change relinks the tests, a header compiles
+# only the tests that include it.
+$(UNIT_OBJ): $(B)/tests/%.o: tests/unit/%.c $(B)/tests/%.o.d
 	@mkdir -p $(dir $@)
 	$(say) CC $<
-	$(Q)$(CC) $(ALL_CFLAGS) -Iworker $(ALL_LDFLAGS) -o $@ $< $(B)/libworker.a $(B)/libshared.a \
+	$(Q)$(CC) $(ALL_CFLAGS) -Iworker $(DEPFLAGS) -c $< -o $@ && touch $@
+
+$(UNIT_BIN): $(B)/tests/%: $(B)/tests/%.o $(B)/libworker.a $(B)/libshared.a
+	$(say) LD $@
+	$(Q)$(CC) $(ALL_LDFLAGS) -o $@ $< $(B)/libworker.a $(B)/libshared.a \
 		-lcmocka -larchive $(WORKER_LIBS) $(SHARED_LIBS)
 
 deps:
@@ -178,8 +201,8 @@ install: all docs
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSCONFDIR)/debate \
 		$(DESTDIR)$(DATADIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(MANDIR)/man1 \
 		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
-	install -m 755 worker/worker $(DESTDIR)$(SBINDIR)/debate-worker
-	install -m 755 enqueue/enqueue $(DESTDIR)$(BINDIR)/enqueue
+	install -m 755 $(WORKER_BIN) $(DESTDIR)$(SBINDIR)/debate-worker
+	install -m 755 $(ENQUEUE_BIN) $(DESTDIR)$(BINDIR)/enqueue
 	test -e $(DESTDIR)$(SYSCONFDIR)/debate/worker.ini || \
 		install -m 640 worker.ini $(DESTDIR)$(SYSCONFDIR)/debate/worker.ini
 	install -m 644 scripts/Containerfile $(DESTDIR)$(DATADIR)/Containerfile
@@ -201,12 +224,23 @@ uninstall:
 format:
 	clang-format -i shared/*.[ch] worker/*.[ch] enqueue/*.[ch] tests/unit/*.c
 
+# C (cppcheck), Lua (luac5.1 -p: each worker script as it is sent, after
+# prelude.lua) and Python (pyflakes: the client, the tests, the scripts;
+# pyflakes also reads the files without .py that start with a python #!).
+LINT_PY = shared/python tests scripts
+
 lint:
 	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	for f in $(WORKER_LUA_SRC); do \
 		cat worker/lua/prelude.lua $$f > $$tmp/$$(basename $$f); luac5.1 -p $$tmp/$$(basename $$f); done; \
 	for f in $(ENQUEUE_LUA_SRC); do luac5.1 -p $$f; done
-	cppcheck --quiet --error-exitcode=1 --enable=warning,portability -Ishared shared worker enqueue
+	@# cppcheck reads no system header: it is given sys/queue.h, so that it
+	@# knows TAILQ_FOREACH; config.c stores a value through a pointer to its
+	@# field cast by the field's type, on purpose.
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability -Ishared \
+		--include="$$(echo '#include <sys/queue.h>' | $(CC) -M -xc - | tr ' \\' '\n\n' | grep 'sys/queue\.h$$')" \
+		--suppress=invalidPointerCast:shared/config.c shared worker enqueue
+	$(PY) -m pyflakes $(LINT_PY)
 
 clean:
 	rm -rf build worker/worker enqueue/enqueue $(MANPAGES)

@@ -77,6 +77,8 @@ void enq_usage(const char *cmd, const char *fmt, ...) __attribute__((format(prin
 void enq_catch_signals(void);
 /* A job id argument: valid or exit 2. */
 const char *enq_job_id(const char *cmd, const char *s);
+/* The one job id a command takes (its only argument): valid or exit 2. */
+const char *enq_one_id(int argc, char **argv, const char *cmd);
 
 /* --- redis.c: connecting and talking to Redis ------------------------ */
 
@@ -157,28 +159,56 @@ bool print_unpack(const char *buf, size_t len, msgpack_unpacked *out);
 
 int submit_main(int argc, char **argv);
 
-/* --- follow.c: submit --follow, enqueue watch ------------------------ */
+/* --- watch.c: enqueue watch, submit --follow ----------------------- */
 
-int follow_job(const char *id, double timeout);
-int follow_watch(int argc, char **argv);
+int watch_job(const char *id, double timeout);
+int watch_main(int argc, char **argv);
 
-/* --- show.c: status, queue, cancel, logs ----------------------------- */
+/* --- status.c: enqueue status ---------------------------------------- */
 
-int show_status(int argc, char **argv);
-int show_queue(int argc, char **argv);
-int show_cancel(int argc, char **argv);
-int show_logs(int argc, char **argv);
+int status_main(int argc, char **argv);
+
+/* --- queue.c: enqueue queue ------------------------------------------ */
+
+int queue_main(int argc, char **argv);
+
+/* --- cancel.c: enqueue cancel ---------------------------------------- */
+
+int cancel_main(int argc, char **argv);
+
+/* --- logs.c: enqueue logs, the stream replay ------------------------- */
+
+int logs_main(int argc, char **argv);
 /* Replay {ns}:log:<id> through p (which skips seqs seen); events read. */
-size_t show_replay(struct printer *p, const char *id);
+size_t logs_replay(struct printer *p, const char *id);
 
-/* --- dead.c: enqueue dead, enqueue retry-dead ------------------------ */
+/* --- dead.c: enqueue dead -------------------------------------------- */
 
-int dead_list(int argc, char **argv);
-int dead_retry(int argc, char **argv);
+/* One dead letter, decoded. */
+struct dead_entry {
+	char id[ID_MAX + 1];
+	char reason[64];
+	char worker[128];
+	char error[1024];
+	double ts;
+	const char *payload;	/* into the unpacked entry */
+	size_t payload_len;	/* also payload_len of an entry that kept no payload */
+	bool ok;		/* the entry was a readable map */
+};
 
-/* --- fleet.c: workers, their running jobs; enqueue workers ----------- */
+int dead_main(int argc, char **argv);
+/* Decode an entry of {ns}:dead (u holds what the fields point into). */
+void dead_decode(const redisReply *e, msgpack_unpacked *u, struct dead_entry *d);
+/* Fill d->id from the payload when the entry did not name one. */
+void dead_payload_id(struct dead_entry *d);
 
-struct fleet_job {
+/* --- retry_dead.c: enqueue retry-dead -------------------------------- */
+
+int retry_dead_main(int argc, char **argv);
+
+/* --- workers.c: enqueue workers; the workers and their running jobs -- */
+
+struct workers_job {
 	char id[ID_MAX + 1];
 	char state[32];
 	char phase[64];
@@ -186,7 +216,7 @@ struct fleet_job {
 	double timeout;		/* 0 when unknown */
 };
 
-struct fleet_worker {
+struct workers_entry {
 	char *id;
 	double score;		/* the last beat, from {ns}:workers */
 	bool lost;		/* its heartbeat hash expired */
@@ -199,19 +229,19 @@ struct fleet_worker {
 	long running;
 	double disk_free;	/* bytes free in its builds_root */
 	bool disk_low;		/* below its min_free: it takes no job */
-	struct fleet_job *jobs;
+	struct workers_job *jobs;
 	size_t njobs;
 };
 
-struct fleet {
-	struct fleet_worker *w;
+struct workers {
+	struct workers_entry *w;
 	size_t n;
 };
 
 /* Read every worker; with timeouts, each job's timeout from its payload. */
-void fleet_load(redisContext *ctx, struct fleet *f, bool timeouts);
-void fleet_free(struct fleet *f);
-int fleet_main(int argc, char **argv);
+void workers_load(redisContext *ctx, struct workers *f, bool timeouts);
+void workers_free(struct workers *f);
+int workers_main(int argc, char **argv);
 
 /* --- top.c: enqueue top ---------------------------------------------- */
 

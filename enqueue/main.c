@@ -71,7 +71,7 @@ static const struct command {
 	  "Exit codes with --wait or --follow: 0 succeeded, 1 failed, 3 timed_out,\n"
 	  "4 oom_killed, 5 cancelled, 6 error, 7 dead; 2 bad input; 8 Redis\n"
 	  "unreachable or --wait-timeout reached; 130 interrupted.\n" },
-	{ "status", show_status, "show a job's state and result",
+	{ "status", status_main, "show a job's state and result",
 	  "usage: enqueue status ID [--json] [--raw]\n"
 	  "\n"
 	  "Show the job hash {ns}:job:ID, the job's place in the queue and its\n"
@@ -79,7 +79,7 @@ static const struct command {
 	  "Exit 1 when the job is unknown.  On a terminal, control characters in\n"
 	  "the build's output are shown escaped (ESC as \\x1b); --raw prints them\n"
 	  "as they came.\n" },
-	{ "watch", follow_watch, "print events as they happen",
+	{ "watch", watch_main, "print events as they happen",
 	  "usage: enqueue watch [ID] [--timeout S] [--json] [--raw]\n"
 	  "\n"
 	  "Print the events of job ID as they happen until it finishes (exit by\n"
@@ -88,36 +88,36 @@ static const struct command {
 	  "JSON object per event.  On a terminal, control characters in the\n"
 	  "build's output are shown escaped (ESC as \\x1b); --raw prints them\n"
 	  "as they came.\n" },
-	{ "queue", show_queue, "lengths of the queue, active lists, delayed and dead",
+	{ "queue", queue_main, "lengths of the queue, active lists, delayed and dead",
 	  "usage: enqueue queue [--json]\n"
 	  "\n"
 	  "Print the length of {ns}:queue, of each worker's active list, of\n"
 	  "{ns}:delayed (retries waiting) and of {ns}:dead.\n" },
-	{ "cancel", show_cancel, "cancel a queued or running job",
+	{ "cancel", cancel_main, "cancel a queued or running job",
 	  "usage: enqueue cancel ID [--json]\n"
 	  "\n"
 	  "Ask the workers to cancel job ID (HSET {ns}:cancel ID <now>).  A queued\n"
 	  "job is never started; a running one is stopped within stats_interval.\n" },
-	{ "dead", dead_list, "list dead letters",
+	{ "dead", dead_main, "list dead letters",
 	  "usage: enqueue dead [--limit N] [--json]\n"
 	  "\n"
 	  "List the payloads the workers refused or lost, newest first: index,\n"
 	  "time, id, reason, error and payload size.  --limit N shows the first N\n"
 	  "(default 50, 0 for all).\n" },
-	{ "retry-dead", dead_retry, "put dead letters back on the queue",
+	{ "retry-dead", retry_dead_main, "put dead letters back on the queue",
 	  "usage: enqueue retry-dead INDEX... | --all | --id ID [--json]\n"
 	  "\n"
 	  "Put the original payload of each chosen dead letter back on the queue,\n"
 	  "remove the entry from {ns}:dead and reset its job hash to queued.\n"
 	  "INDEX is the index `enqueue dead` shows; --id picks the newest entry of\n"
 	  "that job.  An entry removed meanwhile by someone else is skipped.\n" },
-	{ "workers", fleet_main, "list live workers and their running jobs",
+	{ "workers", workers_main, "list live workers and their running jobs",
 	  "usage: enqueue workers [--json]\n"
 	  "\n"
 	  "List the workers in {ns}:workers: id, host, uptime, running jobs and\n"
 	  "slots, version, and each running job with its phase and elapsed time.\n"
 	  "A worker whose heartbeat expired is shown as lost.\n" },
-	{ "logs", show_logs, "replay a job's stored events",
+	{ "logs", logs_main, "replay a job's stored events",
 	  "usage: enqueue logs ID [--json] [--raw]\n"
 	  "\n"
 	  "Print the events stored in {ns}:log:ID, as submit --follow does.\n"
@@ -427,6 +427,23 @@ enq_job_id(const char *cmd, const char *s)
 		enq_die(EXIT_USAGE, "%s: job id \"%.80s\" is not valid: it must match "
 		    "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", cmd, s);
 	return s;
+}
+
+/* The one job id a command takes, its only argument. */
+const char *
+enq_one_id(int argc, char **argv, const char *cmd)
+{
+	static const struct opt none[] = { { NULL, 0, false, 0 } };
+	struct opt_state st;
+	const char *arg, *id = NULL;
+
+	opt_init(&st, argc, argv, cmd);
+	while (opt_next(&st, none, &arg) != OPT_END) {
+		if (id != NULL)
+			enq_usage(cmd, "unexpected argument \"%s\"", arg);
+		id = arg;
+	}
+	return enq_job_id(cmd, id);
 }
 
 /* Dispatch to the subcommand. */

@@ -1,7 +1,7 @@
 /*
  * submit.c: enqueue submit.
  *
- * The job is built with job_encode() and then put through job_decode()
+ * The job is built with payload_encode() and then put through payload_decode()
  * against the same worker.ini, so a job the worker would refuse is
  * refused here first, with the worker's own message, before anything
  * reaches Redis.  Then shared/lua/submit.lua marks it queued with the
@@ -349,14 +349,14 @@ submit_main(int argc, char **argv)
 	    (a.timeout ? 0 : JOB_OMIT_TIMEOUT) | (a.warning ? 0 : JOB_OMIT_WARNING);
 	js.enqueued_at = now;
 	msgpack_sbuffer_init(&job);
-	job_encode(&js, &job);
-	why = job_decode(job.data, job.size, &en->conf, &check, err, sizeof err);
-	job_spec_free(&check);
+	payload_encode(&js, &job);
+	why = payload_decode(job.data, job.size, &en->conf, &check, err, sizeof err);
+	payload_free(&check);
 	if (why != REFUSE_NONE)
 		enq_die(EXIT_USAGE, "the worker would refuse this job (%s): %s", refusal_name(why), err);
 	submit_check_local(&js);
 	snprintf(id, sizeof id, "%s", js.id);
-	job_spec_free(&js);
+	payload_free(&js);
 
 	en->rc = redis_connect(&en->conf);
 	submit_push(id, &job, now, a.rerun);
@@ -372,7 +372,7 @@ submit_main(int argc, char **argv)
 		print_json_end(&jb);
 	}
 	if (a.follow)
-		rc = follow_job(id, a.wait_timeout);
+		rc = watch_job(id, a.wait_timeout);
 	else if (a.wait)
 		rc = submit_wait(id, a.wait_timeout);
 	return rc;

@@ -2,7 +2,7 @@
  * top.c: enqueue top, a live view of the queue.
  *
  * Each refresh reads the queue lengths, the workers and the jobs they run
- * (fleet.c), the throughput (how much {ns}:results grew since the last
+ * (workers.c), the throughput (how much {ns}:results grew since the last
  * refresh) and the recent failures among the last results.  On a terminal
  * the screen is redrawn in place and q quits (stdin goes to raw mode only
  * when it is a terminal, and is restored at exit); elsewhere snapshots
@@ -34,7 +34,7 @@ struct top_fail {
 struct top_snap {
 	long long queued, delayed, dead, results;
 	double rate;		/* results per second; < 0 unknown */
-	struct fleet fleet;
+	struct workers fleet;
 	struct top_fail fails[TOP_FAILURES];
 	size_t nfails;
 };
@@ -116,7 +116,7 @@ top_read(struct top_snap *s, long long *prev, double *prev_t)
 		s->rate = (double)(s->results - *prev) / (now - *prev_t);
 	*prev = s->results;
 	*prev_t = now;
-	fleet_load(en->rc, &s->fleet, true);
+	workers_load(en->rc, &s->fleet, true);
 	top_failures(s);
 }
 
@@ -166,7 +166,7 @@ top_show(const struct top_snap *s)
 	printf("\n%s%-28s %-16s %-6s %-8s %s%s\n", print_sgr("1"), "WORKER", "HOST", "JOBS", "UPTIME",
 	    "VERSION", print_sgr("0"));
 	for (size_t i = 0; i < s->fleet.n; i++) {
-		const struct fleet_worker *w = &s->fleet.w[i];
+		const struct workers_entry *w = &s->fleet.w[i];
 		char slots[32];
 		if (w->lost) {
 			printf("%-28s %s(lost: no heartbeat for %s)%s\n", print_safe(w->id), print_sgr("31"),
@@ -181,9 +181,9 @@ top_show(const struct top_snap *s)
 	printf("\n%s%-26s %-20s %-12s %-17s %s%s\n", print_sgr("1"), "RUNNING", "WORKER", "PHASE",
 	    "ELAPSED/TIMEOUT", "", print_sgr("0"));
 	for (size_t i = 0; i < s->fleet.n; i++) {
-		const struct fleet_worker *w = &s->fleet.w[i];
+		const struct workers_entry *w = &s->fleet.w[i];
 		for (size_t j = 0; j < w->njobs; j++) {
-			const struct fleet_job *fj = &w->jobs[j];
+			const struct workers_job *fj = &w->jobs[j];
 			double el = fj->started_at > 0 ? now_real() - fj->started_at : 0;
 			char both[64];
 			snprintf(both, sizeof both, "%s/%s", print_duration(el, b1, sizeof b1),
@@ -307,7 +307,7 @@ top_main(int argc, char **argv)
 			if (!tty && !once)
 				putchar('\n');
 		}
-		fleet_free(&s.fleet);
+		workers_free(&s.fleet);
 		print_flush();
 		if (once || top_pause(interval))
 			break;

@@ -268,7 +268,7 @@ int mp_unpack(const char *buf, size_t len, int max_depth, msgpack_unpacked *out,
 void mp_json(FILE *f, const msgpack_object *o);
 #define MP_MAX_DEPTH 16
 
-/* --- job.c: a build job ---------------------------------------------- */
+/* --- payload.c: a build job on the wire ------------------------------ */
 
 /* Why a payload was refused; the names are in PROTOCOL.md. */
 enum refusal {
@@ -308,10 +308,10 @@ struct job_spec {
 	size_t profile_archive_len;
 	char *upload_url;		/* upload.url, or NULL: no upload */
 	struct strv upload_headers;	/* "Name: value" each (values may be credentials) */
-	unsigned omit;			/* JOB_OMIT_*: limits job_encode leaves out */
+	unsigned omit;			/* JOB_OMIT_*: limits payload_encode leaves out */
 };
 
-/* Limits job_encode() leaves out, so that the worker's defaults apply. */
+/* Limits payload_encode() leaves out, so that the worker's defaults apply. */
 #define JOB_OMIT_MEMORY 0x1
 #define JOB_OMIT_CPUS 0x2
 #define JOB_OMIT_TIMEOUT 0x4
@@ -325,11 +325,11 @@ struct job_spec {
  * in err; js->id is filled whenever the payload had a readable valid id.
  * Paths are checked lexically here; path_open() checks the filesystem.
  */
-enum refusal job_decode(const char *buf, size_t len, const struct config *c,
+enum refusal payload_decode(const char *buf, size_t len, const struct config *c,
     struct job_spec *js, char *err, size_t errlen);
-void job_spec_free(struct job_spec *js);
+void payload_free(struct job_spec *js);
 /* Encode a job (for enqueue and tests): every field set, less js->omit. */
-void job_encode(const struct job_spec *js, msgpack_sbuffer *sb);
+void payload_encode(const struct job_spec *js, msgpack_sbuffer *sb);
 
 /* --- path.c: directories below builds_root, no symlink followed ------ */
 

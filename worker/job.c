@@ -146,7 +146,7 @@ job_free(void *p)
 	if (j->profile_fd >= 0)
 		close(j->profile_fd);
 	strv_free(&j->tail);
-	job_spec_free(&j->spec);
+	payload_free(&j->spec);
 	free(j->payload);
 	free(j);
 }
@@ -426,7 +426,7 @@ job_fetched(const char *payload, size_t len, const char *sha1, const char *sha25
 	j->profile_fd = -1;
 	j->state = JOB_CLAIMING;
 
-	r = job_decode(payload, len, c, &j->spec, err, sizeof err);
+	r = payload_decode(payload, len, c, &j->spec, err, sizeof err);
 	snprintf(j->id, sizeof j->id, "%s", j->spec.id);
 	if (r == REFUSE_NONE && paths_take(j, e2, sizeof e2) != 0) {
 		r = REFUSE_PATH;

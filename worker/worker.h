@@ -131,7 +131,7 @@ int cgroup_stats(const struct cgroup *cg, uint64_t *mem, double *cpu);
 void cgroup_close(struct cgroup *cg);
 int cgroup_host_cpus(void);
 
-/* --- rconn.c: Redis connections, reconnects and the outbox ----------- */
+/* --- rconn.c, rconnqueue.c: Redis connections, reconnects, the outbox */
 
 enum rq_kind {
 	RQ_KEEP,	/* sent until Redis answers, also after BUSY & co. (results, claims, dead letters) */
@@ -155,7 +155,7 @@ void rconn_send(struct rconn *rc, enum rq_kind kind, rq_cb *cb, void *arg, int a
 size_t rconn_outbox_bytes(const struct rconn *rc);
 unsigned long rconn_reconnects(const struct rconn *rc);
 unsigned long rconn_retried(const struct rconn *rc);
-/* The retry policy: what an error reply means (see rconn.c). */
+/* The retry policy: what an error reply means (see rconnqueue.c). */
 enum reply_class {
 	REPLY_ANSWER,		/* the command's answer: its callback sees it */
 	REPLY_RETRY,		/* refused before it ran: sent again after a backoff */
@@ -167,19 +167,19 @@ void rconn_ok(struct rconn *rc);
 void rconn_drop(struct rconn *rc, const char *why);
 /* Reply helpers. */
 bool reply_is_error(const redisReply *r, const char *prefix);
-
-/* --- scripts.c: the Lua scripts that change job state atomically ---- */
-
+/* The scripts (their text is in scripts.c), loaded at connect and called by SHA. */
 enum script_id {
 	SCRIPT_CLAIM, SCRIPT_EMIT, SCRIPT_FINISH, SCRIPT_REFUSE, SCRIPT_BEAT, SCRIPT_RELEASE,
 	SCRIPT_COUNT
 };
-
-const char *script_body(enum script_id id);
-const char *script_sha(enum script_id id);
 /* Call a script through the outbox (EVALSHA; NOSCRIPT is handled). */
 void script_call(struct rconn *rc, enum script_id id, enum rq_kind kind, rq_cb *cb, void *arg,
     int nkeys, int nargs, const char **args, const size_t *lens);
+
+/* --- scripts.c: the Lua scripts that change job state atomically ---- */
+
+const char *script_body(enum script_id id);
+const char *script_sha(enum script_id id);
 
 /*
  * One typed call per script, each sent through the outbox of the command

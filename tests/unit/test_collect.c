@@ -23,7 +23,7 @@ struct worker *wk;
 
 static int collected;
 
-/* A stand-in for rconn.c: the cancel poll needs Redis (wk->cmd is NULL here). */
+/* A stand-in for rconnqueue.c: the cancel poll needs Redis (wk->cmd is NULL here). */
 void
 rconn_send(struct rconn *rc, enum rq_kind kind, rq_cb *cb, void *arg, int argc, const char **argv,
     const size_t *argvlen)

@@ -409,7 +409,7 @@ test_absolute_stays_below(void **state)
 	assert_true(exists_at("root/tmp/made"));
 }
 
-/* job_decode() refuses a NUL byte, "..", and an absolute path outside, before any lookup. */
+/* payload_decode() refuses a NUL byte, "..", and an absolute path outside, before any lookup. */
 static void
 test_decode_refuses_nul_dotdot_absolute(void **state)
 {
@@ -443,10 +443,10 @@ test_decode_refuses_nul_dotdot_absolute(void **state)
 		mp_str(&pk, "profile");
 		mp_strn(&pk, cases[i].profile, cases[i].len);
 		mp_kv_str(&pk, "output", "o");
-		assert_int_equal(job_decode(sb.data, sb.size, &c, &js, err, sizeof err), REFUSE_PATH);
+		assert_int_equal(payload_decode(sb.data, sb.size, &c, &js, err, sizeof err), REFUSE_PATH);
 		if (strstr(err, cases[i].frag) == NULL)
 			fail_msg("case %zu: \"%s\" does not contain \"%s\"", i, err, cases[i].frag);
-		job_spec_free(&js);
+		payload_free(&js);
 		msgpack_sbuffer_destroy(&sb);
 	}
 	config_free(&c);

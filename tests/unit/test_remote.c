@@ -1,5 +1,5 @@
 /*
- * test_remote.c: issue 13's pure parts.  job_decode() of profile_archive
+ * test_remote.c: issue 13's pure parts.  payload_decode() of profile_archive
  * and upload; the unpacker against hostile archives made here with
  * libarchive (nothing may appear outside the job's directory); the upload
  * URL, its display form and the Content-Digest value.
@@ -26,7 +26,7 @@
 /* What main.c defines, for the worker objects the upload helpers pull in. */
 struct worker *wk;
 
-/* ---- job_decode ------------------------------------------------------- */
+/* ---- payload_decode ------------------------------------------------------- */
 
 static struct config conf;
 
@@ -71,7 +71,7 @@ pack_job(msgpack_sbuffer *sb, int n, ...)
 static enum refusal
 decode(msgpack_sbuffer *sb, struct job_spec *js, char *err)
 {
-	enum refusal r = job_decode(sb->data, sb->size, &conf, js, err, ERR_MAX);
+	enum refusal r = payload_decode(sb->data, sb->size, &conf, js, err, ERR_MAX);
 	msgpack_sbuffer_destroy(sb);
 	return r;
 }
@@ -119,13 +119,13 @@ test_decode_upload_allow(void **state)
 			if (strstr(err, cases[i].why) == NULL)
 				fail_msg("%s: \"%s\" does not say \"%s\"", cases[i].url, err, cases[i].why);
 		}
-		job_spec_free(&js);
+		payload_free(&js);
 	}
 	strv_free(&conf.upload_allow);
 	/* Without a list, any host. */
 	pack_job(&sb, 3, "id", 's', "j1", "profile", 's', "p", "upload", 'u', "https://evil.example/x/");
 	assert_int_equal(decode(&sb, &js, err), REFUSE_NONE);
-	job_spec_free(&js);
+	payload_free(&js);
 }
 
 /* The new fields: one of profile/profile_archive; output optional only with upload. */
@@ -141,31 +141,31 @@ test_decode_fields(void **state)
 	assert_int_equal(decode(&sb, &js, err), REFUSE_NONE);
 	assert_null(js.profile);
 	assert_int_equal(js.profile_archive_len, 3);
-	job_spec_free(&js);
+	payload_free(&js);
 
 	pack_job(&sb, 4, "id", 's', "j1", "profile", 's', "p", "profile_archive", 'b', "t", "output", 's', "o");
 	assert_int_equal(decode(&sb, &js, err), REFUSE_VALUE);
 	assert_non_null(strstr(err, "exactly one"));
-	job_spec_free(&js);
+	payload_free(&js);
 
 	pack_job(&sb, 3, "id", 's', "j1", "profile_archive", 's', "tar", "output", 's', "o");
 	assert_int_equal(decode(&sb, &js, err), REFUSE_TYPE);
-	job_spec_free(&js);
+	payload_free(&js);
 
 	pack_job(&sb, 2, "id", 's', "j1", "profile", 's', "p");
 	assert_int_equal(decode(&sb, &js, err), REFUSE_MISSING);
 	assert_non_null(strstr(err, "output: missing"));
-	job_spec_free(&js);
+	payload_free(&js);
 
 	pack_job(&sb, 3, "id", 's', "j1", "profile", 's', "p", "output", 's', "jobs/x/1");
 	assert_int_equal(decode(&sb, &js, err), REFUSE_PATH);
 	assert_non_null(strstr(err, "worker's own"));
-	job_spec_free(&js);
+	payload_free(&js);
 
 	pack_job(&sb, 2, "id", 's', "j1", "profile_archive", 'b', "");
 	assert_int_equal(decode(&sb, &js, err), REFUSE_ARCHIVE);
 	assert_string_equal(refusal_name(REFUSE_ARCHIVE), "bad_archive");
-	job_spec_free(&js);
+	payload_free(&js);
 }
 
 /* upload: the URL's scheme and bytes, header names and values; values never quoted. */
@@ -182,32 +182,32 @@ test_decode_upload(void **state)
 	assert_int_equal(decode(&sb, &js, err), REFUSE_VALUE);
 	assert_non_null(strstr(err, "upload.headers.X-Ok"));
 	assert_null(strstr(err, "s3cret"));
-	job_spec_free(&js);
+	payload_free(&js);
 
 	pack_job(&sb, 3, "id", 's', "j1", "profile", 's', "p", "upload", 'm', "ftp://h/x", "X-Ok");
 	assert_int_equal(decode(&sb, &js, err), REFUSE_VALUE);
 	assert_non_null(strstr(err, "upload.url"));
-	job_spec_free(&js);
+	payload_free(&js);
 
 	/* a file name must not choose the host */
 	pack_job(&sb, 3, "id", 's', "j1", "profile", 's', "p", "upload", 'm', "http://{name}.h/x", "X-Ok");
 	assert_int_equal(decode(&sb, &js, err), REFUSE_VALUE);
 	assert_non_null(strstr(err, "not the host"));
-	job_spec_free(&js);
+	payload_free(&js);
 	pack_job(&sb, 3, "id", 's', "j1", "profile", 's', "p", "upload", 'm', "http://h", "X-Ok");
 	assert_int_equal(decode(&sb, &js, err), REFUSE_VALUE);
 	assert_non_null(strstr(err, "needs a path"));
-	job_spec_free(&js);
+	payload_free(&js);
 
 	pack_job(&sb, 3, "id", 's', "j1", "profile", 's', "p", "upload", 'm', "http://h/x", "Content-Length");
 	assert_int_equal(decode(&sb, &js, err), REFUSE_VALUE);
-	job_spec_free(&js);
+	payload_free(&js);
 
 	pack_job(&sb, 3, "id", 's', "j1", "profile", 's', "p", "upload", 'm', "http://h/x", "Bad Name");
 	assert_int_equal(decode(&sb, &js, err), REFUSE_VALUE);
-	job_spec_free(&js);
+	payload_free(&js);
 
-	/* A good one round-trips through job_encode. */
+	/* A good one round-trips through payload_encode. */
 	memset(&js, 0, sizeof js);
 	snprintf(js.id, sizeof js.id, "j2");
 	js.profile_archive = xstrdup("TAR");
@@ -216,16 +216,16 @@ test_decode_upload(void **state)
 	strv_push(&js.upload_headers, "Authorization: Bearer tok");
 	js.omit = JOB_OMIT_MEMORY | JOB_OMIT_CPUS | JOB_OMIT_TIMEOUT | JOB_OMIT_WARNING;
 	msgpack_sbuffer_init(&enc);
-	job_encode(&js, &enc);
-	assert_int_equal(job_decode(enc.data, enc.size, &conf, &back, err, sizeof err), REFUSE_NONE);
+	payload_encode(&js, &enc);
+	assert_int_equal(payload_decode(enc.data, enc.size, &conf, &back, err, sizeof err), REFUSE_NONE);
 	assert_null(back.output);
 	assert_null(back.profile);
 	assert_memory_equal(back.profile_archive, "TAR", 3);
 	assert_string_equal(back.upload_url, js.upload_url);
 	assert_int_equal(back.upload_headers.n, 1);
 	assert_string_equal(back.upload_headers.v[0], "Authorization: Bearer tok");
-	job_spec_free(&back);
-	job_spec_free(&js);
+	payload_free(&back);
+	payload_free(&js);
 	msgpack_sbuffer_destroy(&enc);
 }
 

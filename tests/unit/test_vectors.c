@@ -1,11 +1,11 @@
 /*
- * test_vectors.c: the shared payload vectors through job_decode().
+ * test_vectors.c: the shared payload vectors through payload_decode().
  *
  * tests/vectors/payloads.txt lists payloads (hex) with the refusal each
  * must get, or ok; tests/python/test_vectors.py runs the same file through
  * the Python client's validator, so the two cannot drift apart.  Its "@"
  * lines set the worker.ini values both sides check against.  Every rule
- * the vectors exercise needs no filesystem: job_decode() checks paths by
+ * the vectors exercise needs no filesystem: payload_decode() checks paths by
  * their text alone.
  */
 #include <stdarg.h>
@@ -112,8 +112,8 @@ test_vectors(void **state)
 		end = hex + strcspn(hex, " #");
 		if ((len = vec_unhex(hex, (size_t)(end - hex), buf)) < 0)
 			fail_msg("%s:%d: bad hex", VECTORS, line);
-		r = job_decode((const char *)buf, (size_t)len, &cfg, &js, err, sizeof err);
-		job_spec_free(&js);
+		r = payload_decode((const char *)buf, (size_t)len, &cfg, &js, err, sizeof err);
+		payload_free(&js);
 		got = r == REFUSE_NONE ? "ok" : refusal_name(r);
 		assert_true((int)r >= 0 && r <= REFUSE_ARCHIVE);
 		seen[r] = true;

@@ -127,7 +127,7 @@ end
 -- The id of a payload, or nil when it has no valid one.  A scanner, not
 -- cmsgpack (which refuses bin, ext and timestamps): it walks the
 -- top-level map only, skipping every value, so it reads whatever the
--- worker's job_decode() accepts (containers up to 15 deep in all, no
+-- worker's payload_decode() accepts (containers up to 15 deep in all, no
 -- trailing bytes, `id` once, a str matching the id pattern).
 local function payload_id(p)
   local kind, at, n = mp_head(p, 1)

@@ -1,15 +1,15 @@
 """Job payloads: build them as `enqueue submit` does, check them as the worker does.
 
-``check_payload()`` is a port of shared/job.c's job_decode() (and of
+``check_payload()`` is a port of shared/payload.c's payload_decode() (and of
 shared/mpack.c's mp_precheck()): the same checks in the same order, so a
 payload gets the refusal reason here that a worker would dead-letter it
-with.  It needs no filesystem: job_decode() checks paths by their text
+with.  It needs no filesystem: payload_decode() checks paths by their text
 alone (the worker resolves them later), and so does this.  What depends on
 a worker's worker.ini (builds_root, the image allow list, the maxima) comes
 from ``Limits``, whose defaults are worker.ini's.
 
 tests/vectors/payloads.txt holds payloads with the reason each must get;
-tests/unit/test_vectors.c runs them through job_decode() and
+tests/unit/test_vectors.c runs them through payload_decode() and
 tests/python/test_vectors.py through check_payload(), so the two cannot
 drift apart.
 """
@@ -32,11 +32,11 @@ __all__ = ["REFUSALS", "CLIENT_REFUSALS", "Limits", "MpStr", "MpMap", "MpExt", "
            "check_payload", "refusal", "build_payload", "new_id", "id_valid", "parse_size",
            "payload_id"]
 
-# PROTOCOL.md's refusal reasons, in shared/job.c's order, then the worker's own.
+# PROTOCOL.md's refusal reasons, in shared/payload.c's order, then the worker's own.
 CLIENT_REFUSALS = ("payload_too_large", "malformed", "too_deep", "not_a_map", "missing_field",
                    "wrong_type", "bad_value", "bad_id", "bad_path", "image_not_allowed",
                    "over_limit", "bad_archive")
-# bad_archive: job_decode() gives it to an empty profile_archive; the rest
+# bad_archive: payload_decode() gives it to an empty profile_archive; the rest
 # of it (an entry the worker will not unpack) only the worker finds, though
 # pack_profile_dir() refuses what it can see before sending.
 # duplicate_id: the worker's claim found the id's record bound to another
@@ -54,7 +54,7 @@ UINT64_MAX = (1 << 64) - 1
 UPLOAD_URL_MAX = 2048
 UPLOAD_HEADERS_MAX = 32
 UPLOAD_HEADER_MAX = 4096
-# The headers the worker sets on each PUT itself (job_upload()'s own[]).
+# The headers the worker sets on each PUT itself (payload_upload()'s own[]).
 UPLOAD_OWN_HEADERS = ("content-length", "content-digest", "transfer-encoding", "host", "expect",
                       "connection", "te", "upgrade")
 _TOKEN_EXTRA = frozenset(b"!#$%&'*+-.^_`|~")
@@ -384,7 +384,7 @@ def parse_size(s: str) -> int:
 
 
 def _path(o: MpMap, name: str, root: Optional[str]) -> str:
-    """job_path(): a path checked by its text alone; returns the relative form."""
+    """payload_path(): a path checked by its text alone; returns the relative form."""
     v = o.get(name)
     if not o.has(name):
         raise _Bad("missing_field", name, f"{name}: missing (a directory relative to builds_root)")
@@ -418,7 +418,7 @@ def _path(o: MpMap, name: str, root: Optional[str]) -> str:
 
 
 def _profile(o: MpMap, lim: Limits) -> None:
-    """job_profile(): profile (a path) or profile_archive (a tar): exactly one."""
+    """payload_profile(): profile (a path) or profile_archive (a tar): exactly one."""
     has_p, has_a = o.has("profile"), o.has("profile_archive")
     if has_p and has_a:
         raise _Bad("bad_value", "profile", "profile, profile_archive: give exactly one of them")
@@ -437,12 +437,12 @@ def _profile(o: MpMap, lim: Limits) -> None:
 
 
 def _token(s: bytes) -> bool:
-    """job_token(): an HTTP header name (an RFC 9110 token)."""
+    """payload_token(): an HTTP header name (an RFC 9110 token)."""
     return bool(s) and all((c < 0x80 and chr(c).isalnum()) or c in _TOKEN_EXTRA for c in s)
 
 
 def _upload(v: Any) -> None:
-    """job_upload(): {url: "http(s)://host/prefix/{name}", headers: {str: str}}.
+    """payload_upload(): {url: "http(s)://host/prefix/{name}", headers: {str: str}}.
     Header values may be credentials: messages name the header, never its value."""
     if not isinstance(v, MpMap):
         raise _Bad("wrong_type", "upload", f"upload: must be a map {{url, headers}}, not {_type_name(v)}")
@@ -498,7 +498,7 @@ def _upload(v: Any) -> None:
 
 
 def _fields(o: Any, lim: Limits) -> None:
-    """job_fields(): the checks of shared/job.c, in its order."""
+    """payload_fields(): the checks of shared/payload.c, in its order."""
     if not isinstance(o, MpMap):
         raise _Bad("not_a_map", "payload", f"payload must be a msgpack map, not {_type_name(o)}")
     if not o.has("id"):
@@ -621,7 +621,7 @@ def refusal(payload: bytes, limits: Optional[Limits] = None) -> Optional[JobReje
 
 
 def check_payload(payload: bytes, limits: Optional[Limits] = None) -> None:
-    """Raise the JobRejected a worker's job_decode() would refuse payload with."""
+    """Raise the JobRejected a worker's payload_decode() would refuse payload with."""
     r = refusal(payload, limits)
     if r is not None:
         raise r
@@ -706,7 +706,7 @@ def _profile_fields(profile: Any, profile_dir: Any, profile_archive: Any,
 
 
 def _upload_field(upload: Any, headers: Optional[Mapping[str, str]]) -> Optional[Dict[str, Any]]:
-    """upload as job_encode() writes it: {url, headers} (headers always a map)."""
+    """upload as payload_encode() writes it: {url, headers} (headers always a map)."""
     if upload is None:
         if headers:
             raise JobRejected("upload.headers", "bad_value", "upload.headers: given without upload")
@@ -729,7 +729,7 @@ def build_payload(profile: Any = None, output: Any = None, *, id: Optional[str] 
                   profile_archive: Optional[bytes] = None, upload: Optional[str] = None,
                   upload_headers: Optional[Mapping[str, str]] = None,
                   limits: Optional[Limits] = None) -> Tuple[str, bytes]:
-    """(id, payload): the job map `enqueue submit` builds (job_encode()'s
+    """(id, payload): the job map `enqueue submit` builds (payload_encode()'s
     field order and types), checked with check_payload() before it is
     returned.  Limits not given are left out, so the worker's own defaults
     apply.  Exactly one of profile (a path on the workers), profile_dir (a

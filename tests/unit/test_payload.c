@@ -1,5 +1,5 @@
 /*
- * test_job.c: job_decode(), the one gate every payload passes.  Valid
+ * test_payload.c: payload_decode(), the one gate every payload passes.  Valid
  * jobs decode to what the producer meant; every hostile payload is refused
  * with the reason PROTOCOL.md names and a message naming the field.
  *
@@ -276,7 +276,7 @@ static enum refusal
 decode(const void *b, size_t n, struct job_spec *js, char *err, size_t errlen)
 {
 	err[0] = '\0';
-	return job_decode(b, n, &cfg, js, err, errlen);
+	return payload_decode(b, n, &cfg, js, err, errlen);
 }
 
 /* Decode the notation s, which must be accepted. */
@@ -291,7 +291,7 @@ decode_ok(const char *s, struct job_spec *js)
 	r = decode(sb.data, sb.size, js, err, sizeof err);
 	msgpack_sbuffer_destroy(&sb);
 	if (r != REFUSE_NONE) {
-		job_spec_free(js);
+		payload_free(js);
 		fail_msg("refused (%s: %s): %.300s", refusal_name(r), err, s);
 	}
 }
@@ -319,7 +319,7 @@ test_minimal_job(void **state)
 	assert_string_equal(js.image, DEFAULT_IMAGE);
 	assert_null(js.meta);
 	assert_int_equal(js.meta_len, 0);
-	job_spec_free(&js);
+	payload_free(&js);
 	assert_null(js.profile);
 	assert_null(js.output);
 	assert_null(js.image);
@@ -329,7 +329,7 @@ test_minimal_job(void **state)
 	assert_string_equal(js.id, "Z9");
 	assert_string_equal(js.profile, "p/q/");
 	assert_string_equal(js.output, "o/x");
-	job_spec_free(&js);
+	payload_free(&js);
 }
 
 /* The meta map of the full job, packed on its own (minimal encodings). */
@@ -380,7 +380,7 @@ test_full_job(void **state)
 		assert_int_equal(mp_get(mp_get(&u.data, "nested"), "x")->via.i64, -1);
 		assert_int_equal(mp_get(mp_get(&u.data, "nested"), "b")->via.bin.size, 2);
 		msgpack_unpacked_destroy(&u);
-		job_spec_free(&js);
+		payload_free(&js);
 		assert_null(js.meta);
 	}
 	msgpack_sbuffer_destroy(&meta);
@@ -400,18 +400,18 @@ test_valid_variations(void **state)
 	snprintf(spec, sizeof spec, "{'id':'%s','profile':'p','output':'o'}", id64);
 	decode_ok(spec, &js);
 	assert_string_equal(js.id, id64);
-	job_spec_free(&js);
+	payload_free(&js);
 
 	/* An absolute path inside builds_root is accepted and made relative. */
 	decode_ok("{'id':'j1','profile':'" ROOT "/profiles/releng','output':'" ROOT "/out'}", &js);
 	assert_string_equal(js.profile, "profiles/releng");
 	assert_string_equal(js.output, "out");
-	job_spec_free(&js);
+	payload_free(&js);
 	free(cfg.builds_root);
 	cfg.builds_root = xstrdup(ROOT "//");	/* builds_root written with trailing slashes */
 	decode_ok("{'id':'j1','profile':'" ROOT "/p','output':'o'}", &js);
 	assert_string_equal(js.profile, "p");
-	job_spec_free(&js);
+	payload_free(&js);
 	free(cfg.builds_root);
 	cfg.builds_root = xstrdup(ROOT);
 
@@ -421,65 +421,65 @@ test_valid_variations(void **state)
 	assert_true(js.cpus == 0.01);
 	assert_true(js.timeout == 0.5);
 	assert_true(js.warning == 0);
-	job_spec_free(&js);
+	payload_free(&js);
 	decode_ok("{" BASE ",'memory':17179869184,'cpus':16,'timeout':14400,'warning':14400,'retries':10}", &js);
 	assert_int_equal(js.memory, 16ULL << 30);
 	assert_true(js.cpus == 16);
 	assert_true(js.timeout == 14400);
 	assert_true(js.warning == 14400);
 	assert_int_equal(js.retries, 10);
-	job_spec_free(&js);
+	payload_free(&js);
 	decode_ok("{" BASE ",'memory':'16g','cpus':1.5f,'retries':0}", &js);
 	assert_int_equal(js.memory, 16ULL << 30);
 	assert_true(js.cpus == 1.5);
 	assert_int_equal(js.retries, 0);
-	job_spec_free(&js);
+	payload_free(&js);
 
 	/* The epoch: 0 and the last second of 9999. */
 	decode_ok("{" BASE ",'source_date_epoch':0}", &js);
 	assert_true(js.has_epoch);
 	assert_int_equal(js.source_date_epoch, 0);
-	job_spec_free(&js);
+	payload_free(&js);
 	decode_ok("{" BASE ",'source_date_epoch':253402300799}", &js);
 	assert_int_equal(js.source_date_epoch, 253402300799LL);
-	job_spec_free(&js);
+	payload_free(&js);
 	/* Without it, enqueued_at is the default; source_date_epoch wins over it. */
 	decode_ok("{" BASE ",'enqueued_at':1700000000.75}", &js);
 	assert_true(js.has_epoch);
 	assert_int_equal(js.source_date_epoch, 1700000000);
-	job_spec_free(&js);
+	payload_free(&js);
 	decode_ok("{" BASE ",'enqueued_at':1700000000.75,'source_date_epoch':5}", &js);
 	assert_int_equal(js.source_date_epoch, 5);
-	job_spec_free(&js);
+	payload_free(&js);
 
 	/* warning defaults to 900, or 3/4 of a timeout not longer than that. */
 	decode_ok("{" BASE ",'timeout':600}", &js);
 	assert_true(js.warning == 450);
-	job_spec_free(&js);
+	payload_free(&js);
 	decode_ok("{" BASE ",'timeout':1800}", &js);
 	assert_true(js.warning == 900);
-	job_spec_free(&js);
+	payload_free(&js);
 
 	/* Every allowed image: the default and the allow list. */
 	decode_ok("{" BASE ",'image':'" DEFAULT_IMAGE "'}", &js);
 	assert_string_equal(js.image, DEFAULT_IMAGE);
-	job_spec_free(&js);
+	payload_free(&js);
 	decode_ok("{" BASE ",'image':'docker.io/library/archlinux:latest'}", &js);
 	assert_string_equal(js.image, "docker.io/library/archlinux:latest");
-	job_spec_free(&js);
+	payload_free(&js);
 
 	/* An empty meta map, a path of 1024 bytes and a component of 255. */
 	decode_ok("{" BASE ",'meta':{}}", &js);
 	assert_int_equal(js.meta_len, 1);
 	assert_memory_equal(js.meta, "\x80", 1);
-	job_spec_free(&js);
+	payload_free(&js);
 	decode_ok("{'id':'j1','profile':'a/'*511 + 'bc','output':'x'*255 + '/' + 'y'*255}", &js);
 	assert_int_equal(strlen(js.profile), 1024);
 	assert_int_equal(strlen(js.output), 511);
-	job_spec_free(&js);
+	payload_free(&js);
 	/* Dots that are not "..". */
 	decode_ok("{'id':'j1','profile':'...','output':'a/.b/..c/c..'}", &js);
-	job_spec_free(&js);
+	payload_free(&js);
 }
 
 /*
@@ -510,7 +510,7 @@ test_absolute_path_stays_relative(void **state)
 			    js.output);
 			bad++;
 		}
-		job_spec_free(&js);
+		payload_free(&js);
 		msgpack_sbuffer_destroy(&sb);
 	}
 	assert_int_equal(bad, 0);
@@ -768,7 +768,7 @@ test_hostile_payloads(void **state)
 			print_error("%s: js->id is \"%s\", want \"%s\"\n", h->name, js.id, h->has_id ? "j1" : "");
 			bad++;
 		}
-		job_spec_free(&js);
+		payload_free(&js);
 		msgpack_sbuffer_destroy(&sb);
 	}
 	assert_true(n >= 40);
@@ -811,7 +811,7 @@ test_messages_have_no_control_chars(void **state)
 				break;
 			}
 		}
-		job_spec_free(&js);
+		payload_free(&js);
 		msgpack_sbuffer_destroy(&sb);
 	}
 	assert_int_equal(bad, 0);
@@ -830,11 +830,11 @@ test_payload_size_boundary(void **state)
 	spec_pack("{" BASE ",'pad':b'x'*1000}", &sb);
 	cfg.max_payload = sb.size;
 	assert_int_equal(decode(sb.data, sb.size, &js, err, sizeof err), REFUSE_NONE);
-	job_spec_free(&js);
+	payload_free(&js);
 	cfg.max_payload = sb.size - 1;
 	assert_int_equal(decode(sb.data, sb.size, &js, err, sizeof err), REFUSE_TOO_LARGE);
 	assert_non_null(strstr(err, "max_payload"));
-	job_spec_free(&js);
+	payload_free(&js);
 	cfg.max_payload = saved;
 	msgpack_sbuffer_destroy(&sb);
 }
@@ -851,20 +851,20 @@ test_id_filled_on_refusal(void **state)
 	spec_pack("{'id':'job-7','profile':'p','output':'o','image':'evil','cpus':2}", &sb);
 	assert_int_equal(decode(sb.data, sb.size, &js, err, sizeof err), REFUSE_IMAGE);
 	assert_string_equal(js.id, "job-7");
-	job_spec_free(&js);
+	payload_free(&js);
 	msgpack_sbuffer_destroy(&sb);
 
 	spec_pack("{'cpus':'x','output':'o','id':'job-8','profile':'p'}", &sb);
 	assert_int_equal(decode(sb.data, sb.size, &js, err, sizeof err), REFUSE_TYPE);
 	assert_string_equal(js.id, "job-8");
-	job_spec_free(&js);
+	payload_free(&js);
 	msgpack_sbuffer_destroy(&sb);
 
 	/* A bad id is never copied. */
 	spec_pack("{'id':'../../x','profile':'p','output':'o'}", &sb);
 	assert_int_equal(decode(sb.data, sb.size, &js, err, sizeof err), REFUSE_ID);
 	assert_string_equal(js.id, "");
-	job_spec_free(&js);
+	payload_free(&js);
 	msgpack_sbuffer_destroy(&sb);
 }
 
@@ -894,13 +894,13 @@ test_meta_with_timestamp(void **state)
 	msgpack_pack_ext(&pk, 12, -1);	/* ext8: timestamp96 */
 	msgpack_pack_ext_body(&pk, "\x00\x00\x00\x01\x00\x00\x00\x00\x65\x53\xf1\x00", 12);
 	r = decode(sb.data, sb.size, &js, err, sizeof err);
-	job_spec_free(&js);
+	payload_free(&js);
 	msgpack_sbuffer_destroy(&sb);
 	if (r != REFUSE_NONE)
 		fail_msg("a job whose meta holds a timestamp96 (ext8) was refused: %s: %s", refusal_name(r), err);
 }
 
-/* job_encode writes what job_decode reads back, for every optional field. */
+/* payload_encode writes what payload_decode reads back, for every optional field. */
 static void
 test_encode_round_trip(void **state)
 {
@@ -932,13 +932,13 @@ test_encode_round_trip(void **state)
 		if (mask & 8)
 			in.retries = 2;
 		msgpack_sbuffer_init(&sb);
-		job_encode(&in, &sb);
+		payload_encode(&in, &sb);
 		r = decode(sb.data, sb.size, &out, err, sizeof err);
 		if (r != REFUSE_NONE) {
-			job_spec_free(&out);
-			job_spec_free(&in);
+			payload_free(&out);
+			payload_free(&in);
 			msgpack_sbuffer_destroy(&sb);
-			fail_msg("mask %d: job_encode output refused: %s: %s", mask, refusal_name(r), err);
+			fail_msg("mask %d: payload_encode output refused: %s: %s", mask, refusal_name(r), err);
 		}
 		assert_string_equal(out.id, in.id);
 		assert_string_equal(out.profile, in.profile);
@@ -954,8 +954,8 @@ test_encode_round_trip(void **state)
 		assert_int_equal(out.meta_len, in.meta_len);
 		if (in.meta)
 			assert_memory_equal(out.meta, in.meta, in.meta_len);
-		job_spec_free(&out);
-		job_spec_free(&in);
+		payload_free(&out);
+		payload_free(&in);
 		msgpack_sbuffer_destroy(&sb);
 	}
 }

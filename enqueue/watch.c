@@ -1,5 +1,6 @@
 /*
- * follow.c: following events as they happen.
+ * watch.c: following events as they happen: `enqueue watch`, and
+ * `enqueue submit --follow`.
  *
  * submit --follow subscribes to the job's progress channel first and only
  * then replays the stored stream, so no event falls between the two; the
@@ -14,14 +15,14 @@
 
 #include "enqueue.h"
 
-#define FOLLOW_POLL_MS 250
-#define FOLLOW_CHECK_SECS 1.0
+#define WATCH_POLL_MS 250
+#define WATCH_CHECK_SECS 1.0
 
 enum { O_TIMEOUT = 1 };
 
 /* Whether a job hash state is final. */
 static bool
-follow_final(const char *state)
+watch_final(const char *state)
 {
 	enum status s;
 
@@ -30,7 +31,7 @@ follow_final(const char *state)
 
 /* Print a pushed pub/sub message through p. */
 static void
-follow_message(struct printer *p, const redisReply *r)
+watch_message(struct printer *p, const redisReply *r)
 {
 	if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING ||
 	    strcmp(r->element[0]->str, "message") != 0 || r->element[2]->type != REDIS_REPLY_STRING)
@@ -43,7 +44,7 @@ follow_message(struct printer *p, const redisReply *r)
  * replay (when allowed) what we missed, then end with the hash's state.
  */
 static void
-follow_check(struct printer *p, const char *id, bool replay)
+watch_check(struct printer *p, const char *id, bool replay)
 {
 	char kjob[KEY_MAX];
 	redisReply *r;
@@ -52,9 +53,9 @@ follow_check(struct printer *p, const char *id, bool replay)
 	keys_id(&en->keys, "job", id, kjob, sizeof kjob);
 	r = redis_commandv(en->rc, "HMGET", kjob, "state", "error");
 	state = r->element[0]->type == REDIS_REPLY_STRING ? r->element[0]->str : NULL;
-	if (follow_final(state) && !p->done && replay)
-		show_replay(p, id);
-	if (follow_final(state) && !p->done) {
+	if (watch_final(state) && !p->done && replay)
+		logs_replay(p, id);
+	if (watch_final(state) && !p->done) {
 		print_bar_clear(p);
 		snprintf(p->status, sizeof p->status, "%s", state);
 		p->done = true;
@@ -80,7 +81,7 @@ follow_check(struct printer *p, const char *id, bool replay)
 
 /* Print events of one job until it is done; the exit code of its status. */
 static int
-follow_loop(struct printer *p, const char *id, double timeout, bool replay)
+watch_loop(struct printer *p, const char *id, double timeout, bool replay)
 {
 	double deadline = timeout > 0 ? now_mono() + timeout : 0, checked = 0;
 	redisReply *r;
@@ -90,14 +91,14 @@ follow_loop(struct printer *p, const char *id, double timeout, bool replay)
 			print_bar_clear(p);
 			enq_die(EXIT_INTERRUPTED, "interrupted; job %s goes on", id);
 		}
-		if (redis_poll(en->sub, FOLLOW_POLL_MS, &r) == 1) {
-			follow_message(p, r);
+		if (redis_poll(en->sub, WATCH_POLL_MS, &r) == 1) {
+			watch_message(p, r);
 			freeReplyObject(r);
 			continue;
 		}
 		print_bar(p);
-		if (now_mono() - checked >= FOLLOW_CHECK_SECS) {
-			follow_check(p, id, replay);
+		if (now_mono() - checked >= WATCH_CHECK_SECS) {
+			watch_check(p, id, replay);
 			checked = now_mono();
 		}
 		if (deadline > 0 && now_mono() >= deadline && !p->done) {
@@ -112,7 +113,7 @@ follow_loop(struct printer *p, const char *id, double timeout, bool replay)
 
 /* The stored result, printed in full after a followed job finished. */
 static void
-follow_result(const char *id)
+watch_result(const char *id)
 {
 	char kres[KEY_MAX];
 	msgpack_unpacked u;
@@ -129,7 +130,7 @@ follow_result(const char *id)
 
 /* submit --follow: subscribe, replay, then print live events. */
 int
-follow_job(const char *id, double timeout)
+watch_job(const char *id, double timeout)
 {
 	struct printer p;
 	char kprog[KEY_MAX];
@@ -139,17 +140,17 @@ follow_job(const char *id, double timeout)
 	enq_catch_signals();
 	en->sub = redis_connect(&en->conf);
 	redis_subscribe(en->sub, keys_id(&en->keys, "progress", id, kprog, sizeof kprog));
-	show_replay(&p, id);
-	rc = follow_loop(&p, id, timeout, true);
+	logs_replay(&p, id);
+	rc = watch_loop(&p, id, timeout, true);
 	if (!en->json && strcmp(p.status, "dead") != 0)
-		follow_result(id);
+		watch_result(id);
 	redis_close(&en->sub);
 	return rc;
 }
 
 /* Every job's lifecycle events until Ctrl-C. */
 static int
-follow_all(void)
+watch_all(void)
 {
 	struct printer p;
 	redisReply *r;
@@ -162,8 +163,8 @@ follow_all(void)
 		print_flush();
 	}
 	while (!enq_interrupted) {
-		if (redis_poll(en->sub, FOLLOW_POLL_MS, &r) == 1) {
-			follow_message(&p, r);
+		if (redis_poll(en->sub, WATCH_POLL_MS, &r) == 1) {
+			watch_message(&p, r);
 			freeReplyObject(r);
 		}
 	}
@@ -173,7 +174,7 @@ follow_all(void)
 
 /* enqueue watch [ID] */
 int
-follow_watch(int argc, char **argv)
+watch_main(int argc, char **argv)
 {
 	static const struct opt opts[] = { { "timeout", 0, true, O_TIMEOUT }, { NULL, 0, false, 0 } };
 	struct opt_state st;
@@ -196,11 +197,11 @@ follow_watch(int argc, char **argv)
 	enq_setup(true);
 	enq_catch_signals();
 	if (id == NULL)
-		return follow_all();
+		return watch_all();
 	print_init(&p, false, en->json);
 	en->sub = redis_connect(&en->conf);
 	redis_subscribe(en->sub, keys_id(&en->keys, "progress", id, kprog, sizeof kprog));
-	rc = follow_loop(&p, id, timeout, false);
+	rc = watch_loop(&p, id, timeout, false);
 	redis_close(&en->sub);
 	return rc;
 }

@@ -1,5 +1,5 @@
 /*
- * fleet.c: the workers, read from {ns}:workers (id -> last beat) and each
+ * workers.c: the workers, read from {ns}:workers (id -> last beat) and each
  * heartbeat hash {ns}:worker:<id>, with the jobs they run; `enqueue
  * workers` prints them and `enqueue top` shows them live.  A worker
  * whose score (its last beat) is older than heartbeat_ttl, or whose hash
@@ -14,7 +14,7 @@
 
 /* A number field of a hash reply (0 when absent). */
 static double
-fleet_num(const redisReply *h, const char *field)
+workers_num(const redisReply *h, const char *field)
 {
 	const char *v = redis_field(h, field);
 
@@ -23,7 +23,7 @@ fleet_num(const redisReply *h, const char *field)
 
 /* Each running job's timeout, from the payloads in the worker's active list. */
 static void
-fleet_timeouts(redisContext *ctx, struct fleet_worker *w)
+workers_timeouts(redisContext *ctx, struct workers_entry *w)
 {
 	char key[KEY_MAX], id[ID_MAX + 1];
 	msgpack_unpacked u;
@@ -50,7 +50,7 @@ fleet_timeouts(redisContext *ctx, struct fleet_worker *w)
 
 /* The jobs a worker's heartbeat names, with their hash's state. */
 static void
-fleet_jobs(redisContext *ctx, struct fleet_worker *w, const char *list)
+workers_jobs(redisContext *ctx, struct workers_entry *w, const char *list)
 {
 	struct strv ids = { 0 };
 	char key[KEY_MAX];
@@ -58,7 +58,7 @@ fleet_jobs(redisContext *ctx, struct fleet_worker *w, const char *list)
 	strv_split(&ids, list, ",");
 	w->jobs = xcalloc(ids.n, sizeof *w->jobs);
 	for (size_t i = 0; i < ids.n; i++) {
-		struct fleet_job *j;
+		struct workers_job *j;
 		redisReply *r;
 		if (!id_valid(ids.v[i], strlen(ids.v[i])))
 			continue;
@@ -81,7 +81,7 @@ fleet_jobs(redisContext *ctx, struct fleet_worker *w, const char *list)
 
 /* Read every worker in {ns}:workers. */
 void
-fleet_load(redisContext *ctx, struct fleet *f, bool timeouts)
+workers_load(redisContext *ctx, struct workers *f, bool timeouts)
 {
 	char key[KEY_MAX];
 	redisReply *z;
@@ -90,7 +90,7 @@ fleet_load(redisContext *ctx, struct fleet *f, bool timeouts)
 	z = redis_commandv(ctx, "ZRANGE", en->keys.workers, "0", "-1", "WITHSCORES");
 	f->w = xcalloc(z->elements / 2, sizeof *f->w);
 	for (size_t i = 0; i + 1 < z->elements; i += 2) {
-		struct fleet_worker *w = &f->w[f->n++];
+		struct workers_entry *w = &f->w[f->n++];
 		const char *v;
 		redisReply *h;
 
@@ -104,24 +104,24 @@ fleet_load(redisContext *ctx, struct fleet *f, bool timeouts)
 		}
 		w->host = xstrdup((v = redis_field(h, "host")) ? v : "?");
 		w->version = xstrdup((v = redis_field(h, "version")) ? v : "?");
-		w->pid = (long)fleet_num(h, "pid");
-		w->started_at = fleet_num(h, "started_at");
+		w->pid = (long)workers_num(h, "pid");
+		w->started_at = workers_num(h, "started_at");
 		w->beat = w->score;	/* the hash's `beat` is only its last write */
-		w->concurrency = (long)fleet_num(h, "concurrency");
-		w->running = (long)fleet_num(h, "running");
-		w->disk_free = fleet_num(h, "disk_free");
+		w->concurrency = (long)workers_num(h, "concurrency");
+		w->running = (long)workers_num(h, "running");
+		w->disk_free = workers_num(h, "disk_free");
 		w->disk_low = (v = redis_field(h, "disk_low")) != NULL && strcmp(v, "1") == 0;
-		fleet_jobs(ctx, w, (v = redis_field(h, "jobs")) ? v : "");
+		workers_jobs(ctx, w, (v = redis_field(h, "jobs")) ? v : "");
 		freeReplyObject(h);
 		if (timeouts && w->njobs > 0)
-			fleet_timeouts(ctx, w);
+			workers_timeouts(ctx, w);
 	}
 	freeReplyObject(z);
 }
 
-/* Free what fleet_load() read. */
+/* Free what workers_load() read. */
 void
-fleet_free(struct fleet *f)
+workers_free(struct workers *f)
 {
 	for (size_t i = 0; i < f->n; i++) {
 		free(f->w[i].id);
@@ -135,7 +135,7 @@ fleet_free(struct fleet *f)
 
 /* The fleet as JSON. */
 static void
-fleet_json(const struct fleet *f, double now)
+workers_json(const struct workers *f, double now)
 {
 	struct jbuf jb;
 
@@ -144,7 +144,7 @@ fleet_json(const struct fleet *f, double now)
 	mp_str(&jb.pk, "workers");
 	msgpack_pack_array(&jb.pk, f->n);
 	for (size_t i = 0; i < f->n; i++) {
-		const struct fleet_worker *w = &f->w[i];
+		const struct workers_entry *w = &f->w[i];
 		msgpack_pack_map(&jb.pk, w->lost ? 3 : 14);
 		print_json_kv_str(&jb, "id", w->id);
 		mp_kv_bool(&jb.pk, "lost", w->lost);
@@ -164,7 +164,7 @@ fleet_json(const struct fleet *f, double now)
 		mp_str(&jb.pk, "jobs");
 		msgpack_pack_array(&jb.pk, w->njobs);
 		for (size_t j = 0; j < w->njobs; j++) {
-			const struct fleet_job *fj = &w->jobs[j];
+			const struct workers_job *fj = &w->jobs[j];
 			msgpack_pack_map(&jb.pk, 5);
 			print_json_kv_str(&jb, "id", fj->id);
 			print_json_kv_str(&jb, "state", fj->state[0] ? fj->state : NULL);
@@ -178,11 +178,11 @@ fleet_json(const struct fleet *f, double now)
 
 /* enqueue workers */
 int
-fleet_main(int argc, char **argv)
+workers_main(int argc, char **argv)
 {
 	static const struct opt none[] = { { NULL, 0, false, 0 } };
 	struct opt_state st;
-	struct fleet f;
+	struct workers f;
 	const char *arg;
 	char up[32], el[32], beat[32], slots[32];
 	double now;
@@ -191,17 +191,17 @@ fleet_main(int argc, char **argv)
 	if (opt_next(&st, none, &arg) != OPT_END)
 		enq_usage("workers", "unexpected argument \"%s\"", arg);
 	enq_setup(true);
-	fleet_load(en->rc, &f, false);
+	workers_load(en->rc, &f, false);
 	now = now_real();
 	if (en->json)
-		fleet_json(&f, now);
+		workers_json(&f, now);
 	else if (f.n == 0)
 		printf("no workers\n");
 	else
 		printf("%-28s %-16s %-8s %-5s %-8s %s\n", "WORKER", "HOST", "UPTIME", "JOBS", "VERSION",
 		    "LAST BEAT");
 	for (size_t i = 0; !en->json && i < f.n; i++) {
-		const struct fleet_worker *w = &f.w[i];
+		const struct workers_entry *w = &f.w[i];
 		print_duration(now - w->score, beat, sizeof beat);
 		if (w->lost) {
 			printf("%-28s %-16s %-8s %-5s %-8s %s ago %s(lost)%s\n", print_safe(w->id), "-", "-", "-", "-",
@@ -218,13 +218,13 @@ fleet_main(int argc, char **argv)
 		}
 		printf("\n");
 		for (size_t j = 0; j < w->njobs; j++) {
-			const struct fleet_job *fj = &w->jobs[j];
+			const struct workers_job *fj = &w->jobs[j];
 			const char *what = fj->phase[0] ? fj->phase : (fj->state[0] ? fj->state : "-");
 			printf("  %-26s %-16s %s\n", fj->id, what,
 			    fj->started_at > 0 ? print_duration(now - fj->started_at, el, sizeof el) : "-");
 		}
 	}
-	fleet_free(&f);
+	workers_free(&f);
 	print_flush();
 	return EXIT_OK;
 }

@@ -1,5 +1,5 @@
 /*
- * job.c: a build job on the wire.  job_decode() is the one gate every
+ * payload.c: a build job on the wire.  payload_decode() is the one gate every
  * payload passes: it refuses with a reason (PROTOCOL.md lists them) and a
  * message naming the field, and nothing it accepts can name a path outside
  * builds_root, an image off the allow list, or limits over the maxima.
@@ -76,7 +76,7 @@ status_parse(const char *s, enum status *out)
 
 /* A readable name for a msgpack type, for messages. */
 static const char *
-job_type_name(const msgpack_object *o)
+payload_type_name(const msgpack_object *o)
 {
 	switch (o->type) {
 	case MSGPACK_OBJECT_NIL: return "nil";
@@ -102,14 +102,14 @@ job_type_name(const msgpack_object *o)
 
 /* A number field: int or float, finite. */
 static enum refusal
-job_number(const msgpack_object *v, const char *name, double *out, char *err, size_t errlen)
+payload_number(const msgpack_object *v, const char *name, double *out, char *err, size_t errlen)
 {
 	switch (v->type) {
 	case MSGPACK_OBJECT_POSITIVE_INTEGER: *out = (double)v->via.u64; break;
 	case MSGPACK_OBJECT_NEGATIVE_INTEGER: *out = (double)v->via.i64; break;
 	case MSGPACK_OBJECT_FLOAT32:
 	case MSGPACK_OBJECT_FLOAT64: *out = v->via.f64; break;
-	default: REFUSE(REFUSE_TYPE, "%s: must be a number, not %s", name, job_type_name(v));
+	default: REFUSE(REFUSE_TYPE, "%s: must be a number, not %s", name, payload_type_name(v));
 	}
 	if (!isfinite(*out))
 		REFUSE(REFUSE_VALUE, "%s: must be a finite number", name);
@@ -121,7 +121,7 @@ job_number(const msgpack_object *v, const char *name, double *out, char *err, si
  * builds_root), no "..", no NUL, not too long.  Stores the relative form.
  */
 static enum refusal
-job_path(const msgpack_object *v, const char *name, const char *root, char **out, char *err,
+payload_path(const msgpack_object *v, const char *name, const char *root, char **out, char *err,
     size_t errlen)
 {
 	const char *s;
@@ -132,7 +132,7 @@ job_path(const msgpack_object *v, const char *name, const char *root, char **out
 	if (v == NULL)
 		REFUSE(REFUSE_MISSING, "%s: missing (a directory relative to builds_root)", name);
 	if (v->type != MSGPACK_OBJECT_STR)
-		REFUSE(REFUSE_TYPE, "%s: must be a string, not %s", name, job_type_name(v));
+		REFUSE(REFUSE_TYPE, "%s: must be a string, not %s", name, payload_type_name(v));
 	s = v->via.str.ptr;
 	n = v->via.str.size;
 	if (n == 0)
@@ -188,7 +188,7 @@ job_path(const msgpack_object *v, const char *name, const char *root, char **out
 
 /* profile (a path) or profile_archive (a tar in the job): exactly one. */
 static enum refusal
-job_profile(const msgpack_object *o, const struct config *c, struct job_spec *js, char *err,
+payload_profile(const msgpack_object *o, const struct config *c, struct job_spec *js, char *err,
     size_t errlen)
 {
 	const msgpack_object *pv = mp_get(o, "profile"), *av = mp_get(o, "profile_archive");
@@ -198,9 +198,9 @@ job_profile(const msgpack_object *o, const struct config *c, struct job_spec *js
 	if (pv == NULL && av == NULL)
 		REFUSE(REFUSE_MISSING, "profile: missing (a directory relative to builds_root, or give profile_archive)");
 	if (av == NULL)
-		return job_path(pv, "profile", c->builds_root, &js->profile, err, errlen);
+		return payload_path(pv, "profile", c->builds_root, &js->profile, err, errlen);
 	if (av->type != MSGPACK_OBJECT_BIN)
-		REFUSE(REFUSE_TYPE, "profile_archive: must be binary (a tar archive), not %s", job_type_name(av));
+		REFUSE(REFUSE_TYPE, "profile_archive: must be binary (a tar archive), not %s", payload_type_name(av));
 	if (av->via.bin.size == 0)
 		REFUSE(REFUSE_ARCHIVE, "profile_archive: empty");
 	js->profile_archive = xmalloc(av->via.bin.size);
@@ -211,7 +211,7 @@ job_profile(const msgpack_object *o, const struct config *c, struct job_spec *js
 
 /* Whether s[0..n) is an HTTP header name (an RFC 9110 token). */
 static bool
-job_token(const char *s, size_t n)
+payload_token(const char *s, size_t n)
 {
 	if (n == 0)
 		return false;
@@ -231,7 +231,7 @@ job_token(const char *s, size_t n)
  * guessed at, so libcurl cannot read another host out of it.
  */
 static bool
-job_upload_host_ok(const struct config *c, const char *auth, size_t n, bool https, char *err, size_t errlen)
+payload_upload_host_ok(const struct config *c, const char *auth, size_t n, bool https, char *err, size_t errlen)
 {
 	const char *at = NULL, *host, *end = auth + n, *colon;
 	char hbuf[256];
@@ -309,7 +309,7 @@ job_upload_host_ok(const struct config *c, const char *auth, size_t n, bool http
  * quote its value.  The headers the worker sets itself are refused.
  */
 static enum refusal
-job_upload(const msgpack_object *v, const struct config *c, struct job_spec *js, char *err, size_t errlen)
+payload_upload(const msgpack_object *v, const struct config *c, struct job_spec *js, char *err, size_t errlen)
 {
 	static const char *own[] = { "content-length", "content-digest", "transfer-encoding", "host",
 		"expect", "connection", "te", "upgrade", NULL };
@@ -317,11 +317,11 @@ job_upload(const msgpack_object *v, const struct config *c, struct job_spec *js,
 	const char *auth, *path, *hole;
 
 	if (v->type != MSGPACK_OBJECT_MAP)
-		REFUSE(REFUSE_TYPE, "upload: must be a map {url, headers}, not %s", job_type_name(v));
+		REFUSE(REFUSE_TYPE, "upload: must be a map {url, headers}, not %s", payload_type_name(v));
 	if ((u = mp_get(v, "url")) == NULL)
 		REFUSE(REFUSE_MISSING, "upload.url: missing");
 	if (u->type != MSGPACK_OBJECT_STR)
-		REFUSE(REFUSE_TYPE, "upload.url: must be a string, not %s", job_type_name(u));
+		REFUSE(REFUSE_TYPE, "upload.url: must be a string, not %s", payload_type_name(u));
 	if (u->via.str.size > UPLOAD_URL_MAX)
 		REFUSE(REFUSE_VALUE, "upload.url: longer than %d bytes", UPLOAD_URL_MAX);
 	for (uint32_t i = 0; i < u->via.str.size; i++)
@@ -344,19 +344,19 @@ job_upload(const msgpack_object *v, const struct config *c, struct job_spec *js,
 	if (hole == NULL && *path != '/')
 		REFUSE(REFUSE_VALUE, "upload.url: without {name}, the URL is a prefix and needs a path "
 		    "(\"https://host/\" at least)");
-	if (!job_upload_host_ok(c, auth, (size_t)(path - auth), tolower((unsigned char)js->upload_url[4]) == 's',
+	if (!payload_upload_host_ok(c, auth, (size_t)(path - auth), tolower((unsigned char)js->upload_url[4]) == 's',
 	    err, errlen))
 		return REFUSE_VALUE;
 	if ((h = mp_get(v, "headers")) == NULL || h->type == MSGPACK_OBJECT_NIL)
 		return REFUSE_NONE;
 	if (h->type != MSGPACK_OBJECT_MAP)
-		REFUSE(REFUSE_TYPE, "upload.headers: must be a map of strings, not %s", job_type_name(h));
+		REFUSE(REFUSE_TYPE, "upload.headers: must be a map of strings, not %s", payload_type_name(h));
 	if (h->via.map.size > UPLOAD_HEADERS_MAX)
 		REFUSE(REFUSE_LIMIT, "upload.headers: more than %d headers", UPLOAD_HEADERS_MAX);
 	for (uint32_t i = 0; i < h->via.map.size; i++) {
 		const msgpack_object *k = &h->via.map.ptr[i].key, *val = &h->via.map.ptr[i].val;
 		char name[64], *line;
-		if (k->type != MSGPACK_OBJECT_STR || !job_token(k->via.str.ptr, k->via.str.size) ||
+		if (k->type != MSGPACK_OBJECT_STR || !payload_token(k->via.str.ptr, k->via.str.size) ||
 		    k->via.str.size >= sizeof name)
 			REFUSE(REFUSE_VALUE, "upload.headers: a name is not an HTTP header name (a token of 1 to 63 bytes)");
 		memcpy(name, k->via.str.ptr, k->via.str.size);
@@ -365,7 +365,7 @@ job_upload(const msgpack_object *v, const struct config *c, struct job_spec *js,
 			if (strcasecmp(name, *o) == 0)
 				REFUSE(REFUSE_VALUE, "upload.headers: %s is set by the worker", name);
 		if (val->type != MSGPACK_OBJECT_STR)
-			REFUSE(REFUSE_TYPE, "upload.headers.%s: must be a string, not %s", name, job_type_name(val));
+			REFUSE(REFUSE_TYPE, "upload.headers.%s: must be a string, not %s", name, payload_type_name(val));
 		if (val->via.str.size > UPLOAD_HEADER_MAX)
 			REFUSE(REFUSE_VALUE, "upload.headers.%s: longer than %d bytes", name, UPLOAD_HEADER_MAX);
 		for (uint32_t b = 0; b < val->via.str.size; b++) {
@@ -382,7 +382,7 @@ job_upload(const msgpack_object *v, const struct config *c, struct job_spec *js,
 
 /* Decode the fields of a job map; see the contract in PROTOCOL.md. */
 static enum refusal
-job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js, char *err,
+payload_fields(const msgpack_object *o, const struct config *c, struct job_spec *js, char *err,
     size_t errlen)
 {
 	const msgpack_object *v;
@@ -390,7 +390,7 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 	double d;
 
 	if (o->type != MSGPACK_OBJECT_MAP)
-		REFUSE(REFUSE_NOT_MAP, "payload must be a msgpack map, not %s", job_type_name(o));
+		REFUSE(REFUSE_NOT_MAP, "payload must be a msgpack map, not %s", payload_type_name(o));
 
 	if ((v = mp_get(o, "id")) == NULL)
 		REFUSE(REFUSE_MISSING, "id: missing");
@@ -402,28 +402,28 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 			REFUSE(REFUSE_VALUE, "id: given more than once");
 	}
 	if (v->type != MSGPACK_OBJECT_STR)
-		REFUSE(REFUSE_TYPE, "id: must be a string, not %s", job_type_name(v));
+		REFUSE(REFUSE_TYPE, "id: must be a string, not %s", payload_type_name(v));
 	if (!id_valid(v->via.str.ptr, v->via.str.size))
 		REFUSE(REFUSE_ID, "id: must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}");
 	memcpy(js->id, v->via.str.ptr, v->via.str.size);
 	js->id[v->via.str.size] = '\0';
 
-	if ((r = job_profile(o, c, js, err, errlen)))
+	if ((r = payload_profile(o, c, js, err, errlen)))
 		return r;
-	if ((v = mp_get(o, "upload")) != NULL && (r = job_upload(v, c, js, err, errlen)))
+	if ((v = mp_get(o, "upload")) != NULL && (r = payload_upload(v, c, js, err, errlen)))
 		return r;
 	/* Without output the worker makes one; only a job whose artifacts are uploaded may leave it out. */
 	if ((v = mp_get(o, "output")) == NULL && js->upload_url == NULL)
 		REFUSE(REFUSE_MISSING, "output: missing (a directory relative to builds_root; "
 		    "only a job with upload may leave it out)");
-	if (v != NULL && (r = job_path(v, "output", c->builds_root, &js->output, err, errlen)))
+	if (v != NULL && (r = payload_path(v, "output", c->builds_root, &js->output, err, errlen)))
 		return r;
 
 	if ((v = mp_get(o, "source_date_epoch")) != NULL) {
 		if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
 			REFUSE(REFUSE_VALUE, "source_date_epoch: must not be negative");
 		if (v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-			REFUSE(REFUSE_TYPE, "source_date_epoch: must be an integer, not %s", job_type_name(v));
+			REFUSE(REFUSE_TYPE, "source_date_epoch: must be an integer, not %s", payload_type_name(v));
 		if (v->via.u64 > (uint64_t)EPOCH_MAX)
 			REFUSE(REFUSE_VALUE, "source_date_epoch: %llu is after the year 9999",
 			    (unsigned long long)v->via.u64);
@@ -431,7 +431,7 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 		js->has_epoch = true;
 	}
 	if ((v = mp_get(o, "enqueued_at")) != NULL) {
-		if ((r = job_number(v, "enqueued_at", &d, err, errlen)))
+		if ((r = payload_number(v, "enqueued_at", &d, err, errlen)))
 			return r;
 		if (d < 0 || d > (double)EPOCH_MAX)
 			REFUSE(REFUSE_VALUE, "enqueued_at: %g is not a time between 1970 and 9999", d);
@@ -460,7 +460,7 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 				REFUSE(REFUSE_VALUE, "memory: %s", e);
 		} else
 			REFUSE(REFUSE_TYPE, "memory: must be bytes (integer) or a size string like \"512m\", not %s",
-			    job_type_name(v));
+			    payload_type_name(v));
 		if (js->memory < MIN_MEMORY)
 			REFUSE(REFUSE_VALUE, "memory: %llu bytes is below the minimum of 6m",
 			    (unsigned long long)js->memory);
@@ -473,7 +473,7 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 
 	js->cpus = c->cpus;
 	if ((v = mp_get(o, "cpus")) != NULL) {
-		if ((r = job_number(v, "cpus", &js->cpus, err, errlen)))
+		if ((r = payload_number(v, "cpus", &js->cpus, err, errlen)))
 			return r;
 		if (js->cpus < 0.01)
 			REFUSE(REFUSE_VALUE, "cpus: must be at least 0.01");
@@ -483,7 +483,7 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 
 	js->timeout = c->timeout;
 	if ((v = mp_get(o, "timeout")) != NULL) {
-		if ((r = job_number(v, "timeout", &js->timeout, err, errlen)))
+		if ((r = payload_number(v, "timeout", &js->timeout, err, errlen)))
 			return r;
 		if (js->timeout <= 0)
 			REFUSE(REFUSE_VALUE, "timeout: must be above 0 seconds");
@@ -493,7 +493,7 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 	}
 	js->warning = c->warning < js->timeout ? c->warning : js->timeout * 0.75;
 	if ((v = mp_get(o, "warning")) != NULL) {
-		if ((r = job_number(v, "warning", &js->warning, err, errlen)))
+		if ((r = payload_number(v, "warning", &js->warning, err, errlen)))
 			return r;
 		if (js->warning < 0)
 			REFUSE(REFUSE_VALUE, "warning: must not be negative");
@@ -512,7 +512,7 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 
 	if ((v = mp_get(o, "image")) != NULL) {
 		if (v->type != MSGPACK_OBJECT_STR)
-			REFUSE(REFUSE_TYPE, "image: must be a string, not %s", job_type_name(v));
+			REFUSE(REFUSE_TYPE, "image: must be a string, not %s", payload_type_name(v));
 		js->image = xstrndup(v->via.str.ptr, v->via.str.size);
 		if (strlen(js->image) != v->via.str.size ||
 		    (strcmp(js->image, c->image) != 0 && !strv_has(&c->images, js->image)))
@@ -524,7 +524,7 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 		msgpack_sbuffer sb;
 		msgpack_packer pk;
 		if (v->type != MSGPACK_OBJECT_MAP)
-			REFUSE(REFUSE_TYPE, "meta: must be a map, not %s", job_type_name(v));
+			REFUSE(REFUSE_TYPE, "meta: must be a map, not %s", payload_type_name(v));
 		msgpack_sbuffer_init(&sb);
 		msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
 		msgpack_pack_object(&pk, *v);
@@ -536,7 +536,7 @@ job_fields(const msgpack_object *o, const struct config *c, struct job_spec *js,
 
 /* Decode, validate and copy a payload into js. */
 enum refusal
-job_decode(const char *buf, size_t len, const struct config *c, struct job_spec *js, char *err,
+payload_decode(const char *buf, size_t len, const struct config *c, struct job_spec *js, char *err,
     size_t errlen)
 {
 	msgpack_unpacked u;
@@ -553,7 +553,7 @@ job_decode(const char *buf, size_t len, const struct config *c, struct job_spec 
 		msgpack_unpacked_destroy(&u);
 		REFUSE(rc == -2 ? REFUSE_TOO_DEEP : REFUSE_MALFORMED, "payload: %s", e);
 	}
-	r = job_fields(&u.data, c, js, err, errlen);
+	r = payload_fields(&u.data, c, js, err, errlen);
 	msgpack_unpacked_destroy(&u);
 	/* Messages quote payload bytes: keep control characters out of logs. */
 	if (r != REFUSE_NONE) {
@@ -563,9 +563,9 @@ job_decode(const char *buf, size_t len, const struct config *c, struct job_spec 
 	return r;
 }
 
-/* Free what job_decode() copied. */
+/* Free what payload_decode() copied. */
 void
-job_spec_free(struct job_spec *js)
+payload_free(struct job_spec *js)
 {
 	free(js->profile);
 	free(js->output);
@@ -579,7 +579,7 @@ job_spec_free(struct job_spec *js)
 
 /* Encode js as the contract's job map. */
 void
-job_encode(const struct job_spec *js, msgpack_sbuffer *sb)
+payload_encode(const struct job_spec *js, msgpack_sbuffer *sb)
 {
 	msgpack_packer pk;
 	int n = 1 + (js->profile || !js->profile_archive) + (js->output || !js->upload_url) +

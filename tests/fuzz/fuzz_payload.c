@@ -1,6 +1,6 @@
 /*
- * fuzz_job.c: libFuzzer harness for the payload gate.  Each input goes
- * through job_decode() with the default worker.ini limits (builds_root a
+ * fuzz_payload.c: libFuzzer harness for the payload gate.  Each input goes
+ * through payload_decode() with the default worker.ini limits (builds_root a
  * temporary directory, two images on the allow list), and through
  * mp_precheck(), mp_unpack() and mp_json().
  *
@@ -9,7 +9,7 @@
  *    relative paths without "..", limits within the maxima, an allowed
  *    image, a meta map that decodes again);
  *  - a refusal has a known reason and a message;
- *  - job_decode agrees with mp_precheck (malformed, too deep);
+ *  - payload_decode agrees with mp_precheck (malformed, too deep);
  *  - whatever mp_precheck accepts, msgpack-c unpacks as exactly one object
  *    of exactly those bytes.
  *
@@ -35,7 +35,7 @@ static char root[4096];
 #define PROMISE(cond)                                                          \
 	do {                                                                   \
 		if (!(cond)) {                                                 \
-			fprintf(stderr, "fuzz_job: broken promise: %s (%s:%d)\n", #cond, __FILE__, \
+			fprintf(stderr, "fuzz_payload: broken promise: %s (%s:%d)\n", #cond, __FILE__, \
 			    __LINE__);                                         \
 			abort();                                               \
 		}                                                              \
@@ -71,7 +71,7 @@ fuzz_init(void)
 	atexit(fuzz_cleanup);
 }
 
-/* A path job_decode accepted: relative, no "..", no NUL, within the lengths. */
+/* A path payload_decode accepted: relative, no "..", no NUL, within the lengths. */
 static void
 check_path(const char *p)
 {
@@ -128,7 +128,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	/* The gate. */
 	err[0] = '\0';
-	r = job_decode(buf, size, &cfg, &js, err, sizeof err);
+	r = payload_decode(buf, size, &cfg, &js, err, sizeof err);
 	if (r == REFUSE_NONE)
 		check_accepted(&js);
 	else {
@@ -137,7 +137,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		PROMISE(strcmp(refusal_name(r), "unknown") != 0);
 		PROMISE(js.id[0] == '\0' || id_valid(js.id, strlen(js.id)));
 	}
-	job_spec_free(&js);
+	payload_free(&js);
 
 	/* The pre-check, and msgpack-c behind it. */
 	pre = mp_precheck(buf, size, MP_MAX_DEPTH, perr, sizeof perr);
