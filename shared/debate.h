@@ -41,8 +41,9 @@ void log_msg(enum log_level level, const char *fmt, ...) __attribute__((format(p
 		if (log_get_level() >= LOG_DEBUG)                              \
 			log_msg(LOG_DEBUG, __VA_ARGS__);                       \
 	} while (0)
+/* Log and exit 1 (fatal appends strerror(errno), as in tmux and OpenSMTPD). */
+void fatalx(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 void fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-void fatalx_errno(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
 /* --- util.c ----------------------------------------------------------- */
 

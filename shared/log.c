@@ -147,9 +147,9 @@ log_msg(enum log_level level, const char *fmt, ...)
 	va_end(ap);
 }
 
-/* Log and exit 1: only at start-up or on a broken invariant. */
+/* Log and exit 1: only at start-up or on a broken invariant (tmux's fatalx). */
 void
-fatal(const char *fmt, ...)
+fatalx(const char *fmt, ...)
 {
 	va_list ap;
 
@@ -159,9 +159,9 @@ fatal(const char *fmt, ...)
 	exit(1);
 }
 
-/* fatal() with strerror(errno) appended. */
+/* fatalx() with strerror(errno) appended. */
 void
-fatalx_errno(const char *fmt, ...)
+fatal(const char *fmt, ...)
 {
 	char buf[1024];
 	int saved = errno;
@@ -170,5 +170,5 @@ fatalx_errno(const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof buf, fmt, ap);
 	va_end(ap);
-	fatal("%s: %s", buf, strerror(saved));
+	fatalx("%s: %s", buf, strerror(saved));
 }

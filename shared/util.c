@@ -18,7 +18,7 @@ xmalloc(size_t n)
 	void *p = malloc(n ? n : 1);
 
 	if (p == NULL)
-		fatal("out of memory (%zu bytes)", n);
+		fatalx("out of memory (%zu bytes)", n);
 	return p;
 }
 
@@ -29,7 +29,7 @@ xcalloc(size_t n, size_t size)
 	void *p = calloc(n ? n : 1, size ? size : 1);
 
 	if (p == NULL)
-		fatal("out of memory (%zu x %zu bytes)", n, size);
+		fatalx("out of memory (%zu x %zu bytes)", n, size);
 	return p;
 }
 
@@ -39,7 +39,7 @@ xrealloc(void *p, size_t n)
 {
 	p = realloc(p, n ? n : 1);
 	if (p == NULL)
-		fatal("out of memory (%zu bytes)", n);
+		fatalx("out of memory (%zu bytes)", n);
 	return p;
 }
 
@@ -70,7 +70,7 @@ xasprintf(const char *fmt, ...)
 
 	va_start(ap, fmt);
 	if (vasprintf(&s, fmt, ap) < 0)
-		fatal("out of memory (asprintf)");
+		fatalx("out of memory (asprintf)");
 	va_end(ap);
 	return s;
 }

@@ -99,7 +99,7 @@ job_set_state(struct job *j, enum job_state s)
 
 	if ((job_edges[j->state] & (1u << s)) == 0) {
 		if (job_strict_states)
-			fatal("job %s: illegal state transition %s -> %s", id, job_state_name(j->state),
+			fatalx("job %s: illegal state transition %s -> %s", id, job_state_name(j->state),
 			    job_state_name(s));
 		log_err("job %s: illegal state transition %s -> %s refused (a bug)", id,
 		    job_state_name(j->state), job_state_name(s));

@@ -242,7 +242,7 @@ worker_sweep_own(void)
 	strv_free(&argv);
 }
 
-/* Options, configuration and start-up checks; fatal() on any problem. */
+/* Options, configuration and start-up checks; fatalx() on any problem. */
 static void
 worker_setup(int argc, char **argv, bool *check_only)
 {
@@ -281,9 +281,9 @@ worker_setup(int argc, char **argv, bool *check_only)
 	wk->conf = &worker_conf;
 	config_defaults(wk->conf);
 	if ((path = config_find(cfile)) == NULL)
-		fatal("no configuration: neither ./worker.ini nor /etc/debate/worker.ini exists (use -c FILE)");
+		fatalx("no configuration: neither ./worker.ini nor /etc/debate/worker.ini exists (use -c FILE)");
 	if (config_load(path, wk->conf, err, sizeof err) != 0)
-		fatal("%s", err);
+		fatalx("%s", err);
 	if (redis == NULL)
 		redis = getenv("REDIS_URL");
 	if (redis != NULL && *redis != '\0') {
@@ -292,11 +292,11 @@ worker_setup(int argc, char **argv, bool *check_only)
 	}
 	if (conc != NULL) {
 		if (parse_int(conc, 1, 1024, &n, err, sizeof err) != 0)
-			fatal("--concurrency: %s", err);
+			fatalx("--concurrency: %s", err);
 		wk->conf->concurrency = (long)n;
 	}
 	if (config_check(wk->conf, err, sizeof err) != 0)
-		fatal("%s", err);
+		fatalx("%s", err);
 	log_set_level(verbose ? LOG_DEBUG : wk->conf->log_level);
 	wk->slots = wk->conf->concurrency;
 
@@ -308,9 +308,9 @@ worker_setup(int argc, char **argv, bool *check_only)
 	else
 		snprintf(wk->id, sizeof wk->id, "%s-%d", wk->host, (int)getpid());
 	if (!id_valid(wk->id, strlen(wk->id)))
-		fatal("--id: \"%s\" must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}", wk->id);
+		fatalx("--id: \"%s\" must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}", wk->id);
 	if (runtime_detect(wk->conf, &wk->rt, err, sizeof err) != 0)
-		fatal("%s", err);
+		fatalx("%s", err);
 	image_pick_runtime(wk->conf, &wk->rt);
 }
 
@@ -336,13 +336,13 @@ main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 
 	if (image_ensure(wk->conf, &wk->rt, wk->conf->image, err, sizeof err) != 0)
-		fatal("%s", err);
+		fatalx("%s", err);
 	tmp = getenv("RUNTIME_DIRECTORY");
 	if (tmp == NULL || *tmp == '\0')
 		tmp = getenv("TMPDIR");
 	snprintf(tmpl, sizeof tmpl, "%s/debate-%s-XXXXXX", tmp && *tmp ? tmp : "/tmp", wk->id);
 	if ((wk->cid_dir = mkdtemp(tmpl)) == NULL)
-		fatalx_errno("mkdtemp %s", tmpl);
+		fatal("mkdtemp %s", tmpl);
 	wk->cid_dir = xstrdup(wk->cid_dir);
 	worker_sweep_own();
 
@@ -356,7 +356,7 @@ main(int argc, char **argv)
 	ev_timer_init(&drain_timer, drain_timer_cb, 0, 0);
 	defer_init();
 	if (wk->conf->metrics_listen != NULL && metrics_start(wk->conf->metrics_listen, err, sizeof err) != 0)
-		fatal("%s", err);
+		fatalx("%s", err);
 	notify_init();
 	{
 		double wd = notify_watchdog_interval();
@@ -371,7 +371,7 @@ main(int argc, char **argv)
 		struct redis_url u;
 		char *shown;
 		if (url_parse(wk->conf->redis_url, &u, err, sizeof err) != 0)
-			fatal("%s", err);	/* config_check() parsed it already */
+			fatalx("%s", err);	/* config_check() parsed it already */
 		shown = url_display(&u);
 		log_notice("worker %s %s: %ld slot%s, runtime %s, redis %s, namespace %s", wk->id,
 		    DEBATE_VERSION, wk->slots, wk->slots == 1 ? "" : "s", runtime_name(&wk->rt), shown,
@@ -379,6 +379,7 @@ main(int argc, char **argv)
 		free(shown);
 		url_free(&u);
 	}
+	rconn_scripts(script_table());
 	wk->cmd = rconn_new("cmd", true, cmd_up, NULL);
 	rconn_start(wk->cmd);
 	job_init(&(struct job_hooks) { .slot_freed = worker_slot_freed, .job_gone = worker_check_exit });

@@ -78,7 +78,7 @@ rconn_url(void)
 
 	if (!parsed) {
 		if (url_parse(wk->conf->redis_url, &u, err, sizeof err) != 0)
-			fatal("redis url: %s", err);	/* config_check() ran already */
+			fatalx("redis url: %s", err);	/* config_check() ran already */
 		parsed = true;
 	}
 	return &u;

@@ -270,12 +270,24 @@ rconn_flush(struct rconn *rc)
 	}
 }
 
+/* What rconn_scripts() registered. */
+static const struct rconn_script *rconn_script_table;
+
+/* Register the scripts; see worker.h. */
+void
+rconn_scripts(const struct rconn_script *table)
+{
+	rconn_script_table = table;
+}
+
 /* SCRIPT LOAD every script (at the handshake, and after a NOSCRIPT); returns how many. */
 int
 rconn_load_scripts(struct rconn *rc, redisCallbackFn *fn)
 {
+	if (rconn_script_table == NULL)
+		return 0;
 	for (int i = 0; i < SCRIPT_COUNT; i++) {
-		const char *argv[] = { "SCRIPT", "LOAD", script_body((enum script_id)i) };
+		const char *argv[] = { "SCRIPT", "LOAD", rconn_script_table[i].body };
 		redisAsyncCommandArgv(rc->ac, fn, rc, 3, argv, NULL);
 	}
 	return SCRIPT_COUNT;
@@ -344,7 +356,7 @@ rcmd_new(struct rconn *rc, enum rq_kind kind, rq_cb *cb, void *arg, int argc, co
 	if (kind == RQ_DROP && rc->bytes > wk->conf->outbox_max)
 		return NULL;
 	if ((len = rconn_format(&buf, argc, argv, argvlen)) < 0)
-		fatal("out of memory formatting a Redis command");
+		fatalx("out of memory formatting a Redis command");
 	c = xcalloc(1, sizeof *c);
 	c->rc = rc;
 	c->buf = buf;
@@ -405,7 +417,9 @@ script_call(struct rconn *rc, enum script_id id, enum rq_kind kind, rq_cb *cb, v
 	snprintf(nk, sizeof nk, "%d", nkeys);
 	argv[0] = "EVALSHA";
 	argvlen[0] = 7;
-	argv[1] = script_sha(id);
+	if (rconn_script_table == NULL)
+		fatalx("script_call: no scripts registered (rconn_scripts)");
+	argv[1] = rconn_script_table[id].sha;
 	argvlen[1] = 40;
 	argv[2] = nk;
 	argvlen[2] = strlen(nk);

@@ -160,7 +160,7 @@ sandbox_pushf(struct strv *argv, const char *fmt, ...)
 
 	va_start(ap, fmt);
 	if (vasprintf(&s, fmt, ap) < 0)
-		fatal("out of memory");
+		fatalx("out of memory");
 	va_end(ap);
 	strv_push(argv, s);
 	free(s);

@@ -31,22 +31,21 @@ static const char *script_bodies[SCRIPT_COUNT] = {
 	[SCRIPT_BEAT] = lua_beat, [SCRIPT_RELEASE] = lua_release,
 };
 
-static char script_shas[SCRIPT_COUNT][41];
-
-/* A script's text. */
-const char *
-script_body(enum script_id id)
+/* Every script's text and SHA1 (computed on the first call); see worker.h. */
+const struct rconn_script *
+script_table(void)
 {
-	return script_bodies[id];
-}
+	static char shas[SCRIPT_COUNT][41];
+	static struct rconn_script table[SCRIPT_COUNT];
 
-/* A script's SHA1, as EVALSHA wants it (computed once). */
-const char *
-script_sha(enum script_id id)
-{
-	if (script_shas[id][0] == '\0')
-		SHA1Data((const uint8_t *)script_bodies[id], strlen(script_bodies[id]), script_shas[id]);
-	return script_shas[id];
+	if (table[0].body == NULL) {
+		for (int i = 0; i < SCRIPT_COUNT; i++) {
+			SHA1Data((const uint8_t *)script_bodies[i], strlen(script_bodies[i]), shas[i]);
+			table[i].body = script_bodies[i];
+			table[i].sha = shas[i];
+		}
+	}
+	return table;
 }
 
 /*
@@ -122,7 +121,7 @@ sargs_fmt(struct sargs *a, const char *fmt, ...)
 	char *b;
 
 	if (a->nnum == SARGS_FIXED)
-		fatal("sargs: more than %d formatted arguments", SARGS_FIXED);
+		fatalx("sargs: more than %d formatted arguments", SARGS_FIXED);
 	b = a->num[a->nnum++];
 	va_start(ap, fmt);
 	vsnprintf(b, sizeof a->num[0], fmt, ap);
@@ -142,7 +141,7 @@ static void
 sargs_key(struct sargs *a, const char *key)
 {
 	if ((size_t)a->nkeys != a->n)
-		fatal("sargs: a key after an argument");
+		fatalx("sargs: a key after an argument");
 	sargs_str(a, key);
 	a->nkeys++;
 }
@@ -152,7 +151,7 @@ static void
 sargs_key_id(struct sargs *a, const char *kind, const char *id)
 {
 	if (a->nkey == SARGS_KEYS)
-		fatal("sargs: more than %d derived keys", SARGS_KEYS);
+		fatalx("sargs: more than %d derived keys", SARGS_KEYS);
 	sargs_key(a, keys_id(&wk->keys, kind, id, a->key[a->nkey], KEY_MAX));
 	a->nkey++;
 }

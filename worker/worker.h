@@ -172,14 +172,21 @@ enum script_id {
 	SCRIPT_CLAIM, SCRIPT_EMIT, SCRIPT_FINISH, SCRIPT_REFUSE, SCRIPT_BEAT, SCRIPT_RELEASE,
 	SCRIPT_COUNT
 };
+/* A script's text and its SHA1, as rconn loads (SCRIPT LOAD) and calls (EVALSHA) it. */
+struct rconn_script {
+	const char *body;
+	const char *sha;
+};
+/* The SCRIPT_COUNT scripts, by script_id (main registers scripts.c's table before connecting). */
+void rconn_scripts(const struct rconn_script *table);
 /* Call a script through the outbox (EVALSHA; NOSCRIPT is handled). */
 void script_call(struct rconn *rc, enum script_id id, enum rq_kind kind, rq_cb *cb, void *arg,
     int nkeys, int nargs, const char **args, const size_t *lens);
 
 /* --- scripts.c: the Lua scripts that change job state atomically ---- */
 
-const char *script_body(enum script_id id);
-const char *script_sha(enum script_id id);
+/* Every script's text and SHA1, by script_id (for rconn_scripts()). */
+const struct rconn_script *script_table(void);
 
 /*
  * One typed call per script, each sent through the outbox of the command
