@@ -413,9 +413,22 @@ config_check(const struct config *c, char *err, size_t errlen)
 	const char *p = c->path ? c->path : "worker.ini";
 	struct redis_url u;
 	char e[ERR_MAX];
+	size_t nslen;
 
 	if (c->namespace == NULL || !id_valid(c->namespace, strlen(c->namespace))) {
 		snprintf(err, errlen, "%s: namespace must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}", p);
+		return -1;
+	}
+	/*
+	 * Container names are "<ns>-build-<id>".  With no "-build-" in ns and
+	 * no "-build" at its end, the first "-build-" of a name is where ns
+	 * ends, so one name is one (namespace, id): ns "a-build" with id "x"
+	 * and ns "a" with id "build-x" would share one.
+	 */
+	nslen = strlen(c->namespace);
+	if (strstr(c->namespace, "-build-") != NULL || (nslen >= 6 && strcmp(c->namespace + nslen - 6, "-build") == 0)) {
+		snprintf(err, errlen, "%s: namespace \"%s\" must not contain \"-build-\" or end in \"-build\" "
+		    "(container names are <namespace>-build-<id> and must tell namespaces apart)", p, c->namespace);
 		return -1;
 	}
 	if (c->redis_url == NULL || url_parse(c->redis_url, &u, e, sizeof e) != 0) {

@@ -63,14 +63,18 @@ static void
 job_conflict_inspected(int wstatus, const char *out, size_t len, void *arg)
 {
 	struct job *j = arg;
-	struct strv argv = { 0 };
-	char id[80];
-	size_t n = strcspn(out, " \r\n");
+	struct strv argv = { 0 }, f = { 0 };
+	char id[80], line[512];
+	size_t n;
 	bool ours;
 
 	if (job_conflict_stopped(j))
 		return;
-	snprintf(id, sizeof id, "%.*s", (int)(n < len ? n : len), out);
+	/* "<id> <debate.ns> <debate.job>" */
+	n = strcspn(out, "\r\n");
+	snprintf(line, sizeof line, "%.*s", (int)(n < len ? n : len), out);
+	strv_split(&f, line, " ");
+	snprintf(id, sizeof id, "%s", f.n > 0 ? f.v[0] : "");
 	ours = j->cid[0] != '\0' && (strncmp(id, j->cid, strlen(id)) == 0 ||
 	    strncmp(id, j->cid, strlen(j->cid)) == 0);
 	if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0 || strlen(id) < 12 ||
@@ -78,9 +82,28 @@ job_conflict_inspected(int wstatus, const char *out, size_t len, void *arg)
 		/* No conflict: the outcome is the exit 125.  No container has our name: none to rm. */
 		if (WIFEXITED(wstatus) && WEXITSTATUS(wstatus) != 0 && j->cid[0] == '\0')
 			j->no_container = true;
+		strv_free(&f);
 		job_end(j);
 		return;
 	}
+	/*
+	 * Only an orphan of this very job (its namespace and id labels) is
+	 * removed.  Whatever else has the name (another namespace's build, a
+	 * container that is not the worker's) is left alone: the job ends
+	 * with the runtime's exit 125.
+	 */
+	if (f.n != 3 || strcmp(f.v[1], wk->conf->namespace) != 0 || strcmp(f.v[2], j->id) != 0) {
+		char shown[256];
+
+		str_printable(shown, sizeof shown, f.n == 3 ? line + strlen(f.v[0]) + 1 : "(no labels)");
+		log_warn("job %s: container name %s is held by %.12s, which is not this job's (debate.ns, "
+		    "debate.job: %s); left alone", j->id, j->cname, id, shown);
+		j->no_container = true;	/* the name is not ours: never rm -f it */
+		strv_free(&f);
+		job_end(j);
+		return;
+	}
+	strv_free(&f);
 	log_notice("job %s: container name %s is taken by an orphan (%.12s); removing it", j->id, j->cname, id);
 	sandbox_rm_argv(wk->conf, &wk->rt, id, &argv);
 	proc_run(argv.v, job_conflict_removed, j);

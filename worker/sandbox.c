@@ -350,16 +350,23 @@ sandbox_ps_argv(const struct config *c, const struct runtime *rt, const char *la
 	sandbox_pushf(argv, "--format={{.ID}} {{.Names}} %s", lf);
 }
 
-/* "inspect --type=container --format={{.Id}} what": the full id of a container (name or id). */
+/*
+ * "inspect --type=container --format='{{.Id}} <debate.ns> <debate.job>'
+ * what": the full id of a container (name or id) and whose job it runs.
+ */
 void
 sandbox_inspect_id_argv(const struct config *c, const struct runtime *rt, const char *what,
     struct strv *argv)
 {
+	char ns[64], job[64];
+
 	strv_free(argv);
 	sandbox_base_argv(c, rt, argv);
 	strv_push(argv, "inspect");
 	strv_push(argv, "--type=container");
-	strv_push(argv, "--format={{.Id}}");
+	sandbox_label_format(rt, false, "debate.ns", ns, sizeof ns);
+	sandbox_label_format(rt, false, "debate.job", job, sizeof job);
+	sandbox_pushf(argv, "--format={{.Id}} %s %s", ns, job);
 	strv_push(argv, what);
 }
 

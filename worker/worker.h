@@ -68,6 +68,7 @@ void sandbox_rm_argv(const struct config *c, const struct runtime *rt, const cha
 void sandbox_ps_argv(const struct config *c, const struct runtime *rt, const char *label,
     struct strv *argv);
 /* "inspect" of one container (name or id): its full id, or its debate.worker label. */
+/* inspect's format: "<full id> <debate.ns label> <debate.job label>". */
 void sandbox_inspect_id_argv(const struct config *c, const struct runtime *rt, const char *what,
     struct strv *argv);
 void sandbox_inspect_worker_argv(const struct config *c, const struct runtime *rt, const char *what,

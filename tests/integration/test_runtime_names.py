@@ -39,7 +39,8 @@ version|images) exit 0 ;;
 image) exit 0 ;;
 ps) exit 0 ;;
 inspect)
-    if [ -f "$S/taken" ]; then echo "@OTHER@"; exit 0; fi
+    # "<id> <debate.ns> <debate.job>" of whoever holds the name
+    if [ -f "$S/taken" ]; then echo "@OTHER@ $(cat "$S/taken")"; exit 0; fi
     echo "Error: no such container" >&2; exit 125 ;;
 rm)
     for a in "$@"; do last=$a; done
@@ -51,10 +52,12 @@ stop|kill)
     [ -f "$S/run.pid" ] && kill "$(cat "$S/run.pid")" 2>/dev/null
     exit 0 ;;
 run)
-    name= cid= out=
+    name= cid= out= lns= ljob=
     for a in "$@"; do
         case $a in
         --name=*) name=${a#--name=} ;;
+        --label=debate.ns=*) lns=${a#--label=debate.ns=} ;;
+        --label=debate.job=*) ljob=${a#--label=debate.job=} ;;
         --cidfile=*) cid=${a#--cidfile=} ;;
         --volume=*:/build/output:rw) out=${a#--volume=}; out=${out%:/build/output:rw} ;;
         esac
@@ -63,6 +66,10 @@ run)
     if [ "$n" -gt 0 ]; then
         echo $((n - 1)) > "$S/conflicts"
         : > "$S/taken"
+        # held by an orphan of this job, or (file "foreign") by another namespace's build
+        if [ -f "$S/taken" ]; then
+            if [ -f "$S/foreign" ]; then cat "$S/foreign" > "$S/taken"; else echo "$lns $ljob" > "$S/taken"; fi
+        fi
         echo conflict >> "$S/runs"
         echo "Error: creating container storage: the container name \"$name\" is already in use by @OTHER@. You have to remove that container to be able to reuse that name: that name is already in use" >&2
         exit 125
@@ -115,10 +122,32 @@ def test_conflict_once_then_success(fleet, r, ns, broot, fake_rt):
     assert [a["name"] for a in res["artifacts"]] == ["a.iso"]
     assert lines(fake_rt.state / "runs") == ["conflict", "run"]
     assert lines(fake_rt.state / "rms")[0] == OTHER_ID      # by id, not by name
-    assert any(c.startswith(f"inspect --type=container --format={{{{.Id}}}} {ns}-build-{jid}")
+    assert any(c.startswith("inspect --type=container --format={{.Id}} {{index .Config.Labels \"debate.ns\"}} "
+                            f"{{{{index .Config.Labels \"debate.job\"}}}} {ns}-build-{jid}")
                for c in lines(fake_rt.state / "calls"))
     w.wait_log(rf"job {jid}: container name {ns}-build-{jid} is taken by an orphan", 1)
     assert r.llen(f"{{{ns}}}:results") == 1
+
+
+def test_name_held_by_another_namespaces_build_is_left_alone(fleet, r, ns, broot, fake_rt):
+    """The name is taken by a container whose labels say it is another
+    namespace's job (a live build of another tenant whose namespace and id
+    happen to spell the same name): it is neither removed nor stopped, and
+    this job ends with the runtime's error instead of a second run."""
+    (fake_rt.state / "conflicts").write_text("1\n")
+    (fake_rt.state / "foreign").write_text(f"{ns}-build victim\n")
+    make_profile(broot, "p")
+    w = fleet.start(fake_rt)
+    jid = submit(r, ns, profile="p", output="o/1")
+    res = wait_result(r, ns, jid, 30)
+    assert res["status"] == "error" and "the container runtime failed (exit 125)" in res["error"], res
+    assert "already in use" in res["error"], res
+    assert lines(fake_rt.state / "runs") == ["conflict"]
+    assert lines(fake_rt.state / "rms") == [], "the other namespace's container was removed"
+    assert not [c for c in lines(fake_rt.state / "calls") if c.split()[0] in ("rm", "stop", "kill")]
+    w.wait_log(rf"job {jid}: container name {ns}-build-{jid} is held by a{{12}}, which is not this "
+               rf"job's \(debate.ns, debate.job: {ns}-build victim\); left alone", 1)
+    assert w.alive()
 
 
 def test_timeout_covers_the_retried_run(fleet, r, ns, broot, fake_rt):

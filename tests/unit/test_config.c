@@ -645,6 +645,8 @@ test_config_check(void **state)
 	check_bad("[sandbox]\ncommand =\n", "command");
 	check_bad("[queue]\nnamespace = a b\n", "namespace");
 	check_bad("[queue]\nnamespace = {x}\n", "namespace");
+	check_bad("[queue]\nnamespace = ci-build\n", "must not contain \"-build-\" or end in \"-build\"");
+	check_bad("[queue]\nnamespace = a-build-b\n", "must not contain \"-build-\"");
 	check_bad("[queue]\nnamespace = -x\n", "namespace");
 	check_bad("[queue]\nnamespace =\n", "namespace");
 	check_bad("[queue]\nmax_payload = 63\n", "max_payload");

@@ -264,7 +264,8 @@ test_ps_and_inspect_argv(void **state)
 	assert_int_equal(argv.n, 5);
 	assert_string_equal(argv.v[1], "inspect");
 	assert_string_equal(argv.v[2], "--type=container");
-	assert_string_equal(argv.v[3], "--format={{.Id}}");
+	assert_string_equal(argv.v[3],
+	    "--format={{.Id}} {{index .Config.Labels \"debate.ns\"}} {{index .Config.Labels \"debate.job\"}}");
 	assert_string_equal(argv.v[4], "debate-build-x; rm -rf /");
 	sandbox_inspect_worker_argv(&c, &pm, "0123456789ab", &argv);
 	assert_int_equal(argv.n, 7);
