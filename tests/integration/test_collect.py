@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import SLOW, make_profile, stream_events, submit, wait_result
+
 
 HERE = Path(__file__).resolve().parent
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import SLOW, TEST_IMAGE, make_profile, results, stream_events, submit, wait_result
+
 
 # mkarchiso's stages, as the default [phases] name them, in build order.
 PHASES = ["validate", "packages", "customize", "bootloader", "squashfs", "iso", "done"]

@@ -23,16 +23,13 @@ import httpx
 import msgpack
 import pytest
 
-from conftest import REPO, free_port
-import workers
-from workers import Fleet, RedisServer, make_profile, submit, wait_result
+from tests.harness import (REPO, SHARED_PYTHON, Fleet, RedisServer, free_port, make_profile, submit,
+                           wait_result)
 
-podman = workers.podman          # the session fixture, used by name below
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
-SHARED_PY = str(REPO / "shared" / "python")
-sys.path.insert(0, SHARED_PY)
+SHARED_PY = str(SHARED_PYTHON)
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", REPO / "build" / "test-artifacts")) / "dashboard"

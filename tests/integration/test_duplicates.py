@@ -21,7 +21,9 @@ import time
 import msgpack
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import (ENQUEUE_BIN, SANITIZED, SLOW, Fleet, RedisServer, dead, make_profile, poll,
+                           push_raw, results, stream_events, submit, wait_result, wid)
+
 
 
 def k(ns, *parts):

@@ -15,7 +15,8 @@ import time
 import msgpack
 import pytest
 
-from conftest import SLOW, free_port, sanitizer_report
+from tests.harness import SLOW, free_port, sanitizer_report
+
 
 
 def k(ns, *parts):

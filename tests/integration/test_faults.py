@@ -37,7 +37,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import (SLOW, Fleet, RedisServer, Runtime, dead, make_profile, poll, results,
+                           stream_events, submit, wait_result, wid)
+
 
 HB_TTL = 3          # Fleet.ini heartbeat_ttl
 REAPER = 1          # Fleet.ini reaper_interval

@@ -22,7 +22,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import (SLOW, Fleet, RedisServer, dead, make_profile, push_raw, stream_events, submit,
+                           wait_result)
+
 
 MiB = 1 << 20
 

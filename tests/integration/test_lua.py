@@ -15,7 +15,8 @@ import msgpack
 import redis
 import pytest
 
-from conftest import REPO
+from tests.harness import REPO
+
 
 LUA = REPO / "worker" / "lua"
 

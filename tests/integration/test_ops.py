@@ -7,7 +7,6 @@ when the test fails: the worker through the Fleet, Redis and the
 sentinels through `procs`, tmux through its private server socket.
 """
 import collections
-import json
 import os
 import re
 import shutil
@@ -25,8 +24,9 @@ import msgpack
 import pytest
 import redis
 
-from workers import *  # noqa: F401,F403
-from workers import REPO, WORKER_BIN, ENQUEUE_BIN, SLOW, Fleet, RedisServer, Worker, free_port
+from tests.harness import (ENQUEUE_BIN, REPO, SLOW, WORKER_BIN, Fleet, RedisServer, Worker, free_port,
+                           make_profile, results, submit, wait_result)
+
 
 UNIT = REPO / "scripts" / "debate-worker@.service"
 MANPAGES = ["docs/worker.8", "docs/enqueue.1", "docs/worker.ini.5"]

@@ -20,13 +20,8 @@ import time
 
 import msgpack
 
-import workers
-from conftest import ENQUEUE_BIN, SANITIZED, SLOW, sanitizer_report
-from workers import make_profile, submit
+from tests.harness import ENQUEUE_BIN, SANITIZED, SLOW, make_profile, sanitizer_report, submit
 
-# The fixtures of workers.py this module uses (named, not star-imported).
-fleet, ns, broot, r, redis_srv, podman = (workers.fleet, workers.ns, workers.broot, workers.r,
-                                          workers.redis_srv, workers.podman)
 
 R = "\ufffd"
 

@@ -18,7 +18,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import SLOW, WORKER_BIN, Runtime, dead, make_profile, poll, submit, wait_result
+from tests.harness import process as harness_process
+
 
 
 def state(r, ns, job_id):
@@ -221,10 +223,9 @@ def test_docker_sees_the_held_directory_from_a_private_mount_namespace(fleet, r,
     """Under the systemd unit (ProtectSystem=, PrivateTmp=) the worker has a
     mount namespace of its own, whose mounts dockerd (in PID 1's) never
     sees: the held directory must still be what the container writes to."""
-    import workers
     wrapper = script(tmp_path / "unshared-worker",
-                     f'exec unshare --mount --propagation slave {workers.WORKER_BIN} "$@"\n')
-    monkeypatch.setattr(workers, "WORKER_BIN", wrapper)
+                     f'exec unshare --mount --propagation slave {WORKER_BIN} "$@"\n')
+    monkeypatch.setattr(harness_process, "WORKER_BIN", wrapper)   # what Worker.start() runs
     make_profile(broot, "p", seconds=0)
     w = fleet.start(dockerd_rt)
     jid = submit(r, ns, profile="p", output="o/d")
@@ -253,10 +254,9 @@ def test_mount_points_of_a_killed_worker_are_swept(fleet, r, ns, broot, tmp_path
     worker using the same runtime directory unmounts them before its first
     mount (the dead worker's lock on its directory is free), and leaves a
     live worker's alone."""
-    import workers
     run = tmp_path / "run"
     run.mkdir()
-    rt = workers.Runtime(podman.name, podman.cmd, dict(podman.env, RUNTIME_DIRECTORY=str(run)), podman.ini)
+    rt = Runtime(podman.name, podman.cmd, dict(podman.env, RUNTIME_DIRECTORY=str(run)), podman.ini)
     make_profile(broot, "hang", mode="hang")
     make_profile(broot, "p", seconds=0)
     live = fleet.start(rt)

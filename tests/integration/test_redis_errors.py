@@ -20,8 +20,11 @@ import urllib.request
 
 import pytest
 import redis as redis_py
+import msgpack
 
-from workers import *  # noqa: F401,F403
+from tests.harness import (Fleet, RedisServer, dead, free_port, make_profile, poll, push_raw, stream_events,
+                           submit, wait_result, wid)
+
 
 
 def build_script(tmp_path, body):

@@ -33,7 +33,9 @@ import msgpack
 import pytest
 import redis
 
-from workers import SLOW, WORKER_BIN, ENQUEUE_BIN, Worker, podman_runtime, submit, write_ini, make_profile
+from tests.harness import (ENQUEUE_BIN, SLOW, WORKER_BIN, Worker, make_profile, podman_runtime, submit,
+                           write_ini)
+
 
 pytestmark = pytest.mark.containers
 

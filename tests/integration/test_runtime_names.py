@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import SLOW, TEST_IMAGE, Runtime, make_profile, stream_events, submit, wait_result
+
 
 OTHER_ID = "a" * 64     # the orphan that holds our name (fake runtime)
 OUR_ID = "b" * 64       # our own container (fake runtime)

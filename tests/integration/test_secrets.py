@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from workers import *  # noqa: F401,F403
-from workers import (ENQUEUE_BIN, SLOW, WORKER_BIN, RedisServer, Runtime, free_port, make_profile,
-                     stream_events, submit, wait_result, write_ini)
+from tests.harness import (ENQUEUE_BIN, SLOW, WORKER_BIN, RedisServer, Runtime, free_port, make_profile,
+                           stream_events, submit, wait_result, write_ini)
+
 
 PASSWORD = "hun@ter2/x"     # '@' and '/' in it, as the URL carries it unescaped
 PARTS = ("hun", "ter2")     # no part of it may show either

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from workers import *  # noqa: F401,F403
-from workers import SLOW, Runtime, make_profile, submit, wait_result
+from tests.harness import SLOW, Runtime, make_profile, submit, wait_result
+
 
 FAKE = r"""#!/bin/sh
 # Fake runtime for test_stop.py: logs every call, then misbehaves.

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from workers import *  # noqa: F401,F403
-from workers import (CONTAINERS_CONF, SLOW, TEST_IMAGE, WORKER_BIN, Worker, make_profile,
-                     stream_events, submit, wait_result, write_ini)
+from tests.harness import (CONTAINERS_CONF, SLOW, TEST_IMAGE, WORKER_BIN, Worker, make_profile,
+                           stream_events, submit, wait_result, write_ini)
+
 
 USER = "debate-sudo-test"
 SUDOERS = Path(f"/etc/sudoers.d/{USER}")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import msgpack
 
-from workers import *  # noqa: F401,F403
+from tests.harness import (WORKER_BIN, Fleet, dead, make_profile, push_raw, results, stream_events, submit,
+                           wait_result, write_ini)
+
 
 
 def script(tmp_path, body):

@@ -11,8 +11,9 @@ import pytest
 from debate_queue import AsyncClient, Client, JobRejected, ResultTimeout, Status
 from debate_queue.pack import pack_profile_dir
 
-from .conftest import SLOW, Fleet, RedisServer, make_profile
 from .test_client import archive_members, local_profile, poll, script
+
+from tests.harness import SLOW, Fleet, RedisServer, make_profile
 
 
 def seqs(evs):

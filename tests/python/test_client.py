@@ -20,7 +20,8 @@ from debate_queue import (Client, DeadLetterError, JobBusy, JobDead, JobExists, 
                           JobRejected, Limits, ResultTimeout, Status)
 from debate_queue.pack import pack_profile_dir
 
-from .conftest import SLOW, TEST_IMAGE, make_profile
+from tests.harness import SHARED_PYTHON, SLOW, TEST_IMAGE, make_profile
+
 
 
 def script(tmp_path, body, name="build.sh"):
@@ -293,7 +294,6 @@ def test_a_build_in_podman(podman, fleet, client, broot):
 def test_pip_install_copies_the_submit_script(tmp_path):
     """`pip install shared/python` gives a package that finds submit.lua
     (the symlink in the source tree becomes a copy) and runs."""
-    from .conftest import SHARED_PYTHON
     # A copy of shared/python and shared/lua (the symlink kept), since pip
     # builds in the tree it is given.
     src = tmp_path / "shared"

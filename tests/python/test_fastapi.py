@@ -13,8 +13,9 @@ import pytest
 from debate_queue import Client
 from debate_queue._common import FOLLOW_CLIENT_NAME
 
-from .conftest import SHARED_PYTHON, SLOW, free_port, make_profile
 from .test_client import script
+
+from tests.harness import SHARED_PYTHON, SLOW, free_port, make_profile
 
 
 @pytest.fixture
