@@ -12,21 +12,20 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Mapping, Optional, Sequence
 
-REPO = Path(__file__).resolve().parents[2]
+import msgpack
+
+from tests.harness import (EXEC_SANDBOX, REPO, TEST_IMAGE, Process, RedisServer, ini_sections, nskey, podman_env,
+                           remove_containers, write_ini)
+
 BUILD = REPO / "build" / "bench"
-sys.path.insert(0, str(REPO / "tests" / "integration"))
 
-import msgpack  # noqa: E402
-
-from workers import CONTAINERS_CONF, TEST_IMAGE, RedisServer, write_ini  # noqa: E402
-
-__all__ = ["TEST_IMAGE"]  # re-exported for the workloads
+__all__ = ["REPO", "TEST_IMAGE"]  # re-exported for the workloads
 
 MIB = 1024 * 1024
 
@@ -186,43 +185,28 @@ def fmt(v, unit=""):
     return f"{v:.3f}"
 
 
-class Proc:
-    """A worker process we started: stderr to a file, stopped by pid."""
+class Proc(Process):
+    """A worker process we started (the harness's Process, started at once
+    and stopped by Bench.close): stderr to a file in the run directory."""
 
-    def __init__(self, bench, argv, env=None, name="worker"):
+    def __init__(self, bench: "Bench", argv: Sequence[str], env: Optional[Mapping[str, str]] = None,
+                 name: str = "worker") -> None:
+        super().__init__(argv, bench.tmp / f"{name}-{uuid.uuid4().hex[:8]}.log", env)
         self.bench = bench
-        self.logpath = bench.tmp / f"{name}-{uuid.uuid4().hex[:8]}.log"
-        self._log = open(self.logpath, "wb")
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
-        self.pid = self.proc.pid
+        self.start()
         bench.procs.append(self)
 
-    def alive(self):
-        return self.proc.poll() is None
-
-    def log(self):
-        return self.logpath.read_text(errors="replace")
-
-    def check(self):
+    def check(self) -> None:
+        """BenchError with the log's tail if it has exited."""
         if not self.alive():
+            assert self.proc is not None
             raise BenchError(f"{self.logpath.name} exited {self.proc.returncode}:\n{self.log()[-2000:]}")
 
-    def kill(self, sig):
-        if self.alive():
-            os.kill(self.pid, sig)
+    def kill(self, sig: int) -> None:
+        self.signal(sig)
 
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        if self.alive():
-            self.kill(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if not self._log.closed:
-            self._log.close()
-        return self.proc.returncode
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> Optional[int]:  # type: ignore[override]
+        return super().stop(timeout, sig)
 
 
 # ------------------------------------------------------------------ the bench
@@ -278,15 +262,11 @@ class Bench:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def podman_env(self):
-        return dict(os.environ, CONTAINERS_CONF=CONTAINERS_CONF)
+        return podman_env()
 
     def podman_cleanup(self, ns):
-        env = self.podman_env()
         try:
-            out = subprocess.run(["podman", "ps", "--all", "--filter", f"label=debate.ns={ns}", "--format",
-                                  "{{.Names}}"], capture_output=True, text=True, env=env, timeout=60)
-            for name in out.stdout.split():
-                subprocess.run(["podman", "rm", "--force", name], capture_output=True, env=env, timeout=60)
+            remove_containers(["podman"], f"debate.ns={ns}", self.podman_env(), timeout=60)
         except Exception:
             pass
 
@@ -364,12 +344,12 @@ class Bench:
             for jid in ids[i:i + chunk]:
                 job = {"id": jid, "profile": "p", "output": f"o/{jid}", "source_date_epoch": 1700000000,
                        "enqueued_at": now, **fields}
-                p.hset(f"{{{ns}}}:job:{jid}", mapping={"state": "queued", "enqueued_at": now})
-                p.lpush(f"{{{ns}}}:queue", msgpack.packb(job))
+                p.hset(nskey(ns, "job", jid), mapping={"state": "queued", "enqueued_at": now})
+                p.lpush(nskey(ns, "queue"), msgpack.packb(job))
             p.execute()
 
     def wait_results(self, ns, n, procs, timeout, poll=0.02):
-        key = f"{{{ns}}}:results"
+        key = nskey(ns, "results")
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.llen(key) >= n:
@@ -387,7 +367,7 @@ class Bench:
         for i in range(0, len(ids), 1000):
             p = self.r.pipeline(transaction=False)
             for jid in ids[i:i + 1000]:
-                p.hget(f"{{{ns}}}:job:{jid}", "started_at")
+                p.hget(nskey(ns, "job", jid), "started_at")
             for s in p.execute():
                 if s is not None:
                     first = float(s) if first is None else min(first, float(s))
@@ -395,17 +375,13 @@ class Bench:
         return first, max(fins) if fins else None
 
     def results(self, ns):
-        return [msgpack.unpackb(x) for x in self.r.lrange(f"{{{ns}}}:results", 0, -1)]
+        return [msgpack.unpackb(x) for x in self.r.lrange(nskey(ns, "results"), 0, -1)]
 
     # -- workers
     def ini(self, ns, worker=None, sandbox=None, queue=None):
-        sec = {
-            "redis": {"url": self.url},
-            "queue": {"namespace": ns, **(queue or {})},
-            "worker": {"builds_root": str(self.broot), "concurrency": 1, "log_level": "info",
-                       **(worker or {})},
-            "sandbox": {"runtime": "exec", "command": "/bin/true", **(sandbox or {})},
-        }
+        sec = ini_sections(self.url, ns, self.broot, queue=queue,
+                           worker={"concurrency": 1, "log_level": "info", **(worker or {})},
+                           sandbox={**EXEC_SANDBOX, **(sandbox or {})})
         return write_ini(self.tmp / f"{ns}-{uuid.uuid4().hex[:4]}.ini", sec)
 
     def worker(self, ini, args=(), env=None, wrap=()):

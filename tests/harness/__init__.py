@@ -6,7 +6,7 @@ pid; tests/conftest.py wraps them in fixtures that always clean up.
 
   env           REPO, the binaries, TEST_IMAGE, SLOW (the sanitizer factor),
                 free_port, poll
-  keys          key(ns, ...): the `{ns}:` key names
+  keys          nskey(ns, ...): the `{ns}:` key names
   ini           write_ini and the layered sections of a worker.ini
   redis_server  RedisServer (persist=, password=, extra=, wrap=)
   process       Process, Worker (the worker binary), wid, tool_env
@@ -22,7 +22,7 @@ from .env import (CONTAINERS_CONF, ENQUEUE_BIN, REPO, SANITIZED, SHARED_PYTHON, 
 from .fleet import Fleet
 from .ini import EXEC_SANDBOX, QUICK_WORKER, IniPath, Sections, ini_sections, merge, write_ini
 from .jobs import dead, make_profile, push_raw, results, stream_events, submit, wait_result
-from .keys import key
+from .keys import nskey
 from .process import Process, Worker, sanitizer_report, tool_env, wid
 from .redis_server import RedisServer
 from .runtime import Dockerd, Runtime, podman_env, podman_runtime, remove_containers, runtime_containers
@@ -30,6 +30,6 @@ from .runtime import Dockerd, Runtime, podman_env, podman_runtime, remove_contai
 __all__ = ["CONTAINERS_CONF", "ENQUEUE_BIN", "REPO", "SANITIZED", "SHARED_PYTHON", "SLOW", "TEST_IMAGE",
            "WORKER_BIN", "free_port", "poll", "Fleet", "EXEC_SANDBOX", "QUICK_WORKER", "IniPath", "Sections",
            "ini_sections", "merge", "write_ini", "dead", "make_profile", "push_raw", "results", "stream_events",
-           "submit", "wait_result", "key", "Process", "Worker", "sanitizer_report", "tool_env", "wid",
+           "submit", "wait_result", "nskey", "Process", "Worker", "sanitizer_report", "tool_env", "wid",
            "RedisServer", "Dockerd", "Runtime", "podman_env", "podman_runtime", "remove_containers",
            "runtime_containers"]

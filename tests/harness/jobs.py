@@ -13,7 +13,7 @@ import redis
 
 from .env import REPO, SLOW
 from .ini import StrPath
-from .keys import key
+from .keys import nskey
 
 SUBMIT_LUA = (REPO / "shared" / "lua" / "submit.lua").read_text()
 
@@ -24,37 +24,37 @@ def submit(r: "redis.Redis[bytes]", ns: str, **job: Any) -> str:
     job.setdefault("id", "t" + uuid.uuid4().hex[:12])
     job.setdefault("source_date_epoch", 1700000000)
     jid = job["id"]
-    got = r.eval(SUBMIT_LUA, 4, key(ns, "job", jid), key(ns, "queue"), key(ns, "result", jid),
-                 key(ns, "log", jid), msgpack.packb(job), f"{time.time():.6f}", "new")
+    got = r.eval(SUBMIT_LUA, 4, nskey(ns, "job", jid), nskey(ns, "queue"), nskey(ns, "result", jid),
+                 nskey(ns, "log", jid), msgpack.packb(job), f"{time.time():.6f}", "new")
     assert got[0] == b"ok", got
     return jid
 
 
 def push_raw(r: "redis.Redis[bytes]", ns: str, payload: bytes) -> None:
     """LPUSH raw bytes (for hostile payloads)."""
-    r.lpush(key(ns, "queue"), payload)
+    r.lpush(nskey(ns, "queue"), payload)
 
 
 def wait_result(r: "redis.Redis[bytes]", ns: str, job_id: str, timeout: float = 60) -> Dict[str, Any]:
     """BLPOP the job's own result list; returns the decoded result."""
-    got = r.blpop(key(ns, "result", job_id), timeout=int(timeout * SLOW))
+    got = r.blpop(nskey(ns, "result", job_id), timeout=int(timeout * SLOW))
     assert got is not None, f"no result for {job_id} within {timeout * SLOW}s"
     return msgpack.unpackb(got[1])
 
 
 def results(r: "redis.Redis[bytes]", ns: str) -> List[Dict[str, Any]]:
     """Every result recorded in the namespace, newest first."""
-    return [msgpack.unpackb(x) for x in r.lrange(key(ns, "results"), 0, -1)]
+    return [msgpack.unpackb(x) for x in r.lrange(nskey(ns, "results"), 0, -1)]
 
 
 def dead(r: "redis.Redis[bytes]", ns: str) -> List[Dict[str, Any]]:
     """The dead-letter list, newest first."""
-    return [msgpack.unpackb(x) for x in r.lrange(key(ns, "dead"), 0, -1)]
+    return [msgpack.unpackb(x) for x in r.lrange(nskey(ns, "dead"), 0, -1)]
 
 
 def stream_events(r: "redis.Redis[bytes]", ns: str, job_id: str) -> List[Dict[str, Any]]:
     """The events of the job's stream, oldest first."""
-    return [msgpack.unpackb(f[b"event"]) for _, f in r.xrange(key(ns, "log", job_id))]
+    return [msgpack.unpackb(f[b"event"]) for _, f in r.xrange(nskey(ns, "log", job_id))]
 
 
 def make_profile(root: StrPath, name: str, iso_name: str = "debatetest", **conf: Any) -> str:

@@ -6,6 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 
-def key(ns: str, *parts: Any) -> str:
-    """key("q", "job", "j1") is "{q}:job:j1"; key("q") is the prefix "{q}:"."""
+def nskey(ns: str, *parts: Any) -> str:
+    """nskey("q", "job", "j1") is "{q}:job:j1"; nskey("q") is the prefix "{q}:"."""
     return "{" + ns + "}:" + ":".join(str(p) for p in parts)

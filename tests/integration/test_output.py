@@ -20,7 +20,7 @@ import time
 
 import msgpack
 
-from tests.harness import ENQUEUE_BIN, SANITIZED, SLOW, make_profile, sanitizer_report, submit
+from tests.harness import ENQUEUE_BIN, SANITIZED, SLOW, make_profile, nskey, sanitizer_report, submit
 
 
 R = "\ufffd"
@@ -34,7 +34,7 @@ def script(tmp_path, body: str) -> str:
 
 
 def raw_stream(r, ns: str, job_id: str) -> list:
-    return [f[b"event"] for _, f in r.xrange(f"{{{ns}}}:log:{job_id}")]
+    return [f[b"event"] for _, f in r.xrange(nskey(ns, "log", job_id))]
 
 
 def strict_events(r, ns: str, job_id: str) -> list:
@@ -43,7 +43,7 @@ def strict_events(r, ns: str, job_id: str) -> list:
 
 
 def strict_result(r, ns: str, job_id: str, timeout: float = 60) -> dict:
-    key = f"{{{ns}}}:result:{job_id}"
+    key = nskey(ns, "result", job_id)
     got = r.blmove(key, key, int(timeout * SLOW), "RIGHT", "LEFT")  # left in place for enqueue
     assert got is not None, f"no result for {job_id} within {timeout * SLOW}s"
     return msgpack.unpackb(got)
@@ -85,7 +85,7 @@ def test_phase_flood_sends_each_phase_once_within_caps(fleet, r, ns, broot, tmp_
         ("packages", "[mkarchiso] INFO: Installing packages"),
         ("iso", "[mkarchiso] INFO: Creating ISO image..."),
     ]
-    assert r.hget(f"{{{ns}}}:job:{jid}", "phase") == b"iso"
+    assert r.hget(nskey(ns, "job", jid), "phase") == b"iso"
     # The log cap holds: 1000 lines published, the rest counted.
     published = log_lines(evs)
     assert len(published) == 1000
@@ -154,7 +154,7 @@ def test_ill_formed_output_becomes_fffd_everywhere_exec(fleet, r, ns, broot, tmp
     assert res["artifacts"][0]["name"] == f"name{R}{R}.iso" and res["artifacts"][0]["size"] == 4
     assert want[0] in res["log_tail"] and R * 2 in res["log_tail"]
     # The job hash fields are UTF-8 too.
-    for v in r.hgetall(f"{{{ns}}}:job:{jid}").values():
+    for v in r.hgetall(nskey(ns, "job", jid)).values():
         v.decode()
 
 
@@ -271,11 +271,11 @@ def test_enqueue_escapes_what_anyone_can_write_to_redis(fleet, r, ns):
     ini = fleet.ini()
     now = time.time()
     wid = "evil-1"
-    r.hset(f"{{{ns}}}:worker:{wid}", mapping={
+    r.hset(nskey(ns, "worker", wid), mapping={
         "id": wid, "host": "h\x1b]0;pwned\x07", "pid": 1, "version": "1\x1b[2J", "started_at": now,
         "beat": now, "concurrency": 1, "running": 0, "jobs": ""})
-    r.zadd(f"{{{ns}}}:workers", {wid: now})
-    r.lpush(f"{{{ns}}}:dead", msgpack.packb({"reason": "bad_id", "error": "id", "payload": b"x",
+    r.zadd(nskey(ns, "workers"), {wid: now})
+    r.lpush(nskey(ns, "dead"), msgpack.packb({"reason": "bad_id", "error": "id", "payload": b"x",
                                              "id": "x\x1b[2J", "worker": wid, "ts": now}))
     enq = [ENQUEUE_BIN, "-c", ini]
     for what in (["workers"], ["dead"], ["top", "--once"]):

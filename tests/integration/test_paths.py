@@ -18,13 +18,12 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.harness import SLOW, WORKER_BIN, Runtime, dead, make_profile, poll, submit, wait_result
+from tests.harness import SLOW, WORKER_BIN, Runtime, dead, make_profile, nskey, poll, submit, wait_result
 from tests.harness import process as harness_process
 
 
-
 def state(r, ns, job_id):
-    v = r.hget(f"{{{ns}}}:job:{job_id}", "state")
+    v = r.hget(nskey(ns, "job", job_id), "state")
     return v.decode() if v else None
 
 
@@ -82,7 +81,7 @@ def test_overlapping_jobs_never_run_at_once(fleet, r, ns, broot, tmp_path):
         assert d["reason"] == "bad_path", d
         assert why in d["error"], (why, d["error"])
         assert msgpack.unpackb(d["payload"])["id"] == j   # the payload, untouched, not lost
-        assert r.llen(f"{{{ns}}}:result:{j}") == 0
+        assert r.llen(nskey(ns, "result", j)) == 0
     for j in (a, beside):
         res = wait_result(r, ns, j, 30)
         assert res["status"] == "succeeded", res
@@ -147,7 +146,7 @@ def test_toggling_build_cannot_redirect_later_jobs(fleet, r, ns, broot, tmp_path
     hostile = fleet.start(podman, worker={"concurrency": 1})
     tog = submit(r, ns, profile="tog", output="x", timeout=300)
     poll(lambda: any(b"toggler: toggling" in (f.get(b"event") or b"")
-                     for _, f in r.xrange(f"{{{ns}}}:log:{tog}")), 60, "the toggler toggling")
+                     for _, f in r.xrange(nskey(ns, "log", tog))), 60, "the toggler toggling")
 
     victims = fleet.start(podman, worker={"concurrency": 2})
     # Keep the queue fed, a pair at a time, until N_VICTIMS of each kind have
@@ -157,7 +156,7 @@ def test_toggling_build_cannot_redirect_later_jobs(fleet, r, ns, broot, tmp_path
     deadline = time.time() + 120 * SLOW
     while min(ran_n.values()) < N_VICTIMS:
         assert time.time() < deadline, f"only {ran_n} victims ran in time"
-        if r.llen(f"{{{ns}}}:queue") < 2:
+        if r.llen(nskey(ns, "queue")) < 2:
             i = len(profs)
             outs.append(submit(r, ns, profile="v", output="x/sub"))
             profs.append(submit(r, ns, profile="x/prof", output=f"pv/{i}"))
@@ -264,16 +263,16 @@ def test_mount_points_of_a_killed_worker_are_swept(fleet, r, ns, broot, tmp_path
     doomed = fleet.start(rt)
     lost = submit(r, ns, profile="hang", output="o/lost", timeout=120)
     poll(lambda: len(our_mounts(run)) == 4, 30, "both workers' mount points")
-    poll(lambda: r.hget(f"{{{ns}}}:job:{held}", "worker") is not None
-         and r.hget(f"{{{ns}}}:job:{lost}", "worker") is not None, 30, "both jobs claimed")
-    owner = {j: r.hget(f"{{{ns}}}:job:{j}", "worker").decode() for j in (held, lost)}
+    poll(lambda: r.hget(nskey(ns, "job", held), "worker") is not None
+         and r.hget(nskey(ns, "job", lost), "worker") is not None, 30, "both jobs claimed")
+    owner = {j: r.hget(nskey(ns, "job", j), "worker").decode() for j in (held, lost)}
     doomed_id = doomed.wait_log(r"notice: worker (\S+) ").group(1)
     assert owner[lost] == doomed_id or owner[held] == doomed_id
     dead_job = lost if owner[lost] == doomed_id else held
     doomed.proc.kill()
     doomed.proc.wait()
     # Once the reaper puts it back, it must not take the fresh worker's slot.
-    r.hset(f"{{{ns}}}:cancel", dead_job, str(time.time()))
+    r.hset(nskey(ns, "cancel"), dead_job, str(time.time()))
     left = [m for m in our_mounts(run) if dead_job in m]
     assert len(left) == 2, our_mounts(run)
 
@@ -287,6 +286,6 @@ def test_mount_points_of_a_killed_worker_are_swept(fleet, r, ns, broot, tmp_path
     assert len([m for m in remaining if alive_job in m]) == 2, remaining
     assert live.alive()
     # Ends cleanly: the live job cancelled, its mount points gone with it.
-    r.hset(f"{{{ns}}}:cancel", alive_job, str(time.time()))
+    r.hset(nskey(ns, "cancel"), alive_job, str(time.time()))
     assert wait_result(r, ns, alive_job, 30)["status"] == "cancelled"
     poll(lambda: not [m for m in our_mounts(run) if alive_job in m], 10, "the live job's mount points gone")

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import msgpack
 
-from tests.harness import (WORKER_BIN, Fleet, dead, make_profile, push_raw, results, stream_events, submit,
-                           wait_result, write_ini)
-
+from tests.harness import (WORKER_BIN, Fleet, dead, make_profile, nskey, push_raw, results, stream_events,
+                           submit, wait_result, write_ini)
 
 
 def script(tmp_path, body):
@@ -33,10 +32,10 @@ def test_job_runs_and_result_is_recorded_once(fleet, r, ns, broot, tmp_path):
     assert res["artifacts"] == [{"name": "a.iso", "size": 4,
                                  "sha256": "53f73f17e88f82c4c360b1e28b99fcb3a6a126426079932ad91870251a8540d6"}]
     assert "epoch=1700000000 tz=UTC lc=C" in res["log_tail"] and "oops" in res["log_tail"]
-    h = r.hgetall(f"{{{ns}}}:job:{jid}")
+    h = r.hgetall(nskey(ns, "job", jid))
     assert h[b"state"] == b"succeeded" and h[b"attempt"] == b"1" and h[b"exit_code"] == b"0"
-    assert r.llen(f"{{{ns}}}:results") == 1
-    assert r.llen(f"{{{ns}}}:active:{res['worker']}") == 0
+    assert r.llen(nskey(ns, "results")) == 1
+    assert r.llen(nskey(ns, "active", res['worker'])) == 0
     evs = stream_events(r, ns, jid)
     assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1))
     types = [e["type"] for e in evs]
@@ -91,7 +90,7 @@ def test_refused_payloads_go_dead_and_worker_goes_on(fleet, r, ns, broot, tmp_pa
     assert {x["reason"] for x in d} == {"malformed", "bad_path"}
     assert any(x.get("id") == "x1" and x["payload"] == msgpack.packb({"id": "x1", "profile": "../etc", "output": "o"})
                for x in d)
-    assert r.hget(f"{{{ns}}}:job:x1", "state") == b"dead"
+    assert r.hget(nskey(ns, "job", "x1"), "state") == b"dead"
     assert w.alive()
 
 
@@ -105,7 +104,7 @@ def test_sigterm_drains_and_exits_zero(fleet, r, ns, broot, tmp_path):
     assert w.wait(20) == 0
     assert wait_result(r, ns, jid, 5)["status"] == "succeeded"
     wid = w.wait_log(r"worker (\S+) ").group(1)
-    assert r.exists(f"{{{ns}}}:worker:{wid}") == 0
+    assert r.exists(nskey(ns, "worker", wid)) == 0
 
 
 def test_worker_over_unix_socket(tmp_path, redis_srv, r, ns, broot):

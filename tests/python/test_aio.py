@@ -11,9 +11,9 @@ import pytest
 from debate_queue import AsyncClient, Client, JobRejected, ResultTimeout, Status
 from debate_queue.pack import pack_profile_dir
 
-from .test_client import archive_members, local_profile, poll, script
+from .test_client import archive_members, local_profile, script
 
-from tests.harness import SLOW, Fleet, RedisServer, make_profile
+from tests.harness import SLOW, Fleet, RedisServer, make_profile, nskey, poll
 
 
 def seqs(evs):
@@ -160,16 +160,16 @@ def test_a_cancelled_async_follower_leaves_the_client_usable(fleet, r, redis_srv
 
             # A command cancelled on the shared pool leaves no reply behind
             # for the next command on that connection.
-            await c.redis.set(f"{{{ns}}}:probe", "v")
-            blocked = asyncio.create_task(c.redis.blpop(f"{{{ns}}}:nothing", 1))
+            await c.redis.set(nskey(ns, "probe"), "v")
+            blocked = asyncio.create_task(c.redis.blpop(nskey(ns, "nothing"), 1))
             await asyncio.sleep(0.2)
             blocked.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await blocked
             for _ in range(5):
-                assert await c.redis.get(f"{{{ns}}}:probe") == b"v"
+                assert await c.redis.get(nskey(ns, "probe")) == b"v"
             await asyncio.sleep(1.2)                        # when the BLPOP would have answered
-            assert await c.redis.get(f"{{{ns}}}:probe") == b"v"
+            assert await c.redis.get(nskey(ns, "probe")) == b"v"
 
             # A new follower replays from the start and follows to the end.
             assert await c.cancel(job.id) is True
@@ -210,7 +210,7 @@ def test_async_submit_a_profile_dir_with_upload(tmp_path, redis_srv, ns):
     job = asyncio.run(run())
     sync = Client(redis_srv.url, namespace=ns)
     try:
-        queued = sync.redis.lrange(f"{{{ns}}}:queue", 0, -1)
+        queued = sync.redis.lrange(nskey(ns, "queue"), 0, -1)
     finally:
         sync.close()
     assert queued == [job.payload]
