@@ -1,4 +1,4 @@
-"""Artifact collection against a hostile output tree (issue 10 item 3).
+"""Artifact collection against a hostile output tree.
 
 The real worker (exec runtime for most cases, podman for one) collects
 an output directory that holds symlinks into /dev, FIFOs, sockets, a

@@ -1,6 +1,6 @@
 """The worker with real containers (podman, and a private dockerd): the
 sandbox, its limits and hardening, timeouts, OOM, floods, concurrency and
-progress, as issue 3's "Tests" and issue 5's hardening list ask.
+progress.
 
 Every test runs real containers of the test image (tests/image/mkarchiso as
 mkarchiso); nothing is mocked.  Tests taking `runtime` run once per engine.
@@ -500,7 +500,7 @@ def test_hardening_flags_on_real_container(fleet, r, ns, broot, runtime):
     assert mounts["/build/profile"]["RW"] is False
     assert mounts["/build/output"]["RW"] is True
     # The runtime binds the worker's private mount points of the held
-    # directories (issue 10), not the job's path: what the build sees at
+    # directories, not the job's path: what the build sees at
     # /build/profile and /build/output must be the job's own directories.
     croot = Path(f"/proc/{d['State']['Pid']}/root")
     for dest, want in (("build/profile", broot / "hang"), ("build/output", broot / "out/h")):

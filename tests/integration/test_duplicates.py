@@ -1,5 +1,5 @@
 """Duplicate job ids, payloads the Lua scripts could not read, and oversized
-payloads (issue 10, items 1, 8 and 6), with real workers (exec runtime) and
+payloads, with real workers (exec runtime) and
 a real redis-server.
 
   1. A second payload with a running job's id is dead-lettered as

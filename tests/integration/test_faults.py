@@ -1,4 +1,4 @@
-"""Fault tests (issue 4): real workers, a real redis-server, real podman
+"""Fault tests: real workers, a real redis-server, real podman
 containers, and faults made the hard way: SIGKILL, SIGSTOP, SIGTERM, a
 Redis that goes away, cancels.  Each test checks the contract's two
 promises after the fault: nothing lost, and exactly one recorded result

@@ -1,4 +1,4 @@
-"""Hostile payloads (issue 5): one real worker in exec mode takes a table of
+"""Hostile payloads: one real worker in exec mode takes a table of
 payloads pushed raw onto {ns}:queue, refuses every one with the reason and
 message PROTOCOL.md names, dead-letters the original bytes, never runs the
 build for any of them, creates nothing outside builds_root, and goes on to

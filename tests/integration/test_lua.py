@@ -185,7 +185,7 @@ def test_reaper_respects_the_outage_gap(r, ns):
     assert [e["type"] for e in ev] == ["requeued"] and ev[0]["reason"] == "worker_lost"
 
 
-# ---------------------------------------------------------------- duplicate ids (issue 10, item 1)
+# ---------------------------------------------------------------- duplicate ids
 
 def sha1(b: bytes) -> str:
     import hashlib
@@ -425,7 +425,7 @@ def test_release_keeps_what_we_hold_by_length_and_sha1(r, ns):
     assert r.hget(nskey(ns, "job", "d8"), "state") == b"running"
 
 
-# ---------------------------------------------------------------- the msgpack scanner (item 8)
+# ---------------------------------------------------------------- the msgpack scanner
 
 def scan(r, p):
     return r.eval((LUA / "prelude.lua").read_text() + "return payload_id(ARGV[1]) or false\n", 0, p)
@@ -538,7 +538,7 @@ def test_submit_new_then_exists_then_rerun(r, ns):
         submit_lua(r, ns, "s3", job_payload("s3"), "again")
 
 
-# ---------------------------------------------------------------- issue 14: events without reading the stream
+# ---------------------------------------------------------------- events without reading the stream
 
 def emit(r, ns, worker, attempt, jid, seq, typ="log"):
     ev = pack({"id": jid, "seq": seq, "type": typ, "attempt": attempt, "lines": ["x"]})
@@ -609,7 +609,7 @@ def test_cancelled_claim_of_a_record_without_seq_reads_the_stream(r, ns):
     assert claim(r, ns, "w1", p, "q4", f"{time.time():.6f}") == [b"cancelled", 1, 3]
 
 
-# ---------------------------------------------------------------- issue 14: the beat's modes
+# ---------------------------------------------------------------- the beat's modes
 
 def beat_mode(r, ns, worker, now, mode, ttl=3.0, host="h"):
     return r.eval(script("beat"), 7, nskey(ns, "worker", worker), nskey(ns, "workers"), nskey(ns, "reaper"),

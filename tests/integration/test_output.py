@@ -1,4 +1,4 @@
-"""A build's output on its way out (issue 10, items 7, 9 and 15), against a
+"""A build's output on its way out, against a
 real worker and a real redis-server:
 
 - phase lines only move the phase forward: a build alternating two phase
@@ -61,7 +61,7 @@ def vm_hwm_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-# ---------------------------------------------------------------- item 7
+# ---------------------------------------------------------------- phase lines
 
 def test_phase_flood_sends_each_phase_once_within_caps(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
@@ -99,7 +99,7 @@ def test_phase_flood_sends_each_phase_once_within_caps(fleet, r, ns, broot, tmp_
         assert peak - before < 8 * 1024, f"VmHWM {before} kB -> {peak} kB"
 
 
-# ---------------------------------------------------------------- item 9
+# ---------------------------------------------------------------- valid UTF-8
 
 # What the hostile builds print: ill-formed bytes of each kind, as printf(1) octal escapes.
 BAD_LINES = [
@@ -194,7 +194,7 @@ def test_ill_formed_output_and_runtime_error_detail_podman(fleet, r, ns, broot, 
     assert b"Error: evil ?]0;owned? ?[2J" in log
 
 
-# ---------------------------------------------------------------- item 15
+# ---------------------------------------------------------------- control characters on a terminal
 
 EVIL = b"\x1b]0;evil\x07 and \x1b[2J"
 

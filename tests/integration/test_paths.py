@@ -1,4 +1,4 @@
-"""Path races and shared outputs (issue 10 item 2).
+"""Path races and shared outputs.
 
 1. Two jobs of one worker never share or nest an output, and a running
    job's output is never another's profile (nor its profile another's

@@ -1,4 +1,4 @@
-"""Error replies from a real redis-server (issue 10, items 4 and 16): the
+"""Error replies from a real redis-server: the
 retry policy of worker/rconn.c.
 
 Redis refuses a command before running it when a script of another client

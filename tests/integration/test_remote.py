@@ -1,4 +1,4 @@
-"""Builds on another host (issue 13): the profile travels in the job as
+"""Builds on another host: the profile travels in the job as
 profile_archive, the artifacts are PUT back over HTTP.
 
 Two hosts are two network namespaces made here (`ip netns`, one veth pair,

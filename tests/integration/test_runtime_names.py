@@ -1,6 +1,6 @@
-"""Container names and ids (issue 10, items 5 and 12).
+"""Container names and ids.
 
-Item 5: when `run` fails because the container name is taken (an orphan of
+Names: when `run` fails because the container name is taken (an orphan of
 an earlier attempt), the worker removes that container and starts the
 build once more.  The conflict is read from the runtime (exit 125, then
 `inspect NAME` shows a container that is not ours), never from the
@@ -9,7 +9,7 @@ first start; a stop asked between the two runs ends the job.  A fake
 runtime (a shell script named like podman) plays the conflict, and real
 podman checks that a build printing the runtime's words is not retried.
 
-Item 12: the orphan sweep lists a dead worker's containers by id and
+Ids: the orphan sweep lists a dead worker's containers by id and
 removes each by id after reading its label again, so a container that
 took the same name meanwhile (a live worker re-running the requeued job)
 survives.  Real podman, with a wrapper that swaps the containers right

@@ -306,7 +306,7 @@ def test_pip_install_copies_the_submit_script(tmp_path):
     assert out.stdout.splitlines()[0].startswith(str(target))
 
 
-# ------------------------------------------------------------ remote builds (issue 13)
+# ------------------------------------------------------------ remote builds
 
 def local_profile(root):
     """A profile dir on the client's side: files, a subdirectory, a symlink,
