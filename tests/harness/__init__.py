@@ -10,7 +10,8 @@ pid; tests/conftest.py wraps them in fixtures that always clean up.
   ini           write_ini and the layered sections of a worker.ini
   redis_server  RedisServer (persist=, password=, extra=, wrap=)
   process       Process, Worker (the worker binary), wid, tool_env
-  jobs          submit, wait_result, results, dead, stream_events, make_profile
+  jobs          submit, wait_result, results, dead, stream_events, make_profile,
+                write_script
   runtime       Runtime, podman_runtime, Dockerd
   fleet         Fleet: a test's workers on one Redis and namespace
 
@@ -21,7 +22,7 @@ from .env import (CONTAINERS_CONF, ENQUEUE_BIN, REPO, SANITIZED, SHARED_PYTHON, 
                   free_port, poll)
 from .fleet import Fleet
 from .ini import EXEC_SANDBOX, QUICK_WORKER, IniPath, Sections, ini_sections, merge, write_ini
-from .jobs import dead, make_profile, push_raw, results, stream_events, submit, wait_result
+from .jobs import dead, make_profile, push_raw, results, stream_events, submit, wait_result, write_script
 from .keys import nskey
 from .process import Process, Worker, sanitizer_report, tool_env, wid
 from .redis_server import RedisServer
@@ -30,6 +31,6 @@ from .runtime import Dockerd, Runtime, podman_env, podman_runtime, remove_contai
 __all__ = ["CONTAINERS_CONF", "ENQUEUE_BIN", "REPO", "SANITIZED", "SHARED_PYTHON", "SLOW", "TEST_IMAGE",
            "WORKER_BIN", "free_port", "poll", "Fleet", "EXEC_SANDBOX", "QUICK_WORKER", "IniPath", "Sections",
            "ini_sections", "merge", "write_ini", "dead", "make_profile", "push_raw", "results", "stream_events",
-           "submit", "wait_result", "nskey", "Process", "Worker", "sanitizer_report", "tool_env", "wid",
+           "submit", "wait_result", "write_script", "nskey", "Process", "Worker", "sanitizer_report", "tool_env", "wid",
            "RedisServer", "Dockerd", "Runtime", "podman_env", "podman_runtime", "remove_containers",
            "runtime_containers"]

@@ -66,3 +66,12 @@ def make_profile(root: StrPath, name: str, iso_name: str = "debatetest", **conf:
     if conf:
         (d / "test.conf").write_text("".join(f"{k}={v}\n" for k, v in conf.items()))
     return name
+
+
+def write_script(dirpath: StrPath, body: str, name: str = "build.sh") -> str:
+    """An executable /bin/sh script dirpath/name running body (a build
+    command for [sandbox] command, a fake runtime); returns its path."""
+    p = Path(dirpath) / name
+    p.write_text("#!/bin/sh\n" + body)
+    p.chmod(0o755)
+    return str(p)

@@ -22,17 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import SLOW, make_profile, nskey, stream_events, submit, wait_result
+from tests.harness import SLOW, make_profile, nskey, stream_events, submit, wait_result, write_script
 
 
 HERE = Path(__file__).resolve().parent
 
 
 def script(tmp_path, body, name="build.sh"):
-    p = tmp_path / name
-    p.write_text("#!/bin/sh\nset -e\ncd \"$DEBATE_OUTPUT\"\n" + body)
-    p.chmod(0o755)
-    return str(p)
+    """A build command that runs body in its output directory, stopping at the first error."""
+    return write_script(tmp_path, "set -e\ncd \"$DEBATE_OUTPUT\"\n" + body, name)
 
 
 def sha(b):

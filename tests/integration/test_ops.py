@@ -25,18 +25,11 @@ import pytest
 import redis
 
 from tests.harness import (ENQUEUE_BIN, REPO, SLOW, WORKER_BIN, Fleet, RedisServer, Worker, free_port,
-                           make_profile, nskey, poll, results, submit, wait_result)
+                           make_profile, nskey, poll, results, submit, wait_result, write_script)
 
 
 UNIT = REPO / "scripts" / "debate-worker@.service"
 MANPAGES = ["docs/worker.8", "docs/enqueue.1", "docs/worker.ini.5"]
-
-
-def script(tmp_path, body, name="build.sh"):
-    p = tmp_path / name
-    p.write_text("#!/bin/sh\n" + body)
-    p.chmod(0o755)
-    return str(p)
 
 
 # ---------------------------------------------------------------- systemd unit
@@ -205,8 +198,8 @@ def parse_metrics(text):
 def test_metrics_endpoint(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "ok")
     make_profile(broot, "bad", fail=1)
-    cmd = script(tmp_path, 'echo building\nif grep -q fail=1 "$DEBATE_PROFILE/test.conf" 2>/dev/null; '
-                           'then echo broken >&2; exit 3; fi\necho x > "$DEBATE_OUTPUT/a.iso"\n')
+    cmd = write_script(tmp_path, 'echo building\nif grep -q fail=1 "$DEBATE_PROFILE/test.conf" 2>/dev/null; '
+                                 'then echo broken >&2; exit 3; fi\necho x > "$DEBATE_OUTPUT/a.iso"\n')
     port = free_port()
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd},
                     worker={"concurrency": 2, "metrics_listen": f"127.0.0.1:{port}"})
@@ -385,8 +378,8 @@ def test_sentinel_failover_every_result_once(tmp_path, ns, broot, procs, min_rep
     try:
         make_profile(broot, "p")
         runs = tmp_path / "runs.txt"
-        cmd = script(tmp_path, f'echo "building $DEBATE_JOB_ID"\necho "$DEBATE_JOB_ID" >> {runs}\n'
-                               'sleep 1.5\necho x > "$DEBATE_OUTPUT/a.iso"\n')
+        cmd = write_script(tmp_path, f'echo "building $DEBATE_JOB_ID"\necho "$DEBATE_JOB_ID" >> {runs}\n'
+                                     'sleep 1.5\necho x > "$DEBATE_OUTPUT/a.iso"\n')
         w = fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"concurrency": 2})
         w.wait_log(r"sentinels say the master is 127\.0\.0\.1:%d" % master.port)
         w.wait_log(r"redis cmd: connected")
@@ -626,9 +619,9 @@ def test_enqueue_top_in_tmux(fleet, r, ns, broot, tmp_path):
         pytest.fail("tmux is missing (apt-get install tmux)")
     assert enqueue_top_available(), "enqueue top --help does not work"
     make_profile(broot, "p")
-    cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
-                           'echo "[mkarchiso] INFO: Installing packages into airootfs"\n'
-                           'sleep 60\n')
+    cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
+                                 'echo "[mkarchiso] INFO: Installing packages into airootfs"\n'
+                                 'sleep 60\n')
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd, "timeout": 120, "warning": 100},
                     worker={"concurrency": 1})
     first = submit(r, ns, profile="p", output="o/0")

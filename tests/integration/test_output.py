@@ -20,17 +20,11 @@ import time
 
 import msgpack
 
-from tests.harness import ENQUEUE_BIN, SANITIZED, SLOW, make_profile, nskey, sanitizer_report, submit
+from tests.harness import (ENQUEUE_BIN, SANITIZED, SLOW, make_profile, nskey, sanitizer_report, submit,
+                           write_script)
 
 
 R = "\ufffd"
-
-
-def script(tmp_path, body: str) -> str:
-    p = tmp_path / "build.sh"
-    p.write_text("#!/bin/sh\n" + body)
-    p.chmod(0o755)
-    return str(p)
 
 
 def raw_stream(r, ns: str, job_id: str) -> list:
@@ -66,11 +60,11 @@ def vm_hwm_kib(pid: int) -> int:
 def test_phase_flood_sends_each_phase_once_within_caps(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
     # 600,000 lines: the first two phases' lines, alternately, as fast as awk goes.
-    cmd = script(tmp_path, "awk 'BEGIN { for (i = 0; i < 300000; i++) {"
-                           " print \"[mkarchiso] INFO: Validating options...\";"
-                           " print \"[mkarchiso] INFO: Installing packages\" } }'\n"
-                           "echo '[mkarchiso] INFO: Creating ISO image...'\n"
-                           "echo '[mkarchiso] INFO: Validating options... again'\n")
+    cmd = write_script(tmp_path, "awk 'BEGIN { for (i = 0; i < 300000; i++) {"
+                                 " print \"[mkarchiso] INFO: Validating options...\";"
+                                 " print \"[mkarchiso] INFO: Installing packages\" } }'\n"
+                                 "echo '[mkarchiso] INFO: Creating ISO image...'\n"
+                                 "echo '[mkarchiso] INFO: Validating options... again'\n")
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"log_max_lines": 1000})
     w.wait_log(r"worker \S+ ")
     before = vm_hwm_kib(w.pid)
@@ -117,20 +111,20 @@ def print_bad(out: str = "") -> str:
 
 def test_ill_formed_output_becomes_fffd_everywhere_exec(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, print_bad() + print_bad(" >&2") +
-                 # A phase line with a stray byte in it.
-                 "printf '[mkarchiso] INFO: Validating options \\377\\n'\n"
-                 # 8190 bytes, then a 4-byte character across the 8 KiB split point.
-                 "awk 'BEGIN { s = \"\"; for (i = 0; i < 8190; i++) s = s \"a\"; printf \"%s\", s }'\n"
-                 "printf '\\360\\237\\230\\200tail\\n'\n"
-                 # Again ending at 8192 bytes, with the pipe giving only 3 of its 4 bytes at first.
-                 "awk 'BEGIN { s = \"\"; for (i = 0; i < 8189; i++) s = s \"b\"; printf \"%s\", s }'\n"
-                 "printf '\\360\\237\\230'; sleep 0.3; printf '\\200later\\n'\n"
-                 # 8192 stray bytes: each becomes 3, so the pieces are cut by the sanitized size.
-                 "head -c 8192 /dev/zero | tr '\\0' '\\377'; echo\n"
-                 # An artifact whose name is not UTF-8.
-                 "echo iso > \"$DEBATE_OUTPUT/$(printf 'name\\377\\300.iso')\"\n"
-                 "exit 3\n")
+    cmd = write_script(tmp_path, print_bad() + print_bad(" >&2") +
+                       # A phase line with a stray byte in it.
+                       "printf '[mkarchiso] INFO: Validating options \\377\\n'\n"
+                       # 8190 bytes, then a 4-byte character across the 8 KiB split point.
+                       "awk 'BEGIN { s = \"\"; for (i = 0; i < 8190; i++) s = s \"a\"; printf \"%s\", s }'\n"
+                       "printf '\\360\\237\\230\\200tail\\n'\n"
+                       # Again ending at 8192 bytes, with the pipe giving only 3 of its 4 bytes at first.
+                       "awk 'BEGIN { s = \"\"; for (i = 0; i < 8189; i++) s = s \"b\"; printf \"%s\", s }'\n"
+                       "printf '\\360\\237\\230'; sleep 0.3; printf '\\200later\\n'\n"
+                       # 8192 stray bytes: each becomes 3, so the pieces are cut by the sanitized size.
+                       "head -c 8192 /dev/zero | tr '\\0' '\\377'; echo\n"
+                       # An artifact whose name is not UTF-8.
+                       "echo iso > \"$DEBATE_OUTPUT/$(printf 'name\\377\\300.iso')\"\n"
+                       "exit 3\n")
     fleet.start(sandbox={"runtime": "exec", "command": cmd})
     jid = submit(r, ns, profile="p", output="o")
     res = strict_result(r, ns, jid, 30)
@@ -230,8 +224,8 @@ def run_tty(argv: list, timeout: float = 30) -> tuple:
 
 def test_enqueue_escapes_build_output_on_a_terminal(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, "printf 'title \\033]0;evil\\007 and \\033[2J\\n'\n"
-                           "printf 'c1 \\302\\233 del \\177 cr \\r! tab\\tok\\n' >&2\n")
+    cmd = write_script(tmp_path, "printf 'title \\033]0;evil\\007 and \\033[2J\\n'\n"
+                                 "printf 'c1 \\302\\233 del \\177 cr \\r! tab\\tok\\n' >&2\n")
     ini = fleet.ini(sandbox={"runtime": "exec", "command": cmd})
     fleet.start(ini=ini)
     jid = submit(r, ns, profile="p", output="o")

@@ -8,21 +8,14 @@ from pathlib import Path
 import msgpack
 
 from tests.harness import (WORKER_BIN, Fleet, dead, make_profile, nskey, push_raw, results, stream_events,
-                           submit, wait_result, write_ini)
-
-
-def script(tmp_path, body):
-    p = tmp_path / "build.sh"
-    p.write_text("#!/bin/sh\n" + body)
-    p.chmod(0o755)
-    return str(p)
+                           submit, wait_result, write_ini, write_script)
 
 
 def test_job_runs_and_result_is_recorded_once(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p1")
-    cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
-                           'echo "epoch=$SOURCE_DATE_EPOCH tz=$TZ lc=$LC_ALL"\necho oops >&2\n'
-                           'echo iso > "$DEBATE_OUTPUT/a.iso"\n')
+    cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
+                                 'echo "epoch=$SOURCE_DATE_EPOCH tz=$TZ lc=$LC_ALL"\necho oops >&2\n'
+                                 'echo iso > "$DEBATE_OUTPUT/a.iso"\n')
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd})
     jid = submit(r, ns, profile="p1", output="out/1", meta={"user": 7, "tags": ["a"]})
     res = wait_result(r, ns, jid, 20)
@@ -45,7 +38,7 @@ def test_job_runs_and_result_is_recorded_once(fleet, r, ns, broot, tmp_path):
 
 def test_failed_build_has_exit_code_and_tail(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, 'echo step one\necho "[mkarchiso] ERROR: boom" >&2\nexit 3\n')
+    cmd = write_script(tmp_path, 'echo step one\necho "[mkarchiso] ERROR: boom" >&2\nexit 3\n')
     fleet.start(sandbox={"runtime": "exec", "command": cmd})
     res = wait_result(r, ns, submit(r, ns, profile="p", output="o"), 20)
     assert res["status"] == "failed" and res["exit_code"] == 3
@@ -55,7 +48,7 @@ def test_failed_build_has_exit_code_and_tail(fleet, r, ns, broot, tmp_path):
 
 def test_timeout_and_warning(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, "trap '' TERM\necho start\nwhile :; do sleep 0.1; done\n")
+    cmd = write_script(tmp_path, "trap '' TERM\necho start\nwhile :; do sleep 0.1; done\n")
     fleet.start(sandbox={"runtime": "exec", "command": cmd, "stop_grace": 1})
     t0 = time.time()
     jid = submit(r, ns, profile="p", output="o", warning=1, timeout=2)
@@ -70,7 +63,7 @@ def test_timeout_and_warning(fleet, r, ns, broot, tmp_path):
 
 def test_concurrency_each_result_once(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, "sleep 0.2\necho done\n")
+    cmd = write_script(tmp_path, "sleep 0.2\necho done\n")
     fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"concurrency": 2})
     ids = [submit(r, ns, profile="p", output=f"o/{i}") for i in range(10)]
     got = [wait_result(r, ns, i, 30) for i in ids]
@@ -96,7 +89,7 @@ def test_refused_payloads_go_dead_and_worker_goes_on(fleet, r, ns, broot, tmp_pa
 
 def test_sigterm_drains_and_exits_zero(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, "sleep 1\necho ok\n")
+    cmd = write_script(tmp_path, "sleep 1\necho ok\n")
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd})
     jid = submit(r, ns, profile="p", output="o")
     w.wait_log(r"job \S+: started")

@@ -11,9 +11,9 @@ import pytest
 from debate_queue import AsyncClient, Client, JobRejected, ResultTimeout, Status
 from debate_queue.pack import pack_profile_dir
 
-from .test_client import archive_members, local_profile, script
+from .test_client import archive_members, local_profile
 
-from tests.harness import SLOW, Fleet, RedisServer, make_profile, nskey, poll
+from tests.harness import SLOW, Fleet, RedisServer, make_profile, nskey, poll, write_script
 
 
 def seqs(evs):
@@ -30,9 +30,9 @@ def test_follow_a_build_while_redis_restarts(tmp_path, ns, broot):
     client = Client(srv.url, namespace=ns)
     try:
         make_profile(broot, "p")
-        cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
-                               'i=0; while [ $i -lt 30 ]; do echo "line $i"; i=$((i+1)); sleep 0.2; done\n'
-                               'echo iso > "$DEBATE_OUTPUT/out.iso"\n')
+        cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
+                                     'i=0; while [ $i -lt 30 ]; do echo "line $i"; i=$((i+1)); sleep 0.2; done\n'
+                                     'echo iso > "$DEBATE_OUTPUT/out.iso"\n')
         w = fleet.start(sandbox={"runtime": "exec", "command": cmd},
                         worker={"log_batch_interval": 0.1, "log_batch_lines": 2})
         job = client.submit("p", "out/1")
@@ -93,8 +93,8 @@ def test_follow_a_build_while_redis_restarts(tmp_path, ns, broot):
 
 def test_a_cancelled_async_follower_leaves_the_client_usable(fleet, r, redis_srv, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
-                           'i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.1; done\n')
+    cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
+                                 'i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.1; done\n')
     fleet.start(sandbox={"runtime": "exec", "command": cmd},
                 worker={"log_batch_interval": 0.1, "stats_interval": 1})
 

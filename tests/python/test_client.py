@@ -20,14 +20,7 @@ from debate_queue import (Client, DeadLetterError, JobBusy, JobDead, JobExists, 
                           JobRejected, Limits, ResultTimeout, Status)
 from debate_queue.pack import pack_profile_dir
 
-from tests.harness import SHARED_PYTHON, SLOW, TEST_IMAGE, make_profile, nskey, poll
-
-
-def script(tmp_path, body, name="build.sh"):
-    p = tmp_path / name
-    p.write_text("#!/bin/sh\n" + body)
-    p.chmod(0o755)
-    return str(p)
+from tests.harness import SHARED_PYTHON, SLOW, TEST_IMAGE, make_profile, nskey, poll, write_script
 
 
 @pytest.fixture
@@ -39,8 +32,8 @@ def client(redis_srv, ns):
 
 def test_submit_wait_and_read_the_result(fleet, client, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\necho hello\n'
-                           'echo iso > "$DEBATE_OUTPUT/a.iso"\n')
+    cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\necho hello\n'
+                                 'echo iso > "$DEBATE_OUTPUT/a.iso"\n')
     fleet.start(sandbox={"runtime": "exec", "command": cmd})
     job = client.submit("p", "out/1", memory="512m", cpus=1, meta={"user": 7, "tags": ["a"]})
     # Several waiters at once all get the one result (it is read, not popped).
@@ -138,7 +131,7 @@ def test_bad_fields_are_refused_before_anything_is_sent(client, r, ns):
 
 def test_an_existing_id_is_refused_and_rerun_continues_the_stream(fleet, client, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, "echo run\n")
+    cmd = write_script(tmp_path, "echo run\n")
     job = client.submit("p", "o", id="same")
     with pytest.raises(JobExists) as e:
         client.submit("p", "o", id="same")
@@ -188,7 +181,7 @@ def test_result_times_out_cleanly(client, r, ns):
 
 def test_cancel_and_the_dashboard_readers(fleet, client, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\nsleep 30\n')
+    cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\nsleep 30\n')
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"stats_interval": 1})
     long = client.submit("p", "o/long")
     waiting = [client.submit("p", f"o/{i}", id=f"wait-{i}") for i in range(3)]
@@ -223,7 +216,7 @@ def test_dead_jobs_and_retry_dead_ownership(fleet, client, r, ns, broot, tmp_pat
     dead event.  retry_dead() puts a payload back only when it owns its
     job record (digest) or there is no record."""
     make_profile(broot, "p")
-    fleet.start(sandbox={"runtime": "exec", "command": script(tmp_path, "echo ok\n")})
+    fleet.start(sandbox={"runtime": "exec", "command": write_script(tmp_path, "echo ok\n")})
     # A producer that skipped the checks: the worker refuses it.
     bad = msgpack.packb({"id": "d1", "profile": "p", "output": "o", "cpus": "four"})
     r.lpush(nskey(ns, "queue"), bad)
@@ -374,11 +367,11 @@ def test_submit_a_profile_dir_and_upload_the_artifacts(fleet, client, tmp_path, 
     """submit(profile_dir=..., upload=...) with no output: the worker builds the
     unpacked profile (symlink kept, setuid gone) and PUTs each artifact here."""
     d = local_profile(tmp_path / "client")
-    cmd = script(tmp_path, 'set -e\np="$DEBATE_PROFILE"\n'
-                           'cat "$p/sub/hello.txt" > "$DEBATE_OUTPUT/a.iso"\n'
-                           'test "$(readlink "$p/link")" = sub/hello.txt\n'
-                           'test -x "$p/run.sh" && test ! -u "$p/run.sh"\n'
-                           'mkdir "$DEBATE_OUTPUT/sums" && cat "$p/hard.txt" > "$DEBATE_OUTPUT/sums/b.txt"\n')
+    cmd = write_script(tmp_path, 'set -e\np="$DEBATE_PROFILE"\n'
+                                 'cat "$p/sub/hello.txt" > "$DEBATE_OUTPUT/a.iso"\n'
+                                 'test "$(readlink "$p/link")" = sub/hello.txt\n'
+                                 'test -x "$p/run.sh" && test ! -u "$p/run.sh"\n'
+                                 'mkdir "$DEBATE_OUTPUT/sums" && cat "$p/hard.txt" > "$DEBATE_OUTPUT/sums/b.txt"\n')
     fleet.start(sandbox={"runtime": "exec", "command": cmd})
     secret = "Bearer s3cret-" + os.urandom(4).hex()
     job = client.submit(profile_dir=d, upload=put_server.url + "/up/{name}",
