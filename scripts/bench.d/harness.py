@@ -2,6 +2,7 @@
 started, stopped by pid) and Bench (the run: its redis-server, namespaces,
 rows, snapshots of INFO commandstats).  Workloads live in workloads/, one
 module each; report.py prints the table."""
+import argparse
 import collections
 import datetime
 import hashlib
@@ -16,7 +17,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
+from typing import Any, Counter, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import msgpack
 
@@ -48,7 +49,7 @@ class Stop(Exception):
 
 # ------------------------------------------------------------------ helpers
 
-def proc_status(pid):
+def proc_status(pid: int) -> Dict[str, int]:
     """VmRSS, VmHWM, RssAnon, RssFile, RssShmem of pid, in bytes."""
     out = {}
     try:
@@ -70,7 +71,7 @@ LIB_GROUPS = {
 }
 
 
-def proc_maps_rss(pid):
+def proc_maps_rss(pid: int) -> Dict[str, int]:
     """RSS per mapped file (or [heap], [stack]), in bytes."""
     out = collections.Counter()
     name = None
@@ -87,11 +88,11 @@ def proc_maps_rss(pid):
     return {k: v for k, v in out.most_common() if v}
 
 
-def lib_group_rss(maps):
+def lib_group_rss(maps: Mapping[str, int]) -> Dict[str, int]:
     return {g: sum(v for k, v in maps.items() if k.startswith(libs)) for g, libs in LIB_GROUPS.items()}
 
 
-def proc_pss(pid):
+def proc_pss(pid: int) -> Optional[int]:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
@@ -105,7 +106,7 @@ def proc_pss(pid):
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def proc_cpu(pid):
+def proc_cpu(pid: int) -> Optional[Tuple[float, float]]:
     """(self CPU s, reaped children's CPU s) of pid, or None."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -116,7 +117,7 @@ def proc_cpu(pid):
     return ((int(f[11]) + int(f[12])) / CLK_TCK, (int(f[13]) + int(f[14])) / CLK_TCK)
 
 
-def proc_faults(pid):
+def proc_faults(pid: int) -> Optional[Tuple[int, int]]:
     """(minor page faults, voluntary + involuntary context switches) of pid."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -132,7 +133,7 @@ def proc_faults(pid):
         return None
 
 
-def machine_cpu():
+def machine_cpu() -> Tuple[int, int]:
     """(busy, total) jiffies of all CPUs."""
     with open("/proc/stat") as f:
         v = [int(x) for x in f.readline().split()[1:]]
@@ -141,7 +142,7 @@ def machine_cpu():
     return total - idle, total
 
 
-def children_of(pid):
+def children_of(pid: int) -> List[int]:
     out = []
     try:
         for t in os.listdir(f"/proc/{pid}/task"):
@@ -152,7 +153,7 @@ def children_of(pid):
     return out
 
 
-def cmdline(pid):
+def cmdline(pid: int) -> Optional[List[str]]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return [x.decode() for x in f.read().split(b"\0")[:-1]]
@@ -160,11 +161,11 @@ def cmdline(pid):
         return None
 
 
-def med(xs):
+def med(xs: Sequence[float]) -> Optional[float]:
     return statistics.median(xs) if xs else None
 
 
-def fmt(v, unit=""):
+def fmt(v: Optional[float], unit: str = "") -> str:
     if v is None:
         return "-"
     if isinstance(v, bool):
@@ -212,7 +213,9 @@ class Proc(Process):
 # ------------------------------------------------------------------ the bench
 
 class Bench:
-    def __init__(self, args):
+    """One run: its directory, binaries, redis-server, processes, rows and raw figures."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         BUILD.mkdir(parents=True, exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix="run-", dir=BUILD))
@@ -222,33 +225,34 @@ class Bench:
         self.enqueue_bin = str(self.tmp / "bin" / "enqueue")
         shutil.copy2(args.worker, self.worker_bin)
         shutil.copy2(args.enqueue, self.enqueue_bin)
-        self.binaries = {}
+        self.binaries: Dict[str, Dict[str, str]] = {}
         for name, src, dst in (("worker", args.worker, self.worker_bin), ("enqueue", args.enqueue, self.enqueue_bin)):
             with open(dst, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()[:12]
             mtime = datetime.datetime.fromtimestamp(os.stat(src).st_mtime).astimezone()
             self.binaries[name] = {"path": str(Path(src).resolve()), "sha256": digest,
                                    "built": mtime.strftime("%Y-%m-%d %H:%M:%S %Z")}
-        self.procs = []
-        self.namespaces = []
-        self.podman_namespaces = []
-        self.own = collections.Counter()    # commands this script sent (to subtract)
-        self.rows = []
-        self.raw = {}
-        self.errors = {}
-        self.redis = None
-        self.r = None
+        self.procs: List[Proc] = []
+        self.namespaces: List[str] = []
+        self.podman_namespaces: List[str] = []
+        self.own: Counter[str] = collections.Counter()    # commands this script sent (to subtract)
+        self.rows: List[Dict[str, Any]] = []
+        self.raw: Dict[str, Any] = {}
+        self.errors: Dict[str, str] = {}
+        self.redis: Optional[RedisServer] = None
+        self.r: Any = None    # redis.Redis once started
+        self.url = ""
         self.broot = self.tmp / "builds"
         (self.broot / "p").mkdir(parents=True)
         (self.broot / "o").mkdir(parents=True)
 
     # -- lifecycle
-    def start(self):
+    def start(self) -> None:
         self.redis = RedisServer(self.tmp / "redis").start()
         self.r = self.redis.client()
         self.url = self.redis.url
 
-    def close(self):
+    def close(self) -> None:
         for p in self.procs:
             try:
                 p.stop(signal.SIGTERM, timeout=15)
@@ -261,17 +265,18 @@ class Bench:
         if not self.args.keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def podman_env(self):
+    def podman_env(self) -> Dict[str, str]:
         return podman_env()
 
-    def podman_cleanup(self, ns):
+    def podman_cleanup(self, ns: str) -> None:
         try:
             remove_containers(["podman"], f"debate.ns={ns}", self.podman_env(), timeout=60)
         except Exception:
             pass
 
     # -- results
-    def row(self, workload, metric, values, unit="", target="", ok=None, note=""):
+    def row(self, workload: str, metric: str, values: Iterable[Optional[float]], unit: str = "", target: str = "",
+            ok: Optional[bool] = None, note: str = "") -> None:
         values = [v for v in values if v is not None]
         self.rows.append({
             "workload": workload, "metric": metric, "unit": unit,
@@ -281,17 +286,17 @@ class Bench:
         })
 
     # -- Redis
-    def ns(self, tag):
+    def ns(self, tag: str) -> str:
         ns = f"b{tag}{uuid.uuid4().hex[:6]}"
         self.namespaces.append(ns)
         return ns
 
-    def info(self, section):
+    def info(self, section: str) -> Dict[str, Any]:
         d = self.r.info(section)
         self.own["info"] += 1
         return d
 
-    def snapshot(self):
+    def snapshot(self) -> Dict[str, Any]:
         """Commandstats, Redis CPU and our own command count, at one moment."""
         own = collections.Counter(self.own)
         t = time.time()
@@ -302,7 +307,7 @@ class Bench:
         return {"t": t, "calls": calls, "usec": usec, "own": own,
                 "cpu": cpu["used_cpu_user"] + cpu["used_cpu_sys"], "machine": machine_cpu()}
 
-    def delta(self, a, b):
+    def delta(self, a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Any]:
         """The commands others (the workers) sent between two snapshots."""
         own = b["own"] - a["own"]
         # b's commandstats INFO was counted before it ran; its INFO cpu was not
@@ -319,14 +324,14 @@ class Bench:
                 "redis_cpu_s": b["cpu"] - a["cpu"], "seconds": b["t"] - a["t"],
                 "machine_busy": (b["machine"][0] - a["machine"][0]) / max(1, b["machine"][1] - a["machine"][1])}
 
-    def llen(self, key):
+    def llen(self, key: str) -> int:
         self.own["llen"] += 1
         return self.r.llen(key)
 
-    def blocked_clients(self):
+    def blocked_clients(self) -> int:
         return self.info("clients")["blocked_clients"]
 
-    def wait_blocked(self, n, procs, timeout=60):
+    def wait_blocked(self, n: int, procs: Sequence[Proc], timeout: float = 60) -> None:
         """Until n clients block (each idle worker's BLMOVE)."""
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -337,7 +342,7 @@ class Bench:
             time.sleep(0.02)
         raise BenchError(f"{n} workers did not reach their BLMOVE within {timeout}s")
 
-    def push_jobs(self, ns, ids, chunk=1000, **fields):
+    def push_jobs(self, ns: str, ids: Sequence[str], chunk: int = 1000, **fields: Any) -> None:
         now = time.time()
         for i in range(0, len(ids), chunk):
             p = self.r.pipeline(transaction=False)
@@ -348,7 +353,7 @@ class Bench:
                 p.lpush(nskey(ns, "queue"), msgpack.packb(job))
             p.execute()
 
-    def wait_results(self, ns, n, procs, timeout, poll=0.02):
+    def wait_results(self, ns: str, n: int, procs: Sequence[Proc], timeout: float, poll: float = 0.02) -> float:
         key = nskey(ns, "results")
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -359,7 +364,7 @@ class Bench:
             time.sleep(poll)
         raise BenchError(f"only {self.r.llen(key)} of {n} results after {timeout}s")
 
-    def timeline(self, ns, ids):
+    def timeline(self, ns: str, ids: Sequence[str]) -> Tuple[Optional[float], Optional[float]]:
         """First job taken (the claim's started_at in the job hash) and last
         result recorded (the latest finished_at among the results: the
         worker's clock, this host's)."""
@@ -374,20 +379,22 @@ class Bench:
         fins = [r["finished_at"] for r in self.results(ns)]
         return first, max(fins) if fins else None
 
-    def results(self, ns):
+    def results(self, ns: str) -> List[Dict[str, Any]]:
         return [msgpack.unpackb(x) for x in self.r.lrange(nskey(ns, "results"), 0, -1)]
 
     # -- workers
-    def ini(self, ns, worker=None, sandbox=None, queue=None):
+    def ini(self, ns: str, worker: Optional[Mapping[str, Any]] = None, sandbox: Optional[Mapping[str, Any]] = None,
+            queue: Optional[Mapping[str, Any]] = None) -> str:
         sec = ini_sections(self.url, ns, self.broot, queue=queue,
                            worker={"concurrency": 1, "log_level": "info", **(worker or {})},
                            sandbox={**EXEC_SANDBOX, **(sandbox or {})})
         return write_ini(self.tmp / f"{ns}-{uuid.uuid4().hex[:4]}.ini", sec)
 
-    def worker(self, ini, args=(), env=None, wrap=()):
+    def worker(self, ini: str, args: Sequence[str] = (), env: Optional[Mapping[str, str]] = None,
+               wrap: Sequence[str] = ()) -> Proc:
         return Proc(self, [*wrap, self.worker_bin, "-c", ini, *args], env=env)
 
-    def ceiling(self, n, k=2, like_worker=False):
+    def ceiling(self, n: int, k: int = 2, like_worker: bool = False) -> Dict[str, Any]:
         """spawn_ceiling's figures: per_second, self_us and children_us per spawn."""
         exe = BUILD / "spawn_ceiling"
         argv = [str(exe), "-n", str(n), "-c", str(k)] + (["-w"] if like_worker else [])
@@ -396,7 +403,7 @@ class Bench:
 
 
 
-def build_helpers():
+def build_helpers() -> None:
     """spawn_ceiling is built by make (the bench target); say so when it is missing."""
     exe = BUILD / "spawn_ceiling"
     src = REPO / "scripts" / "bench.d" / "spawn_ceiling.c"
