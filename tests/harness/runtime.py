@@ -44,6 +44,10 @@ class Runtime:
     def containers(self, label: str) -> List[str]:
         return runtime_containers(self.cmd, label, self.env)
 
+    def with_env(self, **env: str) -> "Runtime":
+        """The same runtime with more environment for the worker (and cmd)."""
+        return Runtime(self.name, self.cmd, dict(self.env or {}, **env), self.ini)
+
     def cleanup(self, ns: str) -> None:
         """Remove every container of namespace ns."""
         remove_containers(self.cmd, f"debate.ns={ns}", self.env)

@@ -37,8 +37,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.harness import (SLOW, Fleet, RedisServer, Runtime, dead, make_profile, nskey, poll, results,
-                           stream_events, submit, wait_result, wid)
+from tests.harness import (SLOW, Fleet, RedisServer, dead, make_profile, nskey, poll, results, stream_events,
+                           submit, wait_result, wid)
 
 
 HB_TTL = 3          # Fleet.ini heartbeat_ttl
@@ -122,11 +122,6 @@ def private_tmp(tmp_path, monkeypatch):
     return d
 
 
-def runtime_env(rt, **env):
-    """The same container runtime with more environment for the worker."""
-    return Runtime(rt.name, rt.cmd, dict(rt.env, **env), rt.ini)
-
-
 # ================================================================ 1. SIGKILL
 
 @pytest.mark.containers
@@ -136,7 +131,7 @@ def test_sigkill_mid_build_is_rerun_once_and_container_removed(private_tmp, flee
     removes the dead worker's container, and exactly one result is kept."""
     # Attempt 1 hangs (ignores SIGTERM, never exits): its container can
     # only disappear because a worker removes it.  Attempt 2 is quick.
-    podman = runtime_env(podman, RUNTIME_DIRECTORY=str(private_tmp))
+    podman = podman.with_env(RUNTIME_DIRECTORY=str(private_tmp))
     make_profile(broot, "p", mode="hang")
     a = fleet.start(podman)
     a_id = wid(a)
@@ -195,7 +190,7 @@ def test_reaper_removes_dead_workers_container_on_its_host(private_tmp, fleet, r
     re-run can clash with A's container name.  B's reaper still removes
     A's container (label debate.worker=A) within ttl + reaper interval
     and a few seconds for the runtime."""
-    podman = runtime_env(podman, RUNTIME_DIRECTORY=str(private_tmp))
+    podman = podman.with_env(RUNTIME_DIRECTORY=str(private_tmp))
     make_profile(broot, "hang", mode="hang")
     b = fleet.start(podman)
     b_id = wid(b)

@@ -18,7 +18,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from tests.harness import SLOW, WORKER_BIN, Runtime, dead, make_profile, nskey, poll, submit, wait_result
+from tests.harness import SLOW, WORKER_BIN, dead, make_profile, nskey, poll, submit, wait_result
 from tests.harness import process as harness_process
 
 
@@ -255,7 +255,7 @@ def test_mount_points_of_a_killed_worker_are_swept(fleet, r, ns, broot, tmp_path
     live worker's alone."""
     run = tmp_path / "run"
     run.mkdir()
-    rt = Runtime(podman.name, podman.cmd, dict(podman.env, RUNTIME_DIRECTORY=str(run)), podman.ini)
+    rt = podman.with_env(RUNTIME_DIRECTORY=str(run))
     make_profile(broot, "hang", mode="hang")
     make_profile(broot, "p", seconds=0)
     live = fleet.start(rt)
