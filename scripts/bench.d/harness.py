@@ -4,6 +4,7 @@ rows, snapshots of INFO commandstats).  Workloads live in workloads/, one
 module each; report.py prints the table."""
 import argparse
 import collections
+import contextlib
 import datetime
 import hashlib
 import json
@@ -17,7 +18,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Counter, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Counter, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import msgpack
 
@@ -393,6 +394,29 @@ class Bench:
     def worker(self, ini: str, args: Sequence[str] = (), env: Optional[Mapping[str, str]] = None,
                wrap: Sequence[str] = ()) -> Proc:
         return Proc(self, [*wrap, self.worker_bin, "-c", ini, *args], env=env)
+
+    @contextlib.contextmanager
+    def callgrind_worker(self, ns: str, out: Path, conc: int) -> Iterator[Proc]:
+        """A worker of ns under valgrind --tool=callgrind writing out, with
+        instrumentation switched on once it is idle in its BLMOVE; the body
+        runs the jobs to count, then it is switched off (unless the body
+        failed) and the worker stopped."""
+        if shutil.which("valgrind") is None:
+            raise BenchError("valgrind is not installed (scripts/install-deps)")
+        ini = self.ini(ns, worker={"concurrency": conc})
+        if out.exists():
+            out.unlink()
+        wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no",
+                "--instr-atstart=no"]
+        w = self.worker(ini, wrap=wrap)
+        try:
+            self.wait_blocked(1, [w], timeout=120)
+            subprocess.run(["callgrind_control", "-i", "on", str(w.pid)], check=True, capture_output=True,
+                           timeout=60)
+            yield w
+            subprocess.run(["callgrind_control", "-i", "off", str(w.pid)], capture_output=True, timeout=60)
+        finally:
+            w.stop(timeout=120)
 
     def ceiling(self, n: int, k: int = 2, like_worker: bool = False) -> Dict[str, Any]:
         """spawn_ceiling's figures: per_second, self_us and children_us per spawn."""

@@ -11,28 +11,14 @@ from workloads import register
 
 
 def run_profile(b, reps, n=500):
-    if shutil.which("valgrind") is None:
-        raise BenchError("valgrind is not installed")
     ns = b.ns("v")
-    ini = b.ini(ns, worker={"concurrency": 2})
     out = BUILD / "callgrind.out.dispatch"
-    if out.exists():
-        out.unlink()
-    wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no",
-            "--instr-atstart=no"]
-    w = b.worker(ini, wrap=wrap)
     ids = [f"v{i:05d}" for i in range(n)]
-    try:
-        b.wait_blocked(1, [w], timeout=120)
-        subprocess.run(["callgrind_control", "-i", "on", str(w.pid)], check=True, capture_output=True,
-                       timeout=60)
+    with b.callgrind_worker(ns, out, 2) as w:
         t0 = time.time()
         b.push_jobs(ns, ids)
         b.wait_results(ns, n, [w], timeout=900, poll=0.1)
         took = time.time() - t0
-        subprocess.run(["callgrind_control", "-i", "off", str(w.pid)], capture_output=True, timeout=60)
-    finally:
-        w.stop(timeout=120)
     if not out.exists():
         raise BenchError(f"callgrind wrote no profile:\n{w.log()[-2000:]}")
     prof = {"file": str(out), "jobs": n, "seconds_under_valgrind": took}
