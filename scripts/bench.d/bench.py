@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""The benchmark suite of issue 6: scripts/bench (make bench) runs this.
+"""The benchmark suite: scripts/bench (make bench) runs this.
 
 It starts its own redis-server (persistence off, a free 127.0.0.1 port: the
 loopback the reference figures were measured on), runs the workloads below
@@ -52,13 +52,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+import redis
 
-import redis  # noqa: E402
-
-import workloads  # noqa: E402
-from harness import REPO, Bench, BenchError, Stop, build_helpers  # noqa: E402
-from report import machine, table  # noqa: E402
+import workloads
+from harness import REPO, Bench, BenchError, Stop, build_helpers
+from report import machine, table
 
 
 def main():

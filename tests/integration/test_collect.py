@@ -1,4 +1,4 @@
-"""Artifact collection against a hostile output tree (issue 10 item 3).
+"""Artifact collection against a hostile output tree.
 
 The real worker (exec runtime for most cases, podman for one) collects
 an output directory that holds symlinks into /dev, FIFOs, sockets, a
@@ -22,16 +22,15 @@ from pathlib import Path
 
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import SLOW, make_profile, nskey, stream_events, submit, wait_result, write_script
+
 
 HERE = Path(__file__).resolve().parent
 
 
 def script(tmp_path, body, name="build.sh"):
-    p = tmp_path / name
-    p.write_text("#!/bin/sh\nset -e\ncd \"$DEBATE_OUTPUT\"\n" + body)
-    p.chmod(0o755)
-    return str(p)
+    """A build command that runs body in its output directory, stopping at the first error."""
+    return write_script(tmp_path, "set -e\ncd \"$DEBATE_OUTPUT\"\n" + body, name)
 
 
 def sha(b):
@@ -106,7 +105,7 @@ def test_sparse_1tib_is_over_the_byte_cap(fleet, r, ns, broot, tmp_path):
     assert res["status"] == "error", res
     assert res["error"] == "output has more than 64.0 GiB of files (collect_max_bytes)"
     assert res["artifacts"] == []
-    h = r.hgetall(f"{{{ns}}}:job:{res['id']}")
+    h = r.hgetall(nskey(ns, "job", res['id']))
     assert h[b"state"] == b"error" and h[b"error"] == res["error"].encode()
 
 
@@ -186,15 +185,15 @@ def test_cancel_during_collection(fleet, r, ns, broot, tmp_path):
     jid = submit(r, ns, profile="p", output="o")
     collecting(w, jid)
     t0 = time.time()
-    r.hset(f"{{{ns}}}:cancel", jid, time.time())
+    r.hset(nskey(ns, "cancel"), jid, time.time())
     res = wait_result(r, ns, jid, 30)
     took = time.time() - t0
     assert res["status"] == "cancelled", res
     assert res["error"] == "cancelled while collecting the artifacts"
     assert res["artifacts"] == []
     assert took < 10 * SLOW, took
-    assert not r.hexists(f"{{{ns}}}:cancel", jid)
-    assert r.hget(f"{{{ns}}}:job:{jid}", "state") == b"cancelled"
+    assert not r.hexists(nskey(ns, "cancel"), jid)
+    assert r.hget(nskey(ns, "job", jid), "state") == b"cancelled"
 
 
 def test_collection_deadline(fleet, r, ns, broot, tmp_path):
@@ -233,7 +232,7 @@ def test_100k_tiny_files_loop_stays_responsive(fleet, r, ns, broot, tmp_path):
 
     def sample():
         while not stop.is_set():
-            b = r.hget(f"{{{ns}}}:worker:{wid}", "beat")
+            b = r.hget(nskey(ns, "worker", wid), "beat")
             beats.append((time.time(), b))
             time.sleep(0.1)
 
@@ -319,6 +318,6 @@ def test_collection_not_starved_by_a_flooding_job(fleet, r, ns, broot, tmp_path)
     assert res["status"] == "succeeded", res
     assert res["artifacts"] == [{"name": "big.bin", "size": 96 << 20, "sha256": zeros_sha(96 << 20)}]
     # The flood was still going: collecting did not wait for it to end.
-    assert r.hget(f"{{{ns}}}:job:{flood}", "state") == b"running"
-    r.hset(f"{{{ns}}}:cancel", flood, time.time())
+    assert r.hget(nskey(ns, "job", flood), "state") == b"running"
+    r.hset(nskey(ns, "cancel"), flood, time.time())
     assert wait_result(r, ns, flood, 30)["status"] == "cancelled"

@@ -1,6 +1,6 @@
 """The worker with real containers (podman, and a private dockerd): the
 sandbox, its limits and hardening, timeouts, OOM, floods, concurrency and
-progress, as issue 3's "Tests" and issue 5's hardening list ask.
+progress.
 
 Every test runs real containers of the test image (tests/image/mkarchiso as
 mkarchiso); nothing is mocked.  Tests taking `runtime` run once per engine.
@@ -15,7 +15,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import SLOW, TEST_IMAGE, make_profile, nskey, results, stream_events, submit, wait_result
+
 
 # mkarchiso's stages, as the default [phases] name them, in build order.
 PHASES = ["validate", "packages", "customize", "bootloader", "squashfs", "iso", "done"]
@@ -68,7 +69,7 @@ def wait_gone(runtime, job_id, timeout=10):
 
 
 def cancel(r, ns, job_id):
-    r.hset(f"{{{ns}}}:cancel", job_id, str(time.time()))
+    r.hset(nskey(ns, "cancel"), job_id, str(time.time()))
 
 
 def cgroup_limits(pid):
@@ -225,8 +226,8 @@ def test_end_to_end_reproducible_iso(fleet, r, ns, broot, runtime):
         assert res["id"] == jid and res["worker"] == wid and res["attempt"] == 1
         # The artifacts list is exactly the files in the output directory.
         assert sorted(res["artifacts"], key=lambda a: a["name"]) == artifacts_on_disk(broot / out)
-        assert r.hget(f"{{{ns}}}:job:{jid}", "state") == b"succeeded"
-        assert r.hget(f"{{{ns}}}:job:{jid}", "exit_code") == b"0"
+        assert r.hget(nskey(ns, "job", jid), "state") == b"succeeded"
+        assert r.hget(nskey(ns, "job", jid), "exit_code") == b"0"
         # A normal success leaves no container behind either.
         assert runtime.containers(f"debate.job={jid}") == []
 
@@ -251,7 +252,7 @@ def test_end_to_end_reproducible_iso(fleet, r, ns, broot, runtime):
     assert "clamped" not in st
     # Phases: each of mkarchiso's stages once, in build order, done last.
     assert [e["name"] for e in evs if e["type"] == "phase"] == PHASES
-    assert r.hget(f"{{{ns}}}:job:{ja}", "phase") == b"done"
+    assert r.hget(nskey(ns, "job", ja), "phase") == b"done"
     logs = [e for e in evs if e["type"] == "log"]
     assert len(logs) > 1 and all(1 <= len(e["lines"]) <= 16 for e in logs)
     lines = [x for e in logs if e["stream"] == "stdout" for x in e["lines"]]
@@ -273,7 +274,7 @@ def test_memory_limit_oom_killed(fleet, r, ns, broot, runtime):
     assert res["exit_code"] == 1, res
     assert "memory" in res["error"], res["error"]
     assert any("a build step was killed" in x for x in res["log_tail"]), res["log_tail"]
-    assert r.hget(f"{{{ns}}}:job:{jid}", "state") == b"oom_killed"
+    assert r.hget(nskey(ns, "job", jid), "state") == b"oom_killed"
     assert runtime.containers(f"debate.job={jid}") == []
 
 
@@ -296,8 +297,8 @@ def test_cpu_and_memory_limits_in_cgroup_then_cancel(fleet, r, ns, broot, runtim
     res = wait_result(r, ns, jid, 10)
     assert res["status"] == "cancelled", res
     assert time.time() - t0 <= 10 * SLOW
-    assert r.hget(f"{{{ns}}}:job:{jid}", "state") == b"cancelled"
-    assert r.hexists(f"{{{ns}}}:cancel", jid) == 0
+    assert r.hget(nskey(ns, "job", jid), "state") == b"cancelled"
+    assert r.hexists(nskey(ns, "cancel"), jid) == 0
     wait_gone(runtime, jid, 10)
 
 
@@ -320,7 +321,7 @@ def test_warning_then_timeout_kills_and_removes(fleet, r, ns, broot, runtime):
     assert len(warn) == 1, warn
     assert abs(warn[0]["elapsed"] - 2) <= 1 and warn[0]["timeout"] == 4 and warn[0]["message"], warn
     assert evs[-1]["type"] == "finished" and evs[-1]["result"]["status"] == "timed_out"
-    assert r.hget(f"{{{ns}}}:job:{jid}", "state") == b"timed_out"
+    assert r.hget(nskey(ns, "job", jid), "state") == b"timed_out"
     wait_gone(runtime, jid, 10)
 
 
@@ -339,7 +340,7 @@ def test_failing_build_has_exit_code_and_tail(fleet, r, ns, broot, runtime):
     assert err_line in res["log_tail"], res["log_tail"]
     assert "error: failed to commit transaction (conflicting files)" in res["log_tail"]
     assert res["artifacts"] == []
-    h = r.hgetall(f"{{{ns}}}:job:{jid}")
+    h = r.hgetall(nskey(ns, "job", jid))
     assert h[b"state"] == b"failed" and h[b"exit_code"] == b"7"
     assert runtime.containers(f"debate.job={jid}") == []
 
@@ -370,12 +371,12 @@ def test_flood_arrives_batched_complete_and_capped(fleet, r, ns, broot, runtime,
     # Uncapped: every line once, in order, in batches of at most log_batch_lines.
     w1 = fleet.start(runtime, worker={"log_batch_lines": 100})
     jid = "flood1-" + ns
-    sub = subscriber(r, f"{{{ns}}}:progress:{jid}")
+    sub = subscriber(r, nskey(ns, "progress", jid))
     submit(r, ns, id=jid, profile="flood", output="o1")
     res = wait_result(r, ns, jid, 120)
     assert res["status"] == "succeeded", res
-    sub.wait_for(f"{{{ns}}}:progress:{jid}", lambda e: e["type"] == "finished", 30)
-    evs = sub.msgs[f"{{{ns}}}:progress:{jid}"]
+    sub.wait_for(nskey(ns, "progress", jid), lambda e: e["type"] == "finished", 30)
+    evs = sub.msgs[nskey(ns, "progress", jid)]
     assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1)), "SUBSCRIBE missed or reordered events"
     logs = [e for e in evs if e["type"] == "log"]
     assert all(1 <= len(e["lines"]) <= 100 for e in logs)
@@ -390,12 +391,12 @@ def test_flood_arrives_batched_complete_and_capped(fleet, r, ns, broot, runtime,
     # Capped at 1000: exactly 1000 lines published, the rest counted.
     fleet.start(runtime, worker={"log_max_lines": 1000})
     jid2 = "flood2-" + ns
-    sub2 = subscriber(r, f"{{{ns}}}:progress:{jid2}")
+    sub2 = subscriber(r, nskey(ns, "progress", jid2))
     submit(r, ns, id=jid2, profile="flood", output="o2")
     res2 = wait_result(r, ns, jid2, 120)
     assert res2["status"] == "succeeded", res2
-    sub2.wait_for(f"{{{ns}}}:progress:{jid2}", lambda e: e["type"] == "finished", 30)
-    logs2 = [e for e in sub2.msgs[f"{{{ns}}}:progress:{jid2}"] if e["type"] == "log"]
+    sub2.wait_for(nskey(ns, "progress", jid2), lambda e: e["type"] == "finished", 30)
+    logs2 = [e for e in sub2.msgs[nskey(ns, "progress", jid2)] if e["type"] == "log"]
     assert sum(len(e["lines"]) for e in logs2) == 1000
     assert all(len(e["lines"]) <= 256 for e in logs2)
     assert res2["dropped_lines"] == total - 1000, (res2["dropped_lines"], total)
@@ -429,8 +430,8 @@ def test_concurrency_two_each_result_once(fleet, r, ns, broot, runtime):
     assert max(seen) <= 2, f"more than 2 containers ran at once: {seen}"
     assert max(seen) == 2, f"the two slots never ran together: {seen}"
     for i in ids:
-        assert r.hget(f"{{{ns}}}:job:{i}", "state") == b"succeeded"
-        assert r.llen(f"{{{ns}}}:result:{i}") == 0    # popped once by wait_result, nothing more
+        assert r.hget(nskey(ns, "job", i), "state") == b"succeeded"
+        assert r.llen(nskey(ns, "result", i)) == 0    # popped once by wait_result, nothing more
     assert runtime.containers(f"debate.ns={ns}") == []
 
 
@@ -441,7 +442,7 @@ def test_progress_seen_by_plain_subscribe(fleet, r, ns, broot, runtime, subscrib
     make_profile(broot, "p", mode="ok", seconds=0.5)
     fleet.start(runtime)
     jid = "sub-" + ns
-    ev_ch, pr_ch = f"{{{ns}}}:events", f"{{{ns}}}:progress:{jid}"
+    ev_ch, pr_ch = nskey(ns, "events"), nskey(ns, "progress", jid)
     sub = subscriber(r, ev_ch, pr_ch)
     submit(r, ns, id=jid, profile="p", output="o")
     res = wait_result(r, ns, jid, 60)
@@ -499,7 +500,7 @@ def test_hardening_flags_on_real_container(fleet, r, ns, broot, runtime):
     assert mounts["/build/profile"]["RW"] is False
     assert mounts["/build/output"]["RW"] is True
     # The runtime binds the worker's private mount points of the held
-    # directories (issue 10), not the job's path: what the build sees at
+    # directories, not the job's path: what the build sees at
     # /build/profile and /build/output must be the job's own directories.
     croot = Path(f"/proc/{d['State']['Pid']}/root")
     for dest, want in (("build/profile", broot / "hang"), ("build/output", broot / "out/h")):
@@ -569,7 +570,7 @@ def test_missing_image_is_error_and_worker_goes_on(fleet, r, ns, broot, runtime,
     assert res["status"] == "error", res
     assert missing in res["error"], res["error"]
     assert res["exit_code"] == -1 and res["artifacts"] == [], res
-    assert r.hget(f"{{{ns}}}:job:{bad}", "state") == b"error"
+    assert r.hget(nskey(ns, "job", bad), "state") == b"error"
     assert w.alive()
     good = submit(r, ns, profile="p", output="o2")
     assert wait_result(r, ns, good, 60)["status"] == "succeeded"

@@ -23,16 +23,13 @@ import httpx
 import msgpack
 import pytest
 
-from conftest import REPO, free_port
-import workers
-from workers import Fleet, RedisServer, make_profile, submit, wait_result
+from tests.harness import (REPO, SHARED_PYTHON, Fleet, RedisServer, free_port, make_profile, nskey, submit,
+                           wait_result)
 
-podman = workers.podman          # the session fixture, used by name below
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
-SHARED_PY = str(REPO / "shared" / "python")
-sys.path.insert(0, SHARED_PY)
+SHARED_PY = str(SHARED_PYTHON)
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", REPO / "build" / "test-artifacts")) / "dashboard"
@@ -255,7 +252,7 @@ def test_dashboard_finished_and_failed_pages(stack, chrome):
     bad_id = submit(stack.r, stack.ns, profile=bad, output="out/bad", id="f" * 40 + "-a-long-job-id-" + "x" * 8)
     fail_id = submit(stack.r, stack.ns, profile=plain, output="out/plain")
     res_ok = wait_result(stack.r, stack.ns, ok_id, 60)
-    got = stack.r.blpop(f"{{{stack.ns}}}:result:{bad_id}", timeout=60)
+    got = stack.r.blpop(nskey(stack.ns, "result", bad_id), timeout=60)
     assert got, "no result for the hostile build"
     # The worker passes the build's bytes through; invalid UTF-8 is the reader's to replace.
     res_bad = msgpack.unpackb(got[1], unicode_errors="replace")
@@ -318,7 +315,7 @@ def test_dashboard_long_log_keeps_the_page_responsive(stack, chrome):
     res = wait_result(stack.r, stack.ns, jid, 60)
     assert res["status"] == "succeeded" and not res["dropped_lines"], res
     total = sum(len(e["lines"]) for e in (msgpack.unpackb(f[b"event"]) for _, f in
-                                          stack.r.xrange(f"{{{stack.ns}}}:log:{jid}")) if e["type"] == "log")
+                                          stack.r.xrange(nskey(stack.ns, "log", jid))) if e["type"] == "log")
     t0 = time.time()
     chrome.get(stack.dash.url + "job/" + jid)
     wait_until(lambda: js(chrome, "return document.querySelector('.logpanel h2 .n').textContent") == str(total),
@@ -340,9 +337,9 @@ def test_dashboard_dead_letter_retried_from_page_runs(stack, chrome):
     from selenium.webdriver.common.by import By
     later = "p-later"
     late_id = submit(stack.r, stack.ns, profile=later, output="out/later")     # no such profile yet
-    stack.r.lpush(f"{{{stack.ns}}}:queue", b"\xc1 not msgpack")
-    stack.r.lpush(f"{{{stack.ns}}}:queue", msgpack.packb({"id": "../etc", "profile": "x", "output": "y"}))
-    wait_until(lambda: stack.r.llen(f"{{{stack.ns}}}:dead") >= 3, 30, what="three dead letters")
+    stack.r.lpush(nskey(stack.ns, "queue"), b"\xc1 not msgpack")
+    stack.r.lpush(nskey(stack.ns, "queue"), msgpack.packb({"id": "../etc", "profile": "x", "output": "y"}))
+    wait_until(lambda: stack.r.llen(nskey(stack.ns, "dead")) >= 3, 30, what="three dead letters")
 
     login(chrome, stack.dash.url + "dead")
     chrome.get(stack.dash.url + "dead")
@@ -377,7 +374,7 @@ def test_dashboard_running_build_is_live_and_cancel_stops_it(stack, chrome):
     login(chrome, stack.dash.url)
     # Cancel a queued job from the queue table: it never starts.
     click(chrome, f"#queue tr button[data-action=cancel][data-id='{waiting}']", "the queued job's Cancel")
-    wait_until(lambda: stack.r.hget(f"{{{stack.ns}}}:cancel", waiting), 10, what="the cancel recorded")
+    wait_until(lambda: stack.r.hget(nskey(stack.ns, "cancel"), waiting), 10, what="the cancel recorded")
     js(chrome, "window.__mark = 'no reload'")
     sel = f"#running tr[data-job='{jid}'] .bar"
     wait_until(lambda: chrome.find_element(By.CSS_SELECTOR, sel), 30, what="the running build's bar")
@@ -432,8 +429,8 @@ def test_dashboard_running_build_is_live_and_cancel_stops_it(stack, chrome):
     assert took < 15, f"cancel took {took:.1f}s"
     res = wait_result(stack.r, stack.ns, waiting, 30)     # taken by the freed slot, recorded at once
     assert res["status"] == "cancelled", res
-    assert "started" not in {e[b"type"] for _, e in stack.r.xrange(f"{{{stack.ns}}}:log:{waiting}")}
-    stack.r.hset(f"{{{stack.ns}}}:cancel", other, time.time())
+    assert "started" not in {e[b"type"] for _, e in stack.r.xrange(nskey(stack.ns, "log", waiting))}
+    stack.r.hset(nskey(stack.ns, "cancel"), other, time.time())
     wait_result(stack.r, stack.ns, other, 30)
     print(f"cancel from the page to `cancelled` on the page: {took:.1f}s")
     assert not browser_errors(chrome)
@@ -497,7 +494,7 @@ def test_dashboard_refuses_without_token_wrong_origin_and_read_only(stack, chrom
     """The server refuses changes: no token, a wrong one, a foreign Origin, GET, and read-only mode."""
     from selenium.webdriver.common.by import By
     base, url = stack.dash.base, stack.dash.url
-    cancel_key = f"{{{stack.ns}}}:cancel"
+    cancel_key = nskey(stack.ns, "cancel")
     same = {"Origin": base}
 
     def post(path, headers=None, cookies=None, body=None):
@@ -536,7 +533,7 @@ def test_dashboard_refuses_without_token_wrong_origin_and_read_only(stack, chrom
         for path, body in (("api/cancel", {"id": qid}), ("api/retry-dead", {"index": 0, "digest": "0" * 64})):
             r = httpx.post(ro.url + path, json=body, headers={"Origin": ro.base, "X-Debate-Token": TOKEN}, timeout=10)
             assert r.status_code == 403, r.text
-        assert stack.r.hget(f"{{{ns}}}:cancel", qid) is None
+        assert stack.r.hget(nskey(ns, "cancel"), qid) is None
         chrome.get(ro.url)
         wait_until(lambda: chrome.find_element(By.CSS_SELECTOR, "#queue tbody td a").text == qid, 15,
                    what="the queued job listed")
@@ -612,21 +609,21 @@ def _fake_fleet(r, ns, queued=1000, workers=5, per_worker=10):
     now = time.time()
     p = r.pipeline(transaction=False)
     for i in range(queued):
-        p.lpush(f"{{{ns}}}:queue", msgpack.packb({"id": f"q{i:04d}", "profile": f"profiles/p{i % 17}",
+        p.lpush(nskey(ns, "queue"), msgpack.packb({"id": f"q{i:04d}", "profile": f"profiles/p{i % 17}",
                                                   "output": f"out/q{i}", "enqueued_at": now - 600 + i * 0.5}))
     for w in range(workers):
         wid = f"host{w}-{1000 + w}"
         ids = [f"run-{w}-{j}" for j in range(per_worker)]
-        p.zadd(f"{{{ns}}}:workers", {wid: now})
-        p.hset(f"{{{ns}}}:worker:{wid}", mapping={
+        p.zadd(nskey(ns, "workers"), {wid: now})
+        p.hset(nskey(ns, "worker", wid), mapping={
             "id": wid, "host": f"host{w}", "pid": 1000 + w, "version": "1.0", "started_at": now - 3600,
             "beat": now, "concurrency": per_worker + 2, "running": per_worker, "jobs": ",".join(ids)})
-        p.expire(f"{{{ns}}}:worker:{wid}", 600)
+        p.expire(nskey(ns, "worker", wid), 600)
         for j, jid in enumerate(ids):
             started = now - 30 - 40 * j
-            p.lpush(f"{{{ns}}}:active:{wid}", msgpack.packb({"id": jid, "profile": "profiles/releng",
+            p.lpush(nskey(ns, "active", wid), msgpack.packb({"id": jid, "profile": "profiles/releng",
                                                               "output": f"out/{jid}", "timeout": 1200}))
-            p.hset(f"{{{ns}}}:job:{jid}", mapping={"state": "running", "worker": wid, "attempt": 1,
+            p.hset(nskey(ns, "job", jid), mapping={"state": "running", "worker": wid, "attempt": 1,
                                                   "started_at": started, "phase": "packages"})
             for seq, ev in enumerate([
                     {"type": "started", "worker": wid, "runtime": "podman", "image": "img",
@@ -634,7 +631,7 @@ def _fake_fleet(r, ns, queued=1000, workers=5, per_worker=10):
                     {"type": "stats", "elapsed": now - started - 5, "memory": (1 << 30) + j, "cpu": 40.0},
                     {"type": "stats", "elapsed": now - started, "memory": (1 << 30) + j * 1000, "cpu": 47.5}], 1):
                 ev.update(id=jid, seq=seq, ts=started + seq, attempt=1)
-                p.xadd(f"{{{ns}}}:log:{jid}", {"seq": seq, "type": ev["type"], "event": msgpack.packb(ev)})
+                p.xadd(nskey(ns, "log", jid), {"seq": seq, "type": ev["type"], "event": msgpack.packb(ev)})
     p.execute()
 
 

@@ -1,5 +1,5 @@
 """Duplicate job ids, payloads the Lua scripts could not read, and oversized
-payloads (issue 10, items 1, 8 and 6), with real workers (exec runtime) and
+payloads, with real workers (exec runtime) and
 a real redis-server.
 
   1. A second payload with a running job's id is dead-lettered as
@@ -21,11 +21,8 @@ import time
 import msgpack
 import pytest
 
-from workers import *  # noqa: F401,F403
-
-
-def k(ns, *parts):
-    return "{" + ns + "}:" + ":".join(parts)
+from tests.harness import (ENQUEUE_BIN, SANITIZED, SLOW, Fleet, RedisServer, dead, make_profile, nskey, poll,
+                           push_raw, results, stream_events, submit, wait_result, wid)
 
 
 def pack(obj):
@@ -44,11 +41,11 @@ def gate(tmp_path, name="build.sh"):
 
 
 def active_lists(r, ns):
-    return {key: r.lrange(key, 0, -1) for key in r.keys(k(ns, "active", "*"))}
+    return {key: r.lrange(key, 0, -1) for key in r.keys(nskey(ns, "active", "*"))}
 
 
 def lease(r, ns, jid):
-    h = r.hgetall(k(ns, "job", jid))
+    h = r.hgetall(nskey(ns, "job", jid))
     return {f: h.get(f) for f in (b"state", b"worker", b"attempt", b"started_at", b"digest", b"enqueued_at")}
 
 
@@ -67,7 +64,7 @@ def test_second_payload_with_a_running_jobs_id_cannot_take_it_over(fleet, r, ns,
     w2.wait_log(r"redis fetch: connected", 20)
     before = lease(r, ns, jid)
     assert before[b"state"] == b"running" and before[b"worker"] == w1_id.encode()
-    real = r.lindex(k(ns, "active", w1_id), 0)
+    real = r.lindex(nskey(ns, "active", w1_id), 0)
     dup = real if copy == "same_bytes" else pack(
         {"id": jid, "profile": "p", "output": "o/dup", "meta": {"who": "dup"}})
     push_raw(r, ns, dup)
@@ -93,7 +90,7 @@ def test_second_payload_with_a_running_jobs_id_cannot_take_it_over(fleet, r, ns,
     assert types.count("started") == 1 and types[-1] == "finished" and "dead" not in types
     poll(lambda: all(not v for v in active_lists(r, ns).values()), 10, "every active list to be empty")
     assert "lost its lease" not in w1.log()
-    assert r.hget(k(ns, "job", jid), "state") == b"succeeded"
+    assert r.hget(nskey(ns, "job", jid), "state") == b"succeeded"
     assert w1.alive() and w2.alive()
 
 
@@ -102,21 +99,21 @@ def test_refused_duplicate_of_a_finished_job_leaves_it_succeeded(fleet, r, ns, b
     w = fleet.start(sandbox={"runtime": "exec", "command": "/bin/true"})
     jid = submit(r, ns, profile="p", output="o")
     assert wait_result(r, ns, jid, 20)["status"] == "succeeded"
-    before = (r.hgetall(k(ns, "job", jid)), r.xrange(k(ns, "log", jid)), r.ttl(k(ns, "job", jid)) > 0)
+    before = (r.hgetall(nskey(ns, "job", jid)), r.xrange(nskey(ns, "log", jid)), r.ttl(nskey(ns, "job", jid)) > 0)
     bad = pack({"id": jid, "profile": "p", "output": "o", "image": "evil:latest"})
     push_raw(r, ns, bad)
     (e,) = poll(lambda: dead(r, ns), 20, "the dead letter")
     assert e["reason"] == "image_not_allowed" and e["payload"] == bad
-    after = (r.hgetall(k(ns, "job", jid)), r.xrange(k(ns, "log", jid)), r.ttl(k(ns, "job", jid)) > 0)
+    after = (r.hgetall(nskey(ns, "job", jid)), r.xrange(nskey(ns, "log", jid)), r.ttl(nskey(ns, "job", jid)) > 0)
     assert after == before
-    assert r.hget(k(ns, "job", jid), "state") == b"succeeded"
+    assert r.hget(nskey(ns, "job", jid), "state") == b"succeeded"
     assert [ev["type"] for ev in stream_events(r, ns, jid)][-1] == "finished"
     # and a valid second payload for the finished id: refused by the claim
     again = pack({"id": jid, "profile": "p", "output": "o2"})
     push_raw(r, ns, again)
     poll(lambda: len(dead(r, ns)) == 2, 20, "the second dead letter")
     assert dead(r, ns)[0]["reason"] == "duplicate_id" and "already succeeded" in dead(r, ns)[0]["error"]
-    assert r.hgetall(k(ns, "job", jid)) == before[0] and len(results(r, ns)) == 1
+    assert r.hgetall(nskey(ns, "job", jid)) == before[0] and len(results(r, ns)) == 1
     assert not (broot / "o2").exists() or not any((broot / "o2").iterdir())
     assert w.alive()
 
@@ -146,14 +143,14 @@ def test_enqueue_submit_refuses_a_known_id_and_reruns_a_finished_one(fleet, r, n
         return cp
 
     enqueue("submit", "--profile", "p", "--output", "o", "--id", "job1", "--meta", "run=1")
-    h = r.hgetall(k(ns, "job", "job1"))
+    h = r.hgetall(nskey(ns, "job", "job1"))
     assert h[b"state"] == b"queued"
-    assert h[b"digest"].decode() == hashlib.sha1(r.lindex(k(ns, "queue"), 0)).hexdigest()
+    assert h[b"digest"].decode() == hashlib.sha1(r.lindex(nskey(ns, "queue"), 0)).hexdigest()
     cp = enqueue("submit", "--profile", "p", "--output", "o", "--id", "job1", check=2)
     assert "job job1 is already queued" in cp.stderr
     cp = enqueue("submit", "--profile", "p", "--output", "o", "--id", "job1", "--rerun", check=2)
     assert "already queued" in cp.stderr and "--rerun" in cp.stderr
-    assert r.llen(k(ns, "queue")) == 1
+    assert r.llen(nskey(ns, "queue")) == 1
 
     fleet.start(ini=ini)
     first = wait_result(r, ns, "job1", 20)
@@ -167,7 +164,7 @@ def test_enqueue_submit_refuses_a_known_id_and_reruns_a_finished_one(fleet, r, n
     evs = stream_events(r, ns, "job1")
     assert [ev["seq"] for ev in evs] == list(range(1, len(evs) + 1)) and len(evs) > len(seqs)
     assert evs[len(seqs)]["type"] == "started" and evs[len(seqs)]["attempt"] == 2
-    own = [msgpack.unpackb(x) for x in r.lrange(k(ns, "result", "job1"), 0, -1)]
+    own = [msgpack.unpackb(x) for x in r.lrange(nskey(ns, "result", "job1"), 0, -1)]
     assert len(own) == 1 and own[0]["meta"] == {"run": "2"} and own[0]["attempt"] == 2
     assert dead(r, ns) == []
 
@@ -196,7 +193,7 @@ def test_lost_job_with_bin_and_ext_meta_is_counted_and_dead_lettered(fleet, r, n
     a_id = wid(a)
     meta = {"bin": b"\x00\xffraw", "ext": msgpack.ExtType(7, b"xyz"), "ts": msgpack.Timestamp(1700000000, 1)}
     jid = "binmeta-1"
-    r.hset(k(ns, "job", jid), mapping={"state": "queued", "enqueued_at": time.time()})
+    r.hset(nskey(ns, "job", jid), mapping={"state": "queued", "enqueued_at": time.time()})
     payload = pack({"id": jid, "profile": "p", "output": "o", "source_date_epoch": 1700000000,
                     "meta": meta})
     push_raw(r, ns, payload)
@@ -208,7 +205,7 @@ def test_lost_job_with_bin_and_ext_meta_is_counted_and_dead_lettered(fleet, r, n
     a.signal(signal.SIGKILL)
     a.wait(10)
     b.wait_log(rf"job {jid}: started \(attempt 2", 30)
-    h = r.hgetall(k(ns, "job", jid))
+    h = r.hgetall(nskey(ns, "job", jid))
     assert h[b"lost"] == b"1" and h[b"worker"] == b_id.encode()
     req = [ev for ev in stream_events(r, ns, jid) if ev["type"] == "requeued"]
     assert len(req) == 1 and req[0]["reason"] == "worker_lost" and req[0]["worker"] == a_id
@@ -220,10 +217,10 @@ def test_lost_job_with_bin_and_ext_meta_is_counted_and_dead_lettered(fleet, r, n
     (e,) = poll(lambda: dead(r, ns), 30, "the worker_lost dead letter")
     assert e["reason"] == "worker_lost" and e["id"] == jid and e["payload"] == payload
     assert "lost with its worker 2 times" in e["error"]
-    h = r.hgetall(k(ns, "job", jid))
+    h = r.hgetall(nskey(ns, "job", jid))
     assert h[b"state"] == b"dead" and h[b"lost"] == b"2"
     assert [ev["type"] for ev in stream_events(r, ns, jid)][-1] == "dead"
-    assert r.llen(k(ns, "queue")) == 0
+    assert r.llen(nskey(ns, "queue")) == 0
     assert not any(active_lists(r, ns).values())
     assert c.alive()
 
@@ -255,7 +252,7 @@ def test_oversized_payload_is_refused_small_and_the_worker_goes_on(fleet, r, ns,
     assert e["reason"] == "payload_too_large" and "max_payload" in e["error"]
     assert "payload" not in e
     assert e["payload_len"] == BIG + 11 and e["payload_sha256"] == sha and e["payload_prefix"] == prefix
-    assert len(r.lindex(k(ns, "dead"), 0)) < 2048
+    assert len(r.lindex(nskey(ns, "dead"), 0)) < 2048
     assert not any(active_lists(r, ns).values())
     print(f"\nworker VmHWM idle {idle >> 20} MiB, after a {BIG >> 20} MiB payload {peak >> 20} MiB")
     # Measured: idle 2 MiB, peak 202 MiB (hiredis's read buffer holds the bulk once; no
@@ -286,28 +283,28 @@ def test_retry_dead_requeues_only_a_payload_that_owns_its_record(fleet, r, ns, b
 
     real = pack({"id": "r1", "profile": "p", "output": "o"})
     other = pack({"id": "r1", "profile": "p", "output": "o2"})
-    r.hset(k(ns, "job", "r1"), mapping={"state": "succeeded", "digest": hashlib.sha1(real).hexdigest()})
-    r.lpush(k(ns, "dead"), entry("duplicate_id", other, "r1"))
+    r.hset(nskey(ns, "job", "r1"), mapping={"state": "succeeded", "digest": hashlib.sha1(real).hexdigest()})
+    r.lpush(nskey(ns, "dead"), entry("duplicate_id", other, "r1"))
     cp = retry("0", check=1)
     assert "duplicate_id" in cp.stderr and "never requeued" in cp.stderr
-    r.delete(k(ns, "dead"))
-    r.lpush(k(ns, "dead"), entry("bad_path", other, "r1"))
+    r.delete(nskey(ns, "dead"))
+    r.lpush(nskey(ns, "dead"), entry("bad_path", other, "r1"))
     cp = retry("0", check=1)
     assert "job r1 belongs to another payload" in cp.stderr
-    assert r.llen(k(ns, "queue")) == 0 and r.hget(k(ns, "job", "r1"), "state") == b"succeeded"
-    assert r.llen(k(ns, "dead")) == 1
+    assert r.llen(nskey(ns, "queue")) == 0 and r.hget(nskey(ns, "job", "r1"), "state") == b"succeeded"
+    assert r.llen(nskey(ns, "dead")) == 1
 
     # the record's own payload, dead: it goes back, bound to its digest
     bad = pack({"id": "r2", "profile": "gone", "output": "o"})
-    r.hset(k(ns, "job", "r2"), mapping={"state": "dead", "digest": hashlib.sha1(bad).hexdigest()})
-    r.lpush(k(ns, "dead"), entry("bad_path", bad, "r2"))
+    r.hset(nskey(ns, "job", "r2"), mapping={"state": "dead", "digest": hashlib.sha1(bad).hexdigest()})
+    r.lpush(nskey(ns, "dead"), entry("bad_path", bad, "r2"))
     retry("--id", "r2", check=0)
-    assert r.lrange(k(ns, "queue"), 0, -1) == [bad]
-    h = r.hgetall(k(ns, "job", "r2"))
+    assert r.lrange(nskey(ns, "queue"), 0, -1) == [bad]
+    h = r.hgetall(nskey(ns, "job", "r2"))
     assert h[b"state"] == b"queued" and h[b"digest"].decode() == hashlib.sha1(bad).hexdigest()
 
     # an oversized payload's entry kept only its hashes
-    r.lpush(k(ns, "dead"), pack({"reason": "payload_too_large", "error": "big", "payload_len": 5 << 20,
+    r.lpush(nskey(ns, "dead"), pack({"reason": "payload_too_large", "error": "big", "payload_len": 5 << 20,
                                  "payload_sha256": "0" * 64, "payload_prefix": b"\x81", "worker": "w",
                                  "ts": 1.0}))
     cp = retry("0", check=1)

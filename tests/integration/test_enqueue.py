@@ -15,12 +15,7 @@ import time
 import msgpack
 import pytest
 
-from conftest import SLOW, free_port, sanitizer_report
-
-
-def k(ns, *parts):
-    """A key of the contract: {ns}:part:part."""
-    return "{" + ns + "}:" + ":".join(parts)
+from tests.harness import SLOW, free_port, nskey, poll, sanitizer_report
 
 
 @pytest.fixture
@@ -36,17 +31,7 @@ def profile(builds_root):
 
 def queued_jobs(r, ns):
     """The queue's payloads, oldest (taken next) first."""
-    return [msgpack.unpackb(p, raw=False) for p in reversed(r.lrange(k(ns, "queue"), 0, -1))]
-
-
-def wait_for(pred, timeout=10):
-    deadline = time.time() + timeout * SLOW
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
+    return [msgpack.unpackb(p, raw=False) for p in reversed(r.lrange(nskey(ns, "queue"), 0, -1))]
 
 
 def finish(p, timeout=20):
@@ -78,10 +63,10 @@ class Emitter:
         self.seq += 1
         ev = {"id": self.id, "seq": self.seq, "ts": self.t0 + at, "type": typ, "attempt": 1, **fields}
         raw = msgpack.packb(ev, use_bin_type=True)
-        self.r.xadd(k(self.ns, "log", self.id), {"seq": self.seq, "type": typ, "event": raw})
-        self.r.publish(k(self.ns, "progress", self.id), raw)
+        self.r.xadd(nskey(self.ns, "log", self.id), {"seq": self.seq, "type": typ, "event": raw})
+        self.r.publish(nskey(self.ns, "progress", self.id), raw)
         if typ != "log":
-            self.r.publish(k(self.ns, "events"), raw)
+            self.r.publish(nskey(self.ns, "events"), raw)
         return ev
 
     def build(self, status="succeeded", code=0):
@@ -103,7 +88,7 @@ def test_submit_writes_the_contract_job(enqueue, ini, r, profile):
                  "--epoch", "1700000000", "--retries", "2", "--meta", "user=7",
                  "--meta", "team=iso", "--meta", "user=8", check=0)
     assert cp.stdout == "job1\n"
-    raw = r.lrange(k(ini.ns, "queue"), 0, -1)
+    raw = r.lrange(nskey(ini.ns, "queue"), 0, -1)
     assert len(raw) == 1
     job = msgpack.unpackb(raw[0], raw=False)
     assert job["id"] == "job1"
@@ -116,7 +101,7 @@ def test_submit_writes_the_contract_job(enqueue, ini, r, profile):
     assert job["meta"] == {"user": "8", "team": "iso"}
     assert before - 1 <= job["enqueued_at"] <= time.time() + 1
     assert "image" not in job
-    h = r.hgetall(k(ini.ns, "job", "job1"))
+    h = r.hgetall(nskey(ini.ns, "job", "job1"))
     assert h[b"state"] == b"queued"
     assert abs(float(h[b"enqueued_at"]) - job["enqueued_at"]) < 0.01
 
@@ -149,31 +134,31 @@ def test_submit_image_from_allow_list(make_ini, enqueue, r, profile):
 def test_resubmit_needs_rerun_starts_clean_but_never_twice_at_once(enqueue, ini, r, profile):
     """A known id is refused; --rerun (shared/lua/submit.lua mode rerun) runs a
     finished one again: its result and old outcome go, its stream stays."""
-    jk = k(ini.ns, "job", "again")
+    jk = nskey(ini.ns, "job", "again")
     r.hset(jk, mapping={"state": "failed", "worker": "w1", "attempt": 3, "exit_code": 1,
                         "error": "boom", "lost": 1, "phase": "iso"})
     r.expire(jk, 100)
-    r.lpush(k(ini.ns, "result", "again"), msgpack.packb(result_map("again", "failed", 1)))
-    r.xadd(k(ini.ns, "log", "again"), {"seq": 1, "type": "started", "event": b"\x80"})
-    r.expire(k(ini.ns, "log", "again"), 100)
-    r.hset(k(ini.ns, "cancel"), "again", time.time())
+    r.lpush(nskey(ini.ns, "result", "again"), msgpack.packb(result_map("again", "failed", 1)))
+    r.xadd(nskey(ini.ns, "log", "again"), {"seq": 1, "type": "started", "event": b"\x80"})
+    r.expire(nskey(ini.ns, "log", "again"), 100)
+    r.hset(nskey(ini.ns, "cancel"), "again", time.time())
     cp = enqueue("submit", "--profile", profile, "--output", "o", "--id", "again", check=2)
     assert "job again is already failed" in cp.stderr and "--rerun" in cp.stderr
-    assert r.hget(jk, "state") == b"failed" and r.llen(k(ini.ns, "queue")) == 0
+    assert r.hget(jk, "state") == b"failed" and r.llen(nskey(ini.ns, "queue")) == 0
     enqueue("submit", "--profile", profile, "--output", "o", "--id", "again", "--rerun", check=0)
     h = r.hgetall(jk)
     assert set(h) == {b"state", b"enqueued_at", b"digest", b"worker", b"attempt"} and h[b"state"] == b"queued"
     assert h[b"attempt"] == b"3"
-    assert h[b"digest"].decode() == hashlib.sha1(r.lindex(k(ini.ns, "queue"), 0)).hexdigest()
-    assert r.ttl(jk) == -1 and r.ttl(k(ini.ns, "log", "again")) == -1
-    assert not r.exists(k(ini.ns, "result", "again"))
-    assert r.xlen(k(ini.ns, "log", "again")) == 1
-    assert not r.hexists(k(ini.ns, "cancel"), "again")
+    assert h[b"digest"].decode() == hashlib.sha1(r.lindex(nskey(ini.ns, "queue"), 0)).hexdigest()
+    assert r.ttl(jk) == -1 and r.ttl(nskey(ini.ns, "log", "again")) == -1
+    assert not r.exists(nskey(ini.ns, "result", "again"))
+    assert r.xlen(nskey(ini.ns, "log", "again")) == 1
+    assert not r.hexists(nskey(ini.ns, "cancel"), "again")
     cp = enqueue("submit", "--profile", profile, "--output", "o", "--id", "again", check=2)
     assert "already queued" in cp.stderr
     cp = enqueue("submit", "--profile", profile, "--output", "o", "--id", "again", "--rerun", check=2)
     assert "already queued" in cp.stderr
-    assert r.llen(k(ini.ns, "queue")) == 1
+    assert r.llen(nskey(ini.ns, "queue")) == 1
 
 
 @pytest.mark.parametrize("args, words", [
@@ -208,7 +193,7 @@ def test_submit_bad_input(enqueue, ini, r, profile, args, words):
     for w in words:
         assert w in cp.stderr, (w, cp.stderr)
     assert cp.stdout == ""
-    assert r.llen(k(ini.ns, "queue")) == 0
+    assert r.llen(nskey(ini.ns, "queue")) == 0
 
 
 @pytest.mark.parametrize("args, words", [
@@ -248,7 +233,7 @@ def test_no_command_and_help(enqueue):
 
 
 def test_global_options_anywhere(enqueue, ini, r):
-    r.lpush(k(ini.ns, "queue"), b"x")
+    r.lpush(nskey(ini.ns, "queue"), b"x")
     for argv in (["-c", ini, "--json", "queue"], ["queue", "--json", "-c", ini],
                  ["--json", "queue", "-c" + ini], ["queue", "--config=" + ini, "--json"]):
         cp = enqueue(*argv, ini=None, check=0)
@@ -277,10 +262,10 @@ def test_status_of_a_job_the_backend_queued(enqueue, ini, r):
            "source_date_epoch": int(time.time()), "memory": "4g", "cpus": 2,
            "timeout": 1800, "meta": {"user": 7}}
     with r.pipeline() as p:
-        p.hset(k(ini.ns, "job", "build-42"), mapping={"state": "queued", "enqueued_at": time.time()})
-        p.lpush(k(ini.ns, "queue"), msgpack.packb(job))
+        p.hset(nskey(ini.ns, "job", "build-42"), mapping={"state": "queued", "enqueued_at": time.time()})
+        p.lpush(nskey(ini.ns, "queue"), msgpack.packb(job))
         p.execute()
-    r.lpush(k(ini.ns, "queue"), msgpack.packb({**job, "id": "build-43"}))
+    r.lpush(nskey(ini.ns, "queue"), msgpack.packb({**job, "id": "build-43"}))
     st = json.loads(enqueue("status", "build-42", "--json", check=0).stdout)
     assert st["id"] == "build-42"
     assert st["job"]["state"] == "queued"
@@ -292,10 +277,10 @@ def test_status_of_a_job_the_backend_queued(enqueue, ini, r):
 
 
 def test_status_with_result_and_unknown(enqueue, ini, r):
-    r.hset(k(ini.ns, "job", "done1"), mapping={"state": "succeeded", "worker": "w1", "attempt": 1,
+    r.hset(nskey(ini.ns, "job", "done1"), mapping={"state": "succeeded", "worker": "w1", "attempt": 1,
                                                "started_at": time.time() - 60,
                                                "finished_at": time.time(), "exit_code": 0})
-    r.lpush(k(ini.ns, "result", "done1"), msgpack.packb(result_map("done1", "succeeded")))
+    r.lpush(nskey(ini.ns, "result", "done1"), msgpack.packb(result_map("done1", "succeeded")))
     st = json.loads(enqueue("--json", "status", "done1", check=0).stdout)
     assert st["result"]["status"] == "succeeded"
     assert st["result"]["artifacts"][0]["sha256"] == "ab" * 32
@@ -308,8 +293,8 @@ def test_status_with_result_and_unknown(enqueue, ini, r):
 
 def test_status_of_a_running_job_finds_its_payload(enqueue, ini, r):
     payload = msgpack.packb({"id": "run1", "profile": "p", "output": "o", "timeout": 99})
-    r.lpush(k(ini.ns, "active", "w9"), payload)
-    r.hset(k(ini.ns, "job", "run1"), mapping={"state": "running", "worker": "w9", "attempt": 1,
+    r.lpush(nskey(ini.ns, "active", "w9"), payload)
+    r.hset(nskey(ini.ns, "job", "run1"), mapping={"state": "running", "worker": "w9", "attempt": 1,
                                               "started_at": time.time(), "phase": "iso"})
     st = json.loads(enqueue("status", "run1", "--json", check=0).stdout)
     assert st["payload"]["timeout"] == 99 and st["queue_position"] is None
@@ -320,11 +305,11 @@ def test_status_of_a_running_job_finds_its_payload(enqueue, ini, r):
 
 def test_queue_counts(enqueue, ini, r):
     for i in range(3):
-        r.lpush(k(ini.ns, "queue"), msgpack.packb({"id": f"q{i}"}))
-    r.lpush(k(ini.ns, "active", "w1"), b"a", b"b")
-    r.lpush(k(ini.ns, "active", "w2"), b"c")
-    r.zadd(k(ini.ns, "delayed"), {b"d": time.time() + 60})
-    r.lpush(k(ini.ns, "dead"), b"x", b"y")
+        r.lpush(nskey(ini.ns, "queue"), msgpack.packb({"id": f"q{i}"}))
+    r.lpush(nskey(ini.ns, "active", "w1"), b"a", b"b")
+    r.lpush(nskey(ini.ns, "active", "w2"), b"c")
+    r.zadd(nskey(ini.ns, "delayed"), {b"d": time.time() + 60})
+    r.lpush(nskey(ini.ns, "dead"), b"x", b"y")
     q = json.loads(enqueue("queue", "--json", check=0).stdout)
     assert q == {"queue": 3, "active": {"w1": 2, "w2": 1}, "active_total": 3, "delayed": 1, "dead": 2}
     out = enqueue("queue", check=0).stdout
@@ -342,16 +327,16 @@ def test_cancel(enqueue, ini, r, profile):
     before = time.time()
     cp = enqueue("cancel", "c1", check=0)
     assert "c1" in cp.stdout
-    assert before - 1 <= float(r.hget(k(ini.ns, "cancel"), "c1")) <= time.time() + 1
+    assert before - 1 <= float(r.hget(nskey(ini.ns, "cancel"), "c1")) <= time.time() + 1
     out = json.loads(enqueue("cancel", "c1", "--json", check=0).stdout)
     assert out == {"id": "c1", "state": "queued", "cancel_requested": True}
     # unknown: recorded, with a warning
     cp = enqueue("cancel", "ghost", check=0)
-    assert "warning" in cp.stderr and r.hexists(k(ini.ns, "cancel"), "ghost")
+    assert "warning" in cp.stderr and r.hexists(nskey(ini.ns, "cancel"), "ghost")
     # already final: nothing to cancel
-    r.hset(k(ini.ns, "job", "old"), "state", "succeeded")
+    r.hset(nskey(ini.ns, "job", "old"), "state", "succeeded")
     cp = enqueue("cancel", "old", check=0)
-    assert "already finished" in cp.stderr and not r.hexists(k(ini.ns, "cancel"), "old")
+    assert "already finished" in cp.stderr and not r.hexists(nskey(ini.ns, "cancel"), "old")
 
 
 # --- dead letters ---------------------------------------------------------
@@ -368,10 +353,10 @@ def test_dead_and_retry_dead_round_trip(enqueue, ini, r):
     p1 = msgpack.packb({"id": "d1", "profile": "gone", "output": "o"})
     p2 = b"\xc1not msgpack"
     p3 = msgpack.packb({"id": "d3", "profile": "x", "output": "o", "cpus": "four"})
-    r.lpush(k(ini.ns, "dead"), dead_entry("bad_path", "profile: \"gone\": No such file", p1, "d1"))
-    r.lpush(k(ini.ns, "dead"), dead_entry("malformed", "payload: invalid msgpack byte 0xc1", p2))
-    r.lpush(k(ini.ns, "dead"), dead_entry("wrong_type", "cpus: must be a number", p3, "d3"))
-    r.hset(k(ini.ns, "job", "d1"), mapping={"state": "dead", "error": "profile gone", "lost": 2})
+    r.lpush(nskey(ini.ns, "dead"), dead_entry("bad_path", "profile: \"gone\": No such file", p1, "d1"))
+    r.lpush(nskey(ini.ns, "dead"), dead_entry("malformed", "payload: invalid msgpack byte 0xc1", p2))
+    r.lpush(nskey(ini.ns, "dead"), dead_entry("wrong_type", "cpus: must be a number", p3, "d3"))
+    r.hset(nskey(ini.ns, "job", "d1"), mapping={"state": "dead", "error": "profile gone", "lost": 2})
 
     d = json.loads(enqueue("dead", "--json", check=0).stdout)
     assert d["total"] == 3
@@ -386,15 +371,15 @@ def test_dead_and_retry_dead_round_trip(enqueue, ini, r):
     # by index: the original bytes go back, the job hash is reset
     cp = enqueue("retry-dead", "2", check=0)
     assert "d1" in cp.stdout
-    assert r.lrange(k(ini.ns, "queue"), 0, -1) == [p1]
-    h = r.hgetall(k(ini.ns, "job", "d1"))
+    assert r.lrange(nskey(ini.ns, "queue"), 0, -1) == [p1]
+    h = r.hgetall(nskey(ini.ns, "job", "d1"))
     assert h[b"state"] == b"queued" and b"lost" not in h and b"No such file" in h[b"last_error"]
-    assert r.llen(k(ini.ns, "dead")) == 2
+    assert r.llen(nskey(ini.ns, "dead")) == 2
 
     # by id, as JSON
     out = json.loads(enqueue("retry-dead", "--id", "d3", "--json", check=0).stdout)
     assert out == {"requeued": [{"index": 0, "id": "d3", "requeued": True}]}
-    assert r.lindex(k(ini.ns, "queue"), 0) == p3
+    assert r.lindex(nskey(ini.ns, "queue"), 0) == p3
     cp = enqueue("retry-dead", "--id", "d3", check=1)
     assert "no dead letter" in cp.stderr
 
@@ -402,8 +387,8 @@ def test_dead_and_retry_dead_round_trip(enqueue, ini, r):
     cp = enqueue("retry-dead", "7", check=1)
     assert "index 7" in cp.stderr
     enqueue("retry-dead", "--all", check=0)
-    assert r.llen(k(ini.ns, "dead")) == 0
-    assert r.lrange(k(ini.ns, "queue"), 0, -1) == [p2, p3, p1]
+    assert r.llen(nskey(ini.ns, "dead")) == 0
+    assert r.lrange(nskey(ini.ns, "queue"), 0, -1) == [p2, p3, p1]
     assert "no dead letters" in enqueue("dead", check=0).stdout
 
 
@@ -411,38 +396,38 @@ def test_retry_dead_removes_the_entry_it_read(enqueue, ini, r):
     """An entry pushed meanwhile shifts indices; the one shown is still the one retried."""
     p1 = msgpack.packb({"id": "e1", "profile": "p", "output": "o"})
     e1 = dead_entry("bad_path", "x", p1, "e1")
-    r.lpush(k(ini.ns, "dead"), e1, e1)       # the same job twice: queued once
+    r.lpush(nskey(ini.ns, "dead"), e1, e1)       # the same job twice: queued once
     cp = enqueue("retry-dead", "0", "1", check=1)
     assert "queued or running" in cp.stderr
-    assert r.llen(k(ini.ns, "dead")) == 1 and r.llen(k(ini.ns, "queue")) == 1
-    r.delete(k(ini.ns, "dead"))
-    r.lpush(k(ini.ns, "dead"), dead_entry("malformed", "bad byte", b"\xc1"))
+    assert r.llen(nskey(ini.ns, "dead")) == 1 and r.llen(nskey(ini.ns, "queue")) == 1
+    r.delete(nskey(ini.ns, "dead"))
+    r.lpush(nskey(ini.ns, "dead"), dead_entry("malformed", "bad byte", b"\xc1"))
     cp = enqueue("retry-dead", "0", "0", check=1)   # the second try finds it gone
     assert "removed meanwhile" in cp.stderr
-    assert r.llen(k(ini.ns, "dead")) == 0 and r.lrange(k(ini.ns, "queue"), 0, 0) == [b"\xc1"]
+    assert r.llen(nskey(ini.ns, "dead")) == 0 and r.lrange(nskey(ini.ns, "queue"), 0, 0) == [b"\xc1"]
 
 
 def test_retry_dead_leaves_a_running_job_alone(enqueue, ini, r):
     """A duplicate id refused while the real job runs must not reset that job."""
     p1 = msgpack.packb({"id": "live", "profile": "p", "output": "o", "cpus": "x"})
-    r.lpush(k(ini.ns, "dead"), dead_entry("wrong_type", "cpus", p1, "live"))
-    r.hset(k(ini.ns, "job", "live"), mapping={"state": "running", "worker": "w1", "attempt": 1})
+    r.lpush(nskey(ini.ns, "dead"), dead_entry("wrong_type", "cpus", p1, "live"))
+    r.hset(nskey(ini.ns, "job", "live"), mapping={"state": "running", "worker": "w1", "attempt": 1})
     cp = enqueue("retry-dead", "0", check=1)
     assert "running" in cp.stderr
-    assert r.hget(k(ini.ns, "job", "live"), "worker") == b"w1"
-    assert r.llen(k(ini.ns, "dead")) == 1 and r.llen(k(ini.ns, "queue")) == 0
+    assert r.hget(nskey(ini.ns, "job", "live"), "worker") == b"w1"
+    assert r.llen(nskey(ini.ns, "dead")) == 1 and r.llen(nskey(ini.ns, "queue")) == 0
 
 
 # --- workers, logs, top ---------------------------------------------------
 
 def test_workers(enqueue, ini, r):
     now = time.time()
-    r.hset(k(ini.ns, "worker", "host1-100"), mapping={
+    r.hset(nskey(ini.ns, "worker", "host1-100"), mapping={
         "id": "host1-100", "host": "host1", "pid": 100, "version": "1.0.0",
         "started_at": now - 3700, "beat": now - 1, "concurrency": 2, "running": 1,
         "jobs": "job-a"})
-    r.zadd(k(ini.ns, "workers"), {"host1-100": now - 1, "host2-200": now - 60})
-    r.hset(k(ini.ns, "job", "job-a"), mapping={"state": "running", "worker": "host1-100",
+    r.zadd(nskey(ini.ns, "workers"), {"host1-100": now - 1, "host2-200": now - 60})
+    r.hset(nskey(ini.ns, "job", "job-a"), mapping={"state": "running", "worker": "host1-100",
                                                "started_at": now - 125, "phase": "squashfs"})
     w = json.loads(enqueue("workers", "--json", check=0).stdout)["workers"]
     by = {x["id"]: x for x in w}
@@ -484,17 +469,17 @@ def test_logs_replays_the_stream(enqueue, ini, r):
 
 def test_top_once(enqueue, ini, r):
     for i in range(4):
-        r.lpush(k(ini.ns, "queue"), msgpack.packb({"id": f"t{i}"}))
+        r.lpush(nskey(ini.ns, "queue"), msgpack.packb({"id": f"t{i}"}))
     now = time.time()
-    r.hset(k(ini.ns, "worker", "w1"), mapping={"id": "w1", "host": "h", "pid": 1, "version": "1.0.0",
+    r.hset(nskey(ini.ns, "worker", "w1"), mapping={"id": "w1", "host": "h", "pid": 1, "version": "1.0.0",
                                                "started_at": now - 10, "beat": now, "concurrency": 1,
                                                "running": 1, "jobs": "run-a"})
-    r.zadd(k(ini.ns, "workers"), {"w1": now})
-    r.hset(k(ini.ns, "job", "run-a"), mapping={"state": "running", "started_at": now - 30,
+    r.zadd(nskey(ini.ns, "workers"), {"w1": now})
+    r.hset(nskey(ini.ns, "job", "run-a"), mapping={"state": "running", "started_at": now - 30,
                                                "phase": "packages"})
-    r.lpush(k(ini.ns, "active", "w1"), msgpack.packb({"id": "run-a", "profile": "p", "output": "o",
+    r.lpush(nskey(ini.ns, "active", "w1"), msgpack.packb({"id": "run-a", "profile": "p", "output": "o",
                                                       "timeout": 120}))
-    r.lpush(k(ini.ns, "results"), msgpack.packb(result_map("bad-1", "oom_killed", 137)),
+    r.lpush(nskey(ini.ns, "results"), msgpack.packb(result_map("bad-1", "oom_killed", 137)),
             msgpack.packb(result_map("ok-1", "succeeded")))
     out = enqueue("top", "--once", check=0).stdout
     assert re.search(r"queue 4\b", out)
@@ -517,7 +502,7 @@ def test_top_repeats_until_interrupted(enqueue_bg, ini, r):
 # --- wait, follow, watch --------------------------------------------------
 
 def wait_queued(r, ns, job_id):
-    wait_for(lambda: r.hget(k(ns, "job", job_id), "state") == b"queued")
+    poll(lambda: r.hget(nskey(ns, "job", job_id), "state") == b"queued")
 
 
 @pytest.mark.parametrize("status, code", [
@@ -528,19 +513,19 @@ def test_wait_exit_code_follows_the_status(enqueue_bg, ini, r, profile, status, 
     p = enqueue_bg("submit", "--profile", profile, "--output", "o", "--id", "w-" + status, "--wait")
     wait_queued(r, ini.ns, "w-" + status)
     time.sleep(0.2)
-    r.lpush(k(ini.ns, "result", "w-" + status), msgpack.packb(result_map("w-" + status, status, code)))
+    r.lpush(nskey(ini.ns, "result", "w-" + status), msgpack.packb(result_map("w-" + status, status, code)))
     out, err = finish(p, 20)
     assert p.returncode == code, err
     assert out.splitlines()[0] == "w-" + status
     assert status in out and "archlinux.iso" in out
     # the result stays for `enqueue status`
-    assert r.llen(k(ini.ns, "result", "w-" + status)) == 1
+    assert r.llen(nskey(ini.ns, "result", "w-" + status)) == 1
 
 
 def test_wait_json_prints_the_result(enqueue_bg, ini, r, profile):
     p = enqueue_bg("submit", "--profile", profile, "--output", "o", "--id", "wj", "--wait", "--json")
     wait_queued(r, ini.ns, "wj")
-    r.lpush(k(ini.ns, "result", "wj"), msgpack.packb(result_map("wj", "oom_killed", 137)))
+    r.lpush(nskey(ini.ns, "result", "wj"), msgpack.packb(result_map("wj", "oom_killed", 137)))
     out, err = finish(p, 20)
     assert p.returncode == 4, err
     res = json.loads(out)
@@ -556,13 +541,13 @@ def test_wait_is_interrupted_by_ctrl_c(enqueue_bg, ini, r, profile):
     out, err = finish(p, 10)
     assert p.returncode == 130, err
     assert "interrupted" in err and time.time() - t0 < 3 * SLOW
-    assert r.hget(k(ini.ns, "job", "wi"), "state") == b"queued"
+    assert r.hget(nskey(ini.ns, "job", "wi"), "state") == b"queued"
 
 
 def test_wait_dead_and_timeout(enqueue_bg, enqueue, ini, r, profile):
     p = enqueue_bg("submit", "--profile", profile, "--output", "o", "--id", "wd", "--wait")
     wait_queued(r, ini.ns, "wd")
-    r.hset(k(ini.ns, "job", "wd"), mapping={"state": "dead", "error": "lost 3 times"})
+    r.hset(nskey(ini.ns, "job", "wd"), mapping={"state": "dead", "error": "lost 3 times"})
     out, err = finish(p, 20)
     assert p.returncode == 7, err
     assert "dead" in out and "lost 3 times" in out
@@ -581,7 +566,7 @@ def test_follow_replays_then_streams(enqueue_bg, ini, r, profile):
     time.sleep(0.5 * SLOW)      # some events arrive live
     em.emit("log", 2.0, stream="stdout", lines=["line one"])
     em.emit("stats", 5.0, elapsed=5.0, memory=1 << 20, cpu=1.0)
-    r.lpush(k(ini.ns, "result", "fj"), msgpack.packb(result_map("fj", "timed_out", -1)))
+    r.lpush(nskey(ini.ns, "result", "fj"), msgpack.packb(result_map("fj", "timed_out", -1)))
     em.emit("finished", 60.0, result=result_map("fj", "timed_out", -1))
     out, err = finish(p, 20)
     assert p.returncode == 3, err
@@ -606,7 +591,7 @@ def test_follow_json_and_a_job_that_dies(enqueue_bg, ini, r, profile):
 
 
 def test_watch_one_job(enqueue_bg, ini, r):
-    r.hset(k(ini.ns, "job", "wa"), "state", "running")
+    r.hset(nskey(ini.ns, "job", "wa"), "state", "running")
     p = enqueue_bg("watch", "wa")
     time.sleep(0.5 * SLOW)
     Emitter(r, ini.ns, "wa").build("succeeded", 0)
@@ -617,7 +602,7 @@ def test_watch_one_job(enqueue_bg, ini, r):
 
 
 def test_watch_a_finished_job_ends(enqueue, ini, r):
-    r.hset(k(ini.ns, "job", "wf"), mapping={"state": "failed", "error": "exit 1"})
+    r.hset(nskey(ini.ns, "job", "wf"), mapping={"state": "failed", "error": "exit 1"})
     cp = enqueue("watch", "wf", check=1)
     assert "failed" in cp.stdout
 
@@ -629,7 +614,7 @@ def test_watch_all_jobs(enqueue_bg, ini, r):
         em = Emitter(r, ini.ns, job_id)
         em.emit("phase", 1.0, name="iso")
         em.emit("log", 1.5, stream="stdout", lines=["not on the events channel"])
-    wait_for(lambda: r.pubsub_numsub(k(ini.ns, "events"))[0][1] >= 1)
+    poll(lambda: r.pubsub_numsub(nskey(ini.ns, "events"))[0][1] >= 1)
     time.sleep(0.5 * SLOW)
     os.kill(p.pid, signal.SIGINT)
     out, err = finish(p, 10)
@@ -642,7 +627,7 @@ def test_watch_all_jobs(enqueue_bg, ini, r):
 
 def test_redis_url_unix_socket_and_precedence(make_ini, enqueue, redis_server, r):
     ini = make_ini(redis={"url": f"redis://127.0.0.1:{free_port()}/0"})
-    r.lpush(k(ini.ns, "queue"), b"x")
+    r.lpush(nskey(ini.ns, "queue"), b"x")
     q = json.loads(enqueue("--redis", redis_server.unix_url, "queue", "--json", ini=ini, check=0).stdout)
     assert q["queue"] == 1
     # REDIS_URL overrides worker.ini; --redis overrides REDIS_URL
@@ -652,7 +637,7 @@ def test_redis_url_unix_socket_and_precedence(make_ini, enqueue, redis_server, r
     assert "cannot use Redis" in cp.stderr
     # a database number selects it
     r2 = redis_server.client(db=3)
-    r2.lpush(k(ini.ns, "queue"), b"a", b"b")
+    r2.lpush(nskey(ini.ns, "queue"), b"a", b"b")
     q = json.loads(enqueue("queue", "--json", "--redis", redis_server.unix_url + "?db=3",
                            ini=ini, check=0).stdout)
     assert q["queue"] == 2
@@ -699,7 +684,7 @@ def test_sentinel(redis_server, redis_factory, make_ini, enqueue, tmp_path):
                             stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         ini = make_ini(redis={"url": f"sentinel://127.0.0.1:{free_port()},127.0.0.1:{port}/mymaster"})
-        redis_server.client().lpush(k(ini.ns, "queue"), b"x")
+        redis_server.client().lpush(nskey(ini.ns, "queue"), b"x")
         deadline = time.time() + 10 * SLOW
         while True:
             cp = enqueue("queue", "--json", ini=ini)

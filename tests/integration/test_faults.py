@@ -1,4 +1,4 @@
-"""Fault tests (issue 4): real workers, a real redis-server, real podman
+"""Fault tests: real workers, a real redis-server, real podman
 containers, and faults made the hard way: SIGKILL, SIGSTOP, SIGTERM, a
 Redis that goes away, cancels.  Each test checks the contract's two
 promises after the fault: nothing lost, and exactly one recorded result
@@ -37,7 +37,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import (SLOW, Fleet, RedisServer, dead, make_profile, nskey, poll, results, stream_events,
+                           submit, wait_result, wid)
+
 
 HB_TTL = 3          # Fleet.ini heartbeat_ttl
 REAPER = 1          # Fleet.ini reaper_interval
@@ -73,11 +75,11 @@ def results_for(r, ns, job_id):
 
 
 def job_hash(r, ns, job_id):
-    return {k.decode(): v.decode() for k, v in r.hgetall(f"{{{ns}}}:job:{job_id}").items()}
+    return {k.decode(): v.decode() for k, v in r.hgetall(nskey(ns, "job", job_id)).items()}
 
 
 def queued_ids(r, ns):
-    return [msgpack.unpackb(p)["id"] for p in r.lrange(f"{{{ns}}}:queue", 0, -1)]
+    return [msgpack.unpackb(p)["id"] for p in r.lrange(nskey(ns, "queue"), 0, -1)]
 
 
 def events_of(r, ns, job_id, typ):
@@ -88,7 +90,7 @@ def assert_one_result(r, ns, job_id):
     """Exactly one result in {ns}:results and one in {ns}:result:<id>; returns it."""
     got = results_for(r, ns, job_id)
     assert len(got) == 1, f"{job_id}: {len(got)} results in {{{ns}}}:results: {got}"
-    own = [msgpack.unpackb(x) for x in r.lrange(f"{{{ns}}}:result:{job_id}", 0, -1)]
+    own = [msgpack.unpackb(x) for x in r.lrange(nskey(ns, "result", job_id), 0, -1)]
     assert len(own) <= 1, f"{job_id}: {len(own)} results in its own list"
     fin = events_of(r, ns, job_id, "finished")
     assert len(fin) == 1 and fin[0]["result"] == got[0], f"{job_id}: finished events {fin}"
@@ -120,11 +122,6 @@ def private_tmp(tmp_path, monkeypatch):
     return d
 
 
-def runtime_env(rt, **env):
-    """The same container runtime with more environment for the worker."""
-    return Runtime(rt.name, rt.cmd, dict(rt.env, **env), rt.ini)
-
-
 # ================================================================ 1. SIGKILL
 
 @pytest.mark.containers
@@ -134,7 +131,7 @@ def test_sigkill_mid_build_is_rerun_once_and_container_removed(private_tmp, flee
     removes the dead worker's container, and exactly one result is kept."""
     # Attempt 1 hangs (ignores SIGTERM, never exits): its container can
     # only disappear because a worker removes it.  Attempt 2 is quick.
-    podman = runtime_env(podman, RUNTIME_DIRECTORY=str(private_tmp))
+    podman = podman.with_env(RUNTIME_DIRECTORY=str(private_tmp))
     make_profile(broot, "p", mode="hang")
     a = fleet.start(podman)
     a_id = wid(a)
@@ -180,8 +177,8 @@ def test_sigkill_mid_build_is_rerun_once_and_container_removed(private_tmp, flee
     assert types.count(("started", 1)) == 1 and types.count(("started", 2)) == 1, types
     assert types[-1] == ("finished", 2)
     assert_seq_strict(r, ns, jid)
-    assert r.llen(f"{{{ns}}}:active:{a_id}") == 0 and r.llen(f"{{{ns}}}:active:{b_id}") == 0
-    assert r.zscore(f"{{{ns}}}:workers", a_id) is None
+    assert r.llen(nskey(ns, "active", a_id)) == 0 and r.llen(nskey(ns, "active", b_id)) == 0
+    assert r.zscore(nskey(ns, "workers"), a_id) is None
     assert dead(r, ns) == []
     assert b.alive()
 
@@ -193,7 +190,7 @@ def test_reaper_removes_dead_workers_container_on_its_host(private_tmp, fleet, r
     re-run can clash with A's container name.  B's reaper still removes
     A's container (label debate.worker=A) within ttl + reaper interval
     and a few seconds for the runtime."""
-    podman = runtime_env(podman, RUNTIME_DIRECTORY=str(private_tmp))
+    podman = podman.with_env(RUNTIME_DIRECTORY=str(private_tmp))
     make_profile(broot, "hang", mode="hang")
     b = fleet.start(podman)
     b_id = wid(b)
@@ -222,7 +219,7 @@ def test_reaper_removes_dead_workers_container_on_its_host(private_tmp, fleet, r
     assert len(podman.containers(f"debate.worker={b_id}")) == 1     # B's own build untouched
 
     # Wind down: cancel both; the queued one never starts again.
-    r.hset(f"{{{ns}}}:cancel", mapping={busy: time.time(), jid: time.time()})
+    r.hset(nskey(ns, "cancel"), mapping={busy: time.time(), jid: time.time()})
     assert wait_result(r, ns, busy, 30)["status"] == "cancelled"
     res = wait_result(r, ns, jid, 30)
     assert res["status"] == "cancelled" and res["attempt"] == 2 and res["worker"] == b_id
@@ -295,7 +292,7 @@ def test_redis_outage_every_result_arrives_once(how, tmp_path, ns, broot):
         for j in first:
             assert t_down < got[j]["finished_at"] < t_up, (t_down, got[j]["finished_at"], t_up)
         assert len(results(r, ns)) == len(ids)
-        assert r.llen(f"{{{ns}}}:queue") == 0 and r.llen(f"{{{ns}}}:active:{w_id}") == 0
+        assert r.llen(nskey(ns, "queue")) == 0 and r.llen(nskey(ns, "active", w_id)) == 0
         assert dead(r, ns) == []
         assert w.alive()
         assert w.stop() == 0
@@ -341,7 +338,7 @@ def test_redis_outage_longer_than_ttl_reaps_no_live_worker(tmp_path, ns, broot):
         for w in ws:
             w.wait_log(r"redis cmd: connected again", 10)
         # Give a reaper every chance to act wrongly: several reaper rounds.
-        poll(lambda: all(float(r.zscore(f"{{{ns}}}:workers", x) or 0) > t_up + HB_TTL + REAPER for x in w_ids),
+        poll(lambda: all(float(r.zscore(nskey(ns, "workers"), x) or 0) > t_up + HB_TTL + REAPER for x in w_ids),
              HB_TTL + REAPER + 10, "both workers to beat for a ttl after the outage")
         for w in ws:
             for bad in ("reaper: worker", "result of attempt", "lost its lease"):
@@ -474,7 +471,7 @@ def test_lost_replies_are_replayed_without_doing_anything_twice(what, fleet, red
         w_ids = [wid(w) for w in ws]
         ids = [submit(r, ns, profile="p", output=f"o/{i}") for i in range(40)]
         for k in (2, 10, 20, 30):
-            poll(lambda: r.llen(f"{{{ns}}}:results") >= k, 60, f"{k} results")
+            poll(lambda: r.llen(nskey(ns, "results")) >= k, 60, f"{k} results")
             if what == "blips":
                 proxy.cut(0.5)
             else:
@@ -509,9 +506,9 @@ def test_lost_replies_are_replayed_without_doing_anything_twice(what, fleet, red
             assert [e["type"] for e in evs].count("started") == 1, f"{j}: {[e['type'] for e in evs]}"
             assert job_hash(r, ns, j)["attempt"] == "1"
         assert len(results(r, ns)) == len(ids)
-        assert r.llen(f"{{{ns}}}:queue") == 0 and dead(r, ns) == []
+        assert r.llen(nskey(ns, "queue")) == 0 and dead(r, ns) == []
         for x in w_ids:
-            assert r.llen(f"{{{ns}}}:active:{x}") == 0
+            assert r.llen(nskey(ns, "active", x)) == 0
     finally:
         proxy.close()
 
@@ -546,8 +543,8 @@ def test_sigterm_drains_running_builds_within_timeout(fleet, r, ns, broot, tmp_p
     assert queued_ids(r, ns) == [waiting]
     assert job_hash(r, ns, waiting)["state"] == "queued"
     assert stream_events(r, ns, waiting) == [] and results_for(r, ns, waiting) == []
-    assert r.exists(f"{{{ns}}}:worker:{w_id}") == 0 and r.llen(f"{{{ns}}}:active:{w_id}") == 0
-    assert r.zscore(f"{{{ns}}}:workers", w_id) is None
+    assert r.exists(nskey(ns, "worker", w_id)) == 0 and r.llen(nskey(ns, "active", w_id)) == 0
+    assert r.zscore(nskey(ns, "workers"), w_id) is None
 
     w2 = fleet.start(sandbox={"runtime": "exec", "command": cmd})
     res = wait_result(r, ns, waiting, 20)
@@ -555,7 +552,7 @@ def test_sigterm_drains_running_builds_within_timeout(fleet, r, ns, broot, tmp_p
     assert w2.stop() == 0
     for j in running + [waiting]:
         assert_one_result(r, ns, j)
-    assert len(results(r, ns)) == 3 and r.llen(f"{{{ns}}}:queue") == 0 and dead(r, ns) == []
+    assert len(results(r, ns)) == 3 and r.llen(nskey(ns, "queue")) == 0 and dead(r, ns) == []
 
 
 @pytest.mark.parametrize("rt,how", [("exec", "timeout"), ("exec", "sigint"),
@@ -612,7 +609,7 @@ def test_sigterm_past_drain_timeout_puts_builds_back(rt, how, fleet, r, ns, broo
         assert evs[-1]["type"] == "requeued" and evs[-1]["reason"] == "drained", evs[-1]
         assert events_of(r, ns, j, "finished") == [] and results_for(r, ns, j) == []
     assert results(r, ns) == [] and dead(r, ns) == []
-    assert r.exists(f"{{{ns}}}:worker:{w_id}") == 0 and r.llen(f"{{{ns}}}:active:{w_id}") == 0
+    assert r.exists(nskey(ns, "worker", w_id)) == 0 and r.llen(nskey(ns, "active", w_id)) == 0
 
     # A new worker finishes them (the builds are quick now).
     if podman is not None:
@@ -630,7 +627,7 @@ def test_sigterm_past_drain_timeout_puts_builds_back(rt, how, fleet, r, ns, broo
         assert_seq_strict(r, ns, j)
         h = job_hash(r, ns, j)
         assert h["state"] == "succeeded" and h["requeues"] == "1"
-    assert len(results(r, ns)) == 2 and r.llen(f"{{{ns}}}:queue") == 0 and dead(r, ns) == []
+    assert len(results(r, ns)) == 2 and r.llen(nskey(ns, "queue")) == 0 and dead(r, ns) == []
 
 
 # ================================================================ 4. cancel
@@ -650,11 +647,11 @@ def test_cancel_queued_and_running_jobs(fleet, r, ns, broot, podman):
     queued = submit(r, ns, profile="hang", output="o/queued", timeout=600)
 
     # Cancel the queued one first: it must still be in the queue.
-    r.hset(f"{{{ns}}}:cancel", queued, time.time())
+    r.hset(nskey(ns, "cancel"), queued, time.time())
     assert queued_ids(r, ns) == [queued] and job_hash(r, ns, queued)["state"] == "queued"
 
     t_cancel = time.time()
-    r.hset(f"{{{ns}}}:cancel", running, t_cancel)
+    r.hset(nskey(ns, "cancel"), running, t_cancel)
     res = wait_result(r, ns, running, 30)
     took = time.time() - t_cancel
     # Seen at the next stats tick (1 s), stop: TERM, 2 s grace, KILL.
@@ -675,9 +672,9 @@ def test_cancel_queued_and_running_jobs(fleet, r, ns, broot, podman):
 
     for j in (running, queued):
         assert_one_result(r, ns, j)
-        assert not r.hexists(f"{{{ns}}}:cancel", j)      # removed with the result
+        assert not r.hexists(nskey(ns, "cancel"), j)      # removed with the result
     assert len(results(r, ns)) == 2
-    assert r.llen(f"{{{ns}}}:queue") == 0 and r.llen(f"{{{ns}}}:active:{w_id}") == 0
+    assert r.llen(nskey(ns, "queue")) == 0 and r.llen(nskey(ns, "active", w_id)) == 0
     assert w.alive() and w.stop() == 0
     assert containers_gone(podman, f"debate.ns={ns}")
 
@@ -747,7 +744,7 @@ def test_stale_worker_cannot_overwrite_result(fleet, r, ns, broot, tmp_path):
         assert [e for e in stream_events(r, ns, j) if e["attempt"] == 1 and e["ts"] > t_req] == []
         assert_seq_strict(r, ns, j)
     assert len(results(r, ns)) == 2
-    assert r.llen(f"{{{ns}}}:active:{a_id}") == 0 and r.llen(f"{{{ns}}}:queue") == 0
+    assert r.llen(nskey(ns, "active", a_id)) == 0 and r.llen(nskey(ns, "queue")) == 0
     assert a.alive() and b.alive()
     assert a.stop() == 0 and b.stop() == 0
     assert len(results(r, ns)) == 2
@@ -814,8 +811,8 @@ def test_soak_kill_and_restart_one_worker_every_result_once(private_tmp, fleet, 
     kills = 0
     deadline = time.time() + 100 * SLOW
     next_kill = time.time() + 2
-    while r.llen(f"{{{ns}}}:results") < n_jobs:
-        assert time.time() < deadline, f"{r.llen(f'{{{ns}}}:results')}/{n_jobs} results after {kills} kills"
+    while r.llen(nskey(ns, "results")) < n_jobs:
+        assert time.time() < deadline, f"{r.llen(nskey(ns, 'results'))}/{n_jobs} results after {kills} kills"
         assert all(w.alive() for w in stable), "a stable worker died"
         if time.time() >= next_kill:
             victim.signal(signal.SIGKILL)
@@ -847,8 +844,8 @@ def test_soak_kill_and_restart_one_worker_every_result_once(private_tmp, fleet, 
         assert [e["type"] for e in evs].count("finished") == 1, (j, evs)
         requeued += sum(e["type"] == "requeued" for e in evs)
     assert requeued > 0, "no job was ever taken from a killed worker: the soak tested nothing"
-    assert r.llen(f"{{{ns}}}:queue") == 0 and r.zcard(f"{{{ns}}}:delayed") == 0 and dead(r, ns) == []
+    assert r.llen(nskey(ns, "queue")) == 0 and r.zcard(nskey(ns, "delayed")) == 0 and dead(r, ns) == []
     for w in stable:
-        assert r.llen(f"{{{ns}}}:active:{wid(w)}") == 0
+        assert r.llen(nskey(ns, "active", wid(w))) == 0
     for v in victim_ids:
-        assert r.llen(f"{{{ns}}}:active:{v}") == 0, v
+        assert r.llen(nskey(ns, "active", v)) == 0, v

@@ -1,4 +1,4 @@
-"""Hostile payloads (issue 5): one real worker in exec mode takes a table of
+"""Hostile payloads: one real worker in exec mode takes a table of
 payloads pushed raw onto {ns}:queue, refuses every one with the reason and
 message PROTOCOL.md names, dead-letters the original bytes, never runs the
 build for any of them, creates nothing outside builds_root, and goes on to
@@ -22,7 +22,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import (SLOW, Fleet, RedisServer, dead, make_profile, nskey, push_raw, stream_events,
+                           submit, wait_result)
+
 
 MiB = 1 << 20
 
@@ -421,7 +423,7 @@ def run(tmp_path_factory):
         for _, p in payloads:
             push_raw(r, ns, p)
         ids = [submit(r, ns, **j) for j in valid]
-        r.hset(f"{{{ns}}}:job:ok-1mib", mapping={"state": "queued"})
+        r.hset(nskey(ns, "job", "ok-1mib"), mapping={"state": "queued"})
         push_raw(r, ns, one_mib)
         ids.append("ok-1mib")
         res = {}
@@ -432,10 +434,10 @@ def run(tmp_path_factory):
                 res[i] = None
                 print(e)
         deadline = time.time() + 30 * SLOW
-        while r.llen(f"{{{ns}}}:dead") < len(CASES) and time.time() < deadline:
+        while r.llen(nskey(ns, "dead")) < len(CASES) and time.time() < deadline:
             time.sleep(0.05)
         took = time.time() - t0
-        entries = [decode_dead(x) for x in r.lrange(f"{{{ns}}}:dead", 0, -1)]
+        entries = [decode_dead(x) for x in r.lrange(nskey(ns, "dead"), 0, -1)]
         by_payload = {}
         by_sha256 = {hashlib.sha256(p).hexdigest(): p for _, p in payloads}
         for e, err in entries:
@@ -443,7 +445,7 @@ def run(tmp_path_factory):
             if p is None and "payload_sha256" in e:     # over max_payload: only its hashes kept
                 p = by_sha256.get(e["payload_sha256"])
             by_payload.setdefault(p, []).append((e, err))
-        hb = r.hgetall(f"{{{ns}}}:worker:{wid}")
+        hb = r.hgetall(nskey(ns, "worker", wid))
         yield {
             "r": r, "ns": ns, "w": w, "wid": wid, "broot": broot, "outside": outside, "tmp": tmp,
             "sibling": sibling, "marker": marker, "payloads": payloads, "entries": entries,
@@ -485,7 +487,7 @@ def test_hostile_payload(run, case):
     else:
         assert d.get("id") == case.id
         assert set(d) == fields | {"id"}
-        h = r.hgetall(f"{{{ns}}}:job:{case.id}")
+        h = r.hgetall(nskey(ns, "job", case.id))
         assert h[b"state"] == b"dead", h
         assert h[b"error"].decode() == d["error"]
         assert h[b"worker"].decode() == run["wid"]
@@ -508,12 +510,12 @@ def test_every_payload_dead_lettered_once_and_nothing_else(run):
     r, ns = run["r"], run["ns"]
     assert len(run["entries"]) == len(CASES)
     assert sorted(run["by_payload"]) == sorted(p for _, p in run["payloads"])
-    assert r.llen(f"{{{ns}}}:queue") == 0
-    assert r.llen(f"{{{ns}}}:active:{run['wid']}") == 0
-    assert r.zcard(f"{{{ns}}}:delayed") == 0
+    assert r.llen(nskey(ns, "queue")) == 0
+    assert r.llen(nskey(ns, "active", run['wid'])) == 0
+    assert r.zcard(nskey(ns, "delayed")) == 0
     # Job hashes exist only for the ids that were valid, and for the valid jobs.
     want = {c.id for c in CASES if c.id} | set(run["valid_ids"])
-    have = {k.decode().split(":job:", 1)[1] for k in r.scan_iter(f"{{{ns}}}:job:*")}
+    have = {k.decode().split(":job:", 1)[1] for k in r.scan_iter(nskey(ns, "job", "*"))}
     assert have == want
 
 
@@ -592,7 +594,7 @@ def test_hostile_duplicate_of_running_job_leaves_it_alone(fleet, r, ns, broot, t
     while not started.exists() and time.time() < deadline:
         time.sleep(0.02)
     assert started.exists(), w.log()
-    before = r.hgetall(f"{{{ns}}}:job:{jid}")
+    before = r.hgetall(nskey(ns, "job", jid))
     assert before[b"state"] == b"running"
 
     hostile = [pack({"id": jid, "profile": "../etc", "output": "o"}),
@@ -601,23 +603,23 @@ def test_hostile_duplicate_of_running_job_leaves_it_alone(fleet, r, ns, broot, t
     for p in hostile:
         push_raw(r, ns, p)
     deadline = time.time() + 20 * SLOW
-    while r.llen(f"{{{ns}}}:dead") < len(hostile) and time.time() < deadline:
+    while r.llen(nskey(ns, "dead")) < len(hostile) and time.time() < deadline:
         time.sleep(0.02)
     d = dead(r, ns)
     assert sorted(x["payload"] for x in d) == sorted(hostile)
     assert {x["reason"] for x in d} == {"bad_path", "bad_value", "image_not_allowed"}
     assert all(x["id"] == jid for x in d)
-    during = r.hgetall(f"{{{ns}}}:job:{jid}")
+    during = r.hgetall(nskey(ns, "job", jid))
     assert during == before, "a refused duplicate changed the running job's hash"
     assert "dead" not in [e["type"] for e in stream_events(r, ns, jid)]
 
     go.write_text("")
     res = wait_result(r, ns, jid, 30)
     assert res["status"] == "succeeded" and res["attempt"] == 1
-    h = r.hgetall(f"{{{ns}}}:job:{jid}")
+    h = r.hgetall(nskey(ns, "job", jid))
     assert h[b"state"] == b"succeeded" and h[b"error"] == b""
     assert "dead" not in [e["type"] for e in stream_events(r, ns, jid)]
-    assert r.llen(f"{{{ns}}}:results") == 1
+    assert r.llen(nskey(ns, "results")) == 1
     assert w.alive()
 
 

@@ -7,7 +7,6 @@ when the test fails: the worker through the Fleet, Redis and the
 sentinels through `procs`, tmux through its private server socket.
 """
 import collections
-import json
 import os
 import re
 import shutil
@@ -25,29 +24,12 @@ import msgpack
 import pytest
 import redis
 
-from workers import *  # noqa: F401,F403
-from workers import REPO, WORKER_BIN, ENQUEUE_BIN, SLOW, Fleet, RedisServer, Worker, free_port
+from tests.harness import (ENQUEUE_BIN, REPO, SLOW, WORKER_BIN, Fleet, RedisServer, Worker, free_port,
+                           make_profile, nskey, poll, results, submit, wait_result, write_script)
+
 
 UNIT = REPO / "scripts" / "debate-worker@.service"
 MANPAGES = ["docs/worker.8", "docs/enqueue.1", "docs/worker.ini.5"]
-
-
-def script(tmp_path, body, name="build.sh"):
-    p = tmp_path / name
-    p.write_text("#!/bin/sh\n" + body)
-    p.chmod(0o755)
-    return str(p)
-
-
-def wait_for(pred, timeout, what, interval=0.1):
-    """Poll pred() until it returns something true; return it."""
-    deadline = time.time() + timeout * SLOW
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout * SLOW:.0f}s waiting for {what}")
 
 
 # ---------------------------------------------------------------- systemd unit
@@ -216,8 +198,8 @@ def parse_metrics(text):
 def test_metrics_endpoint(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "ok")
     make_profile(broot, "bad", fail=1)
-    cmd = script(tmp_path, 'echo building\nif grep -q fail=1 "$DEBATE_PROFILE/test.conf" 2>/dev/null; '
-                           'then echo broken >&2; exit 3; fi\necho x > "$DEBATE_OUTPUT/a.iso"\n')
+    cmd = write_script(tmp_path, 'echo building\nif grep -q fail=1 "$DEBATE_PROFILE/test.conf" 2>/dev/null; '
+                                 'then echo broken >&2; exit 3; fi\necho x > "$DEBATE_OUTPUT/a.iso"\n')
     port = free_port()
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd},
                     worker={"concurrency": 2, "metrics_listen": f"127.0.0.1:{port}"})
@@ -233,7 +215,7 @@ def test_metrics_endpoint(fleet, r, ns, broot, tmp_path):
         ok = (m.get('debate_jobs_total{status="failed"}') == 1 and m.get("debate_running_jobs") == 0
               and m.get("debate_queue_length") == 0)
         return (status, ctype, body, m) if ok else None
-    status, ctype, body, m = wait_for(settled, 10, "the metrics to count both jobs")
+    status, ctype, body, m = poll(settled, 10, "the metrics to count both jobs")
     assert status == 200 and ctype.startswith("text/plain")
     assert "# TYPE debate_jobs_total counter" in body
     assert "# TYPE debate_build_duration_seconds histogram" in body
@@ -375,7 +357,7 @@ def test_sentinel_failover_every_result_once(tmp_path, ns, broot, procs, min_rep
     replica2 = start_redis(tmp_path / "replica2", procs, min_replicas,
                            ["--replicaof", "127.0.0.1", str(master.port)])
     for rep in (replica, replica2):
-        wait_for(lambda: rep.client().info("replication").get("master_link_status") == "up", 20,
+        poll(lambda: rep.client().info("replication").get("master_link_status") == "up", 20,
                  "the replicas to sync")
     sentinels = [Sentinel(tmp_path / f"sentinel{i}", master.port, procs) for i in range(3)]
 
@@ -389,15 +371,15 @@ def test_sentinel_failover_every_result_once(tmp_path, ns, broot, procs, min_rep
             except redis.RedisError:
                 return False
         return True
-    wait_for(sentinels_ready, 30, "the sentinels to find the replica and each other", 0.2)
+    poll(sentinels_ready, 30, "the sentinels to find the replica and each other", 0.2)
 
     url = "sentinel://" + ",".join(f"127.0.0.1:{s.port}" for s in sentinels) + "/mymaster"
     fleet = Fleet(tmp_path, url, ns, broot)
     try:
         make_profile(broot, "p")
         runs = tmp_path / "runs.txt"
-        cmd = script(tmp_path, f'echo "building $DEBATE_JOB_ID"\necho "$DEBATE_JOB_ID" >> {runs}\n'
-                               'sleep 1.5\necho x > "$DEBATE_OUTPUT/a.iso"\n')
+        cmd = write_script(tmp_path, f'echo "building $DEBATE_JOB_ID"\necho "$DEBATE_JOB_ID" >> {runs}\n'
+                                     'sleep 1.5\necho x > "$DEBATE_OUTPUT/a.iso"\n')
         w = fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"concurrency": 2})
         w.wait_log(r"sentinels say the master is 127\.0\.0\.1:%d" % master.port)
         w.wait_log(r"redis cmd: connected")
@@ -410,9 +392,9 @@ def test_sentinel_failover_every_result_once(tmp_path, ns, broot, procs, min_rep
         # asynchronous, and a job only the old master had is lost with it.
         assert old.execute_command("WAIT", 2, 5000) == 2
 
-        wait_for(lambda: old.llen(f"{{{ns}}}:results") >= 2, 30, "the first results")
+        poll(lambda: old.llen(nskey(ns, "results")) >= 2, 30, "the first results")
         assert sentinels[1].client().execute_command("SENTINEL", "FAILOVER", "mymaster") in (True, b"OK", "OK")
-        wait_for(lambda: len({s.master_port() for s in sentinels}) == 1
+        poll(lambda: len({s.master_port() for s in sentinels}) == 1
                  and sentinels[0].master_port() != master.port, 30, "every sentinel to name the new master")
         new_port = sentinels[0].master_port()
         promoted = replica if new_port == replica.port else replica2
@@ -429,25 +411,25 @@ def test_sentinel_failover_every_result_once(tmp_path, ns, broot, procs, min_rep
                 assert "NOREPLICAS" in str(e) or "EXECABORT" in str(e), e
                 return None
         for i in range(8, 11):
-            ids.append(wait_for(lambda: submit_new(i), 30, "the new master to take writes", 0.2))
+            ids.append(poll(lambda: submit_new(i), 30, "the new master to take writes", 0.2))
 
         def all_results():
-            got = [msgpack.unpackb(x) for x in new.lrange(f"{{{ns}}}:results", 0, -1)]
+            got = [msgpack.unpackb(x) for x in new.lrange(nskey(ns, "results"), 0, -1)]
             return got if {g["id"] for g in got} >= set(ids) else None
-        got = wait_for(all_results, 120, "every result on the new master", 0.5)
+        got = poll(all_results, 120, "every result on the new master", 0.5)
         # Settle: nothing more may arrive (a duplicate would show up now).
         time.sleep(3)
-        got = [msgpack.unpackb(x) for x in new.lrange(f"{{{ns}}}:results", 0, -1)]
+        got = [msgpack.unpackb(x) for x in new.lrange(nskey(ns, "results"), 0, -1)]
         counts = collections.Counter(g["id"] for g in got)
         assert counts == collections.Counter(ids), counts
         assert all(g["status"] == "succeeded" for g in got)
         for jid in ids:
-            assert new.llen(f"{{{ns}}}:result:{jid}") == 1, jid
-            assert new.hget(f"{{{ns}}}:job:{jid}", "state") == b"succeeded"
-        assert new.llen(f"{{{ns}}}:dead") == 0
-        assert new.llen(f"{{{ns}}}:queue") == 0
+            assert new.llen(nskey(ns, "result", jid)) == 1, jid
+            assert new.hget(nskey(ns, "job", jid), "state") == b"succeeded"
+        assert new.llen(nskey(ns, "dead")) == 0
+        assert new.llen(nskey(ns, "queue")) == 0
         wid = w.wait_log(r"worker (\S+) ").group(1)
-        wait_for(lambda: new.llen(f"{{{ns}}}:active:{wid}") == 0, 10, "the active list to empty")
+        poll(lambda: new.llen(nskey(ns, "active", wid)) == 0, 10, "the active list to empty")
 
         ran = collections.Counter(runs.read_text().split())
         print("builds run per job:", dict(ran))
@@ -461,7 +443,7 @@ def test_sentinel_failover_every_result_once(tmp_path, ns, broot, procs, min_rep
         w.wait_log(r"sentinels say the master is 127\.0\.0\.1:%d" % promoted.port, 5)
         assert w.alive()
         # The old master was demoted and follows the new one.
-        wait_for(lambda: old.info("replication")["role"] == "slave", 30, "the old master to be demoted")
+        poll(lambda: old.info("replication")["role"] == "slave", 30, "the old master to be demoted")
     finally:
         fleet.close()
 
@@ -637,16 +619,16 @@ def test_enqueue_top_in_tmux(fleet, r, ns, broot, tmp_path):
         pytest.fail("tmux is missing (apt-get install tmux)")
     assert enqueue_top_available(), "enqueue top --help does not work"
     make_profile(broot, "p")
-    cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
-                           'echo "[mkarchiso] INFO: Installing packages into airootfs"\n'
-                           'sleep 60\n')
+    cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
+                                 'echo "[mkarchiso] INFO: Installing packages into airootfs"\n'
+                                 'sleep 60\n')
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd, "timeout": 120, "warning": 100},
                     worker={"concurrency": 1})
     first = submit(r, ns, profile="p", output="o/0")
     w.wait_log(rf"job {first}: started")
     for i in range(1, 4):
         submit(r, ns, profile="p", output=f"o/{i}")
-    wait_for(lambda: r.hget(f"{{{ns}}}:job:{first}", "phase") == b"packages", 20, "the phase")
+    poll(lambda: r.hget(nskey(ns, "job", first), "phase") == b"packages", 20, "the phase")
 
     sock = f"debate-test-{uuid.uuid4().hex[:8]}"
     conf = tmp_path / "tmux.conf"
@@ -676,7 +658,7 @@ def test_enqueue_top_in_tmux(fleet, r, ns, broot, tmp_path):
         def screen():
             s = capture()
             return s if re.search(r"queue\s+3\b", s) and first in s and "packages" in s else None
-        s = wait_for(screen, 20, "enqueue top to show the queue and the running build", 0.3)
+        s = poll(screen, 20, "enqueue top to show the queue and the running build", 0.3)
         line = next(ln for ln in s.splitlines() if first in ln)
         assert "packages" in line and "2m00s" in line and "[" in line, line    # phase, timeout, bar
         wid = w.wait_log(r"worker (\S+) ").group(1)
@@ -688,7 +670,7 @@ def test_enqueue_top_in_tmux(fleet, r, ns, broot, tmp_path):
         assert pane("#{pane_dead}") == "0"
         # q quits, with status 0.
         subprocess.run([*tmux, "send-keys", "-t", "top", "q"], check=True, env=env, timeout=10)
-        wait_for(status.exists, 10, "enqueue top to quit on q")
+        poll(status.exists, 10, "enqueue top to quit on q")
         assert status.read_text().strip() == "0", status.read_text()
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True, env=env, timeout=10)

@@ -1,4 +1,4 @@
-"""A build's output on its way out (issue 10, items 7, 9 and 15), against a
+"""A build's output on its way out, against a
 real worker and a real redis-server:
 
 - phase lines only move the phase forward: a build alternating two phase
@@ -20,26 +20,15 @@ import time
 
 import msgpack
 
-import workers
-from conftest import ENQUEUE_BIN, SANITIZED, SLOW, sanitizer_report
-from workers import make_profile, submit
+from tests.harness import (ENQUEUE_BIN, SANITIZED, SLOW, make_profile, nskey, sanitizer_report, submit,
+                           write_script)
 
-# The fixtures of workers.py this module uses (named, not star-imported).
-fleet, ns, broot, r, redis_srv, podman = (workers.fleet, workers.ns, workers.broot, workers.r,
-                                          workers.redis_srv, workers.podman)
 
 R = "\ufffd"
 
 
-def script(tmp_path, body: str) -> str:
-    p = tmp_path / "build.sh"
-    p.write_text("#!/bin/sh\n" + body)
-    p.chmod(0o755)
-    return str(p)
-
-
 def raw_stream(r, ns: str, job_id: str) -> list:
-    return [f[b"event"] for _, f in r.xrange(f"{{{ns}}}:log:{job_id}")]
+    return [f[b"event"] for _, f in r.xrange(nskey(ns, "log", job_id))]
 
 
 def strict_events(r, ns: str, job_id: str) -> list:
@@ -48,7 +37,7 @@ def strict_events(r, ns: str, job_id: str) -> list:
 
 
 def strict_result(r, ns: str, job_id: str, timeout: float = 60) -> dict:
-    key = f"{{{ns}}}:result:{job_id}"
+    key = nskey(ns, "result", job_id)
     got = r.blmove(key, key, int(timeout * SLOW), "RIGHT", "LEFT")  # left in place for enqueue
     assert got is not None, f"no result for {job_id} within {timeout * SLOW}s"
     return msgpack.unpackb(got)
@@ -66,16 +55,16 @@ def vm_hwm_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-# ---------------------------------------------------------------- item 7
+# ---------------------------------------------------------------- phase lines
 
 def test_phase_flood_sends_each_phase_once_within_caps(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
     # 600,000 lines: the first two phases' lines, alternately, as fast as awk goes.
-    cmd = script(tmp_path, "awk 'BEGIN { for (i = 0; i < 300000; i++) {"
-                           " print \"[mkarchiso] INFO: Validating options...\";"
-                           " print \"[mkarchiso] INFO: Installing packages\" } }'\n"
-                           "echo '[mkarchiso] INFO: Creating ISO image...'\n"
-                           "echo '[mkarchiso] INFO: Validating options... again'\n")
+    cmd = write_script(tmp_path, "awk 'BEGIN { for (i = 0; i < 300000; i++) {"
+                                 " print \"[mkarchiso] INFO: Validating options...\";"
+                                 " print \"[mkarchiso] INFO: Installing packages\" } }'\n"
+                                 "echo '[mkarchiso] INFO: Creating ISO image...'\n"
+                                 "echo '[mkarchiso] INFO: Validating options... again'\n")
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"log_max_lines": 1000})
     w.wait_log(r"worker \S+ ")
     before = vm_hwm_kib(w.pid)
@@ -90,7 +79,7 @@ def test_phase_flood_sends_each_phase_once_within_caps(fleet, r, ns, broot, tmp_
         ("packages", "[mkarchiso] INFO: Installing packages"),
         ("iso", "[mkarchiso] INFO: Creating ISO image..."),
     ]
-    assert r.hget(f"{{{ns}}}:job:{jid}", "phase") == b"iso"
+    assert r.hget(nskey(ns, "job", jid), "phase") == b"iso"
     # The log cap holds: 1000 lines published, the rest counted.
     published = log_lines(evs)
     assert len(published) == 1000
@@ -104,7 +93,7 @@ def test_phase_flood_sends_each_phase_once_within_caps(fleet, r, ns, broot, tmp_
         assert peak - before < 8 * 1024, f"VmHWM {before} kB -> {peak} kB"
 
 
-# ---------------------------------------------------------------- item 9
+# ---------------------------------------------------------------- valid UTF-8
 
 # What the hostile builds print: ill-formed bytes of each kind, as printf(1) octal escapes.
 BAD_LINES = [
@@ -122,20 +111,20 @@ def print_bad(out: str = "") -> str:
 
 def test_ill_formed_output_becomes_fffd_everywhere_exec(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, print_bad() + print_bad(" >&2") +
-                 # A phase line with a stray byte in it.
-                 "printf '[mkarchiso] INFO: Validating options \\377\\n'\n"
-                 # 8190 bytes, then a 4-byte character across the 8 KiB split point.
-                 "awk 'BEGIN { s = \"\"; for (i = 0; i < 8190; i++) s = s \"a\"; printf \"%s\", s }'\n"
-                 "printf '\\360\\237\\230\\200tail\\n'\n"
-                 # Again ending at 8192 bytes, with the pipe giving only 3 of its 4 bytes at first.
-                 "awk 'BEGIN { s = \"\"; for (i = 0; i < 8189; i++) s = s \"b\"; printf \"%s\", s }'\n"
-                 "printf '\\360\\237\\230'; sleep 0.3; printf '\\200later\\n'\n"
-                 # 8192 stray bytes: each becomes 3, so the pieces are cut by the sanitized size.
-                 "head -c 8192 /dev/zero | tr '\\0' '\\377'; echo\n"
-                 # An artifact whose name is not UTF-8.
-                 "echo iso > \"$DEBATE_OUTPUT/$(printf 'name\\377\\300.iso')\"\n"
-                 "exit 3\n")
+    cmd = write_script(tmp_path, print_bad() + print_bad(" >&2") +
+                       # A phase line with a stray byte in it.
+                       "printf '[mkarchiso] INFO: Validating options \\377\\n'\n"
+                       # 8190 bytes, then a 4-byte character across the 8 KiB split point.
+                       "awk 'BEGIN { s = \"\"; for (i = 0; i < 8190; i++) s = s \"a\"; printf \"%s\", s }'\n"
+                       "printf '\\360\\237\\230\\200tail\\n'\n"
+                       # Again ending at 8192 bytes, with the pipe giving only 3 of its 4 bytes at first.
+                       "awk 'BEGIN { s = \"\"; for (i = 0; i < 8189; i++) s = s \"b\"; printf \"%s\", s }'\n"
+                       "printf '\\360\\237\\230'; sleep 0.3; printf '\\200later\\n'\n"
+                       # 8192 stray bytes: each becomes 3, so the pieces are cut by the sanitized size.
+                       "head -c 8192 /dev/zero | tr '\\0' '\\377'; echo\n"
+                       # An artifact whose name is not UTF-8.
+                       "echo iso > \"$DEBATE_OUTPUT/$(printf 'name\\377\\300.iso')\"\n"
+                       "exit 3\n")
     fleet.start(sandbox={"runtime": "exec", "command": cmd})
     jid = submit(r, ns, profile="p", output="o")
     res = strict_result(r, ns, jid, 30)
@@ -159,7 +148,7 @@ def test_ill_formed_output_becomes_fffd_everywhere_exec(fleet, r, ns, broot, tmp
     assert res["artifacts"][0]["name"] == f"name{R}{R}.iso" and res["artifacts"][0]["size"] == 4
     assert want[0] in res["log_tail"] and R * 2 in res["log_tail"]
     # The job hash fields are UTF-8 too.
-    for v in r.hgetall(f"{{{ns}}}:job:{jid}").values():
+    for v in r.hgetall(nskey(ns, "job", jid)).values():
         v.decode()
 
 
@@ -199,7 +188,7 @@ def test_ill_formed_output_and_runtime_error_detail_podman(fleet, r, ns, broot, 
     assert b"Error: evil ?]0;owned? ?[2J" in log
 
 
-# ---------------------------------------------------------------- item 15
+# ---------------------------------------------------------------- control characters on a terminal
 
 EVIL = b"\x1b]0;evil\x07 and \x1b[2J"
 
@@ -235,8 +224,8 @@ def run_tty(argv: list, timeout: float = 30) -> tuple:
 
 def test_enqueue_escapes_build_output_on_a_terminal(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, "printf 'title \\033]0;evil\\007 and \\033[2J\\n'\n"
-                           "printf 'c1 \\302\\233 del \\177 cr \\r! tab\\tok\\n' >&2\n")
+    cmd = write_script(tmp_path, "printf 'title \\033]0;evil\\007 and \\033[2J\\n'\n"
+                                 "printf 'c1 \\302\\233 del \\177 cr \\r! tab\\tok\\n' >&2\n")
     ini = fleet.ini(sandbox={"runtime": "exec", "command": cmd})
     fleet.start(ini=ini)
     jid = submit(r, ns, profile="p", output="o")
@@ -276,11 +265,11 @@ def test_enqueue_escapes_what_anyone_can_write_to_redis(fleet, r, ns):
     ini = fleet.ini()
     now = time.time()
     wid = "evil-1"
-    r.hset(f"{{{ns}}}:worker:{wid}", mapping={
+    r.hset(nskey(ns, "worker", wid), mapping={
         "id": wid, "host": "h\x1b]0;pwned\x07", "pid": 1, "version": "1\x1b[2J", "started_at": now,
         "beat": now, "concurrency": 1, "running": 0, "jobs": ""})
-    r.zadd(f"{{{ns}}}:workers", {wid: now})
-    r.lpush(f"{{{ns}}}:dead", msgpack.packb({"reason": "bad_id", "error": "id", "payload": b"x",
+    r.zadd(nskey(ns, "workers"), {wid: now})
+    r.lpush(nskey(ns, "dead"), msgpack.packb({"reason": "bad_id", "error": "id", "payload": b"x",
                                              "id": "x\x1b[2J", "worker": wid, "ts": now}))
     enq = [ENQUEUE_BIN, "-c", ini]
     for what in (["workers"], ["dead"], ["top", "--once"]):

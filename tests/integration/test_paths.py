@@ -1,4 +1,4 @@
-"""Path races and shared outputs (issue 10 item 2).
+"""Path races and shared outputs.
 
 1. Two running jobs on one host never share or nest an output, and a
    running job's output is never another's profile (nor its profile
@@ -24,11 +24,12 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import SLOW, WORKER_BIN, dead, make_profile, nskey, poll, submit, wait_result, wid
+from tests.harness import process as harness_process
 
 
 def state(r, ns, job_id):
-    v = r.hget(f"{{{ns}}}:job:{job_id}", "state")
+    v = r.hget(nskey(ns, "job", job_id), "state")
     return v.decode() if v else None
 
 
@@ -94,7 +95,7 @@ def test_overlapping_jobs_never_run_at_once(fleet, r, ns, broot, tmp_path):
         assert d["reason"] == "bad_path", d
         assert why in d["error"], (why, d["error"])
         assert msgpack.unpackb(d["payload"])["id"] == j   # the payload, untouched, not lost
-        assert r.llen(f"{{{ns}}}:result:{j}") == 0
+        assert r.llen(nskey(ns, "result", j)) == 0
     for j in (a, beside):
         res = wait_result(r, ns, j, 30)
         assert res["status"] == "succeeded", res
@@ -156,7 +157,7 @@ def test_overlap_check_covers_every_worker_on_the_host(fleet, r, ns, broot, tmp_
     c = submit(r, ns, profile="long", output="o/c")
     poll(lambda: state(r, ns, c) == "running" and (tmp_path / f"pid.{c}").exists(), 20,
          "job C running on worker 1")
-    assert r.hget(f"{{{ns}}}:job:{c}", "worker").decode() == w1_id
+    assert r.hget(nskey(ns, "job", c), "worker").decode() == w1_id
     build_pid = int((tmp_path / f"pid.{c}").read_text())
     held = broot / "jobs" / ".held"
     assert len(list(held.iterdir())) == 2, list(held.iterdir())
@@ -226,7 +227,7 @@ def test_toggling_build_cannot_redirect_later_jobs(fleet, r, ns, broot, tmp_path
     hostile_id = wid(hostile)
     tog = submit(r, ns, profile="tog", output="x", timeout=300)
     poll(lambda: any(b"toggler: toggling" in (f.get(b"event") or b"")
-                     for _, f in r.xrange(f"{{{ns}}}:log:{tog}")), 60, "the toggler toggling")
+                     for _, f in r.xrange(nskey(ns, "log", tog))), 60, "the toggler toggling")
 
     # While the hostile build runs, no job of another worker on this host
     # may use anything inside its output at all.
@@ -278,7 +279,7 @@ def run_victims(r, ns, broot, toggler, canary_out, canary_prof):
     deadline = time.time() + 120 * SLOW
     while min(ran_n.values()) < N_VICTIMS:
         assert time.time() < deadline, f"only {ran_n} victims ran in time"
-        if r.llen(f"{{{ns}}}:queue") < 2:
+        if r.llen(nskey(ns, "queue")) < 2:
             i = len(profs)
             outs.append(submit(r, ns, profile="v", output="x/sub"))
             profs.append(submit(r, ns, profile="x/prof", output=f"pv/{i}"))
@@ -341,10 +342,9 @@ def test_docker_sees_the_held_directory_from_a_private_mount_namespace(fleet, r,
     """Under the systemd unit (ProtectSystem=, PrivateTmp=) the worker has a
     mount namespace of its own, whose mounts dockerd (in PID 1's) never
     sees: the held directory must still be what the container writes to."""
-    import workers
     wrapper = script(tmp_path / "unshared-worker",
-                     f'exec unshare --mount --propagation slave {workers.WORKER_BIN} "$@"\n')
-    monkeypatch.setattr(workers, "WORKER_BIN", wrapper)
+                     f'exec unshare --mount --propagation slave {WORKER_BIN} "$@"\n')
+    monkeypatch.setattr(harness_process, "WORKER_BIN", wrapper)   # what Worker.start() runs
     make_profile(broot, "p", seconds=0)
     w = fleet.start(dockerd_rt)
     jid = submit(r, ns, profile="p", output="o/d")
@@ -373,10 +373,9 @@ def test_mount_points_of_a_killed_worker_are_swept(fleet, r, ns, broot, tmp_path
     worker using the same runtime directory unmounts them before its first
     mount (the dead worker's lock on its directory is free), and leaves a
     live worker's alone."""
-    import workers
     run = tmp_path / "run"
     run.mkdir()
-    rt = workers.Runtime(podman.name, podman.cmd, dict(podman.env, RUNTIME_DIRECTORY=str(run)), podman.ini)
+    rt = podman.with_env(RUNTIME_DIRECTORY=str(run))
     make_profile(broot, "hang", mode="hang")
     make_profile(broot, "p", seconds=0)
     live = fleet.start(rt)
@@ -384,16 +383,16 @@ def test_mount_points_of_a_killed_worker_are_swept(fleet, r, ns, broot, tmp_path
     doomed = fleet.start(rt)
     lost = submit(r, ns, profile="hang", output="o/lost", timeout=120)
     poll(lambda: len(our_mounts(run)) == 4, 30, "both workers' mount points")
-    poll(lambda: r.hget(f"{{{ns}}}:job:{held}", "worker") is not None
-         and r.hget(f"{{{ns}}}:job:{lost}", "worker") is not None, 30, "both jobs claimed")
-    owner = {j: r.hget(f"{{{ns}}}:job:{j}", "worker").decode() for j in (held, lost)}
+    poll(lambda: r.hget(nskey(ns, "job", held), "worker") is not None
+         and r.hget(nskey(ns, "job", lost), "worker") is not None, 30, "both jobs claimed")
+    owner = {j: r.hget(nskey(ns, "job", j), "worker").decode() for j in (held, lost)}
     doomed_id = doomed.wait_log(r"notice: worker (\S+) ").group(1)
     assert owner[lost] == doomed_id or owner[held] == doomed_id
     dead_job = lost if owner[lost] == doomed_id else held
     doomed.proc.kill()
     doomed.proc.wait()
     # Once the reaper puts it back, it must not take the fresh worker's slot.
-    r.hset(f"{{{ns}}}:cancel", dead_job, str(time.time()))
+    r.hset(nskey(ns, "cancel"), dead_job, str(time.time()))
     left = [m for m in our_mounts(run) if dead_job in m]
     assert len(left) == 2, our_mounts(run)
 
@@ -407,6 +406,6 @@ def test_mount_points_of_a_killed_worker_are_swept(fleet, r, ns, broot, tmp_path
     assert len([m for m in remaining if alive_job in m]) == 2, remaining
     assert live.alive()
     # Ends cleanly: the live job cancelled, its mount points gone with it.
-    r.hset(f"{{{ns}}}:cancel", alive_job, str(time.time()))
+    r.hset(nskey(ns, "cancel"), alive_job, str(time.time()))
     assert wait_result(r, ns, alive_job, 30)["status"] == "cancelled"
     poll(lambda: not [m for m in our_mounts(run) if alive_job in m], 10, "the live job's mount points gone")

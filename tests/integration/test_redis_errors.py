@@ -1,4 +1,4 @@
-"""Error replies from a real redis-server (issue 10, items 4 and 16): the
+"""Error replies from a real redis-server: the
 retry policy of worker/rconn.c.
 
 Redis refuses a command before running it when a script of another client
@@ -20,8 +20,10 @@ import urllib.request
 
 import pytest
 import redis as redis_py
+import msgpack
 
-from workers import *  # noqa: F401,F403
+from tests.harness import (Fleet, RedisServer, dead, free_port, make_profile, nskey, poll, push_raw,
+                           stream_events, submit, wait_result, wid)
 
 
 def build_script(tmp_path, body):
@@ -33,20 +35,20 @@ def build_script(tmp_path, body):
 
 def assert_recorded_once(r, ns, jid, wid_, status="succeeded"):
     """One result (in both lists), one finished event, the hash final, nothing held."""
-    res = [msgpack.unpackb(x) for x in r.lrange(f"{{{ns}}}:results", 0, -1)]
+    res = [msgpack.unpackb(x) for x in r.lrange(nskey(ns, "results"), 0, -1)]
     res = [x for x in res if x["id"] == jid]
     assert len(res) == 1, res
     assert res[0]["status"] == status, res[0]
-    assert r.llen(f"{{{ns}}}:result:{jid}") <= 1     # wait_result popped it
+    assert r.llen(nskey(ns, "result", jid)) <= 1     # wait_result popped it
     fin = [e for e in stream_events(r, ns, jid) if e["type"] == "finished"]
     assert len(fin) == 1 and fin[0]["result"] == res[0]
     seqs = [e["seq"] for e in stream_events(r, ns, jid)]
     assert seqs == sorted(set(seqs)), seqs
-    assert r.hget(f"{{{ns}}}:job:{jid}", "state").decode() == status
-    assert r.llen(f"{{{ns}}}:active:{wid_}") == 0
-    assert r.llen(f"{{{ns}}}:queue") == 0 and dead(r, ns) == []
+    assert r.hget(nskey(ns, "job", jid), "state").decode() == status
+    assert r.llen(nskey(ns, "active", wid_)) == 0
+    assert r.llen(nskey(ns, "queue")) == 0 and dead(r, ns) == []
     # Recorded by the run that did it, not by a second run after a requeue.
-    assert res[0]["attempt"] == 1 and r.hget(f"{{{ns}}}:job:{jid}", "attempt") == b"1", res[0]
+    assert res[0]["attempt"] == 1 and r.hget(nskey(ns, "job", jid), "attempt") == b"1", res[0]
     return res[0]
 
 
@@ -166,8 +168,8 @@ def test_misconf_during_finish_is_retried_until_recorded(efleet, esrv, ns, broot
         m.start()
         w.wait_log(rf"job {jid}: succeeded", 20)
         time.sleep(1)
-        assert r.llen(f"{{{ns}}}:results") == 0
-        assert r.hget(f"{{{ns}}}:job:{jid}", "state") == b"running"
+        assert r.llen(nskey(ns, "results")) == 0
+        assert r.hget(nskey(ns, "job", jid), "state") == b"running"
     finally:
         m.clear()
     wait_result(r, ns, jid, 20)
@@ -242,7 +244,7 @@ def test_lasting_claim_error_dead_letters_the_job(efleet, esrv, ns, broot, tmp_p
     w = efleet.start(sandbox={"runtime": "exec", "command": cmd})
     w_id = wid(w)
     bad = "wrongtype-job"
-    r.set(f"{{{ns}}}:job:{bad}", "not a hash")
+    r.set(nskey(ns, "job", bad), "not a hash")
     push_raw(r, ns, msgpack.packb({"id": bad, "profile": "p", "output": "o/bad",
                                    "source_date_epoch": 1700000000}))
     poll(lambda: dead(r, ns), 20, "the dead letter")
@@ -250,7 +252,7 @@ def test_lasting_claim_error_dead_letters_the_job(efleet, esrv, ns, broot, tmp_p
     d = dead(r, ns)
     assert len(d) == 1 and d[0]["reason"] == "claim_failed" and d[0]["id"] == bad, d
     assert "WRONGTYPE" in d[0]["error"], d[0]
-    assert r.llen(f"{{{ns}}}:queue") == 0 and r.llen(f"{{{ns}}}:active:{w_id}") == 0
+    assert r.llen(nskey(ns, "queue")) == 0 and r.llen(nskey(ns, "active", w_id)) == 0
     assert len(re.findall(rf"job {bad}: claiming -> ", w.log())) == 1, "taken more than once"
     jid = submit(r, ns, profile="p", output="o/1")
     wait_result(r, ns, jid, 20)

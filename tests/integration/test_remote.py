@@ -1,4 +1,4 @@
-"""Builds on another host (issue 13): the profile travels in the job as
+"""Builds on another host: the profile travels in the job as
 profile_archive, the artifacts are PUT back over HTTP.
 
 Two hosts are two network namespaces made here (`ip netns`, one veth pair,
@@ -33,7 +33,9 @@ import msgpack
 import pytest
 import redis
 
-from workers import SLOW, WORKER_BIN, ENQUEUE_BIN, Worker, podman_runtime, submit, write_ini, make_profile
+from tests.harness import (ENQUEUE_BIN, SLOW, RedisServer, Worker, dead, ini_sections, make_profile, nskey,
+                           podman_runtime, stream_events, submit, write_ini)
+
 
 pytestmark = pytest.mark.containers
 
@@ -63,7 +65,7 @@ class Hosts:
         self.ipa, self.ipb = f"10.231.{n}.1", f"10.231.{n}.2"
         self.adir = tmp / "hostA"
         self.bdir = tmp / "hostB"
-        self.redis_proc: Optional[subprocess.Popen] = None
+        self.redis: Optional[RedisServer] = None
         self.nginx_proc: Optional[subprocess.Popen] = None
         self.made: List[str] = []
 
@@ -93,29 +95,20 @@ class Hosts:
 
     # ---- redis on A
     def start_redis(self) -> None:
-        d = self.adir / "redis"
-        d.mkdir()
-        self.sock = str(d / "redis.sock")
-        self.redis_proc = subprocess.Popen(
-            [*self.on(self.a), "redis-server", "--bind", self.ipa, "--port", "6379", "--protected-mode", "no",
-             "--unixsocket", self.sock, "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-             "--dir", str(d), "--logfile", str(d / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                if self.client().ping():
-                    return
-            except redis.exceptions.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server on host A did not start")
+        self.redis = RedisServer(self.adir / "redis", bind=self.ipa, port=6379, wrap=self.on(self.a),
+                                 extra=["--protected-mode", "no"])
+        self.sock = self.redis.sock
+        self.redis.start()
 
-    def client(self) -> redis.Redis:
-        return redis.Redis(unix_socket_path=self.sock, socket_timeout=120)
+    def client(self) -> "redis.Redis[bytes]":
+        """A client through the unix socket (A's TCP address is not reachable from here)."""
+        assert self.redis is not None
+        return self.redis.client()
 
     @property
     def redis_url(self) -> str:
-        return f"redis://{self.ipa}:6379/0"
+        assert self.redis is not None
+        return self.redis.url
 
     # ---- nginx on A
     def start_nginx(self) -> None:
@@ -190,13 +183,8 @@ http {{
 
     def teardown(self) -> None:
         self.stop_nginx()
-        if self.redis_proc is not None and self.redis_proc.poll() is None:
-            self.redis_proc.terminate()
-            try:
-                self.redis_proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.redis_proc.kill()
-                self.redis_proc.wait()
+        if self.redis is not None:
+            self.redis.stop()
         for ns in self.made:
             sh("ip", "netns", "del", ns, check=False)    # takes its end of the veth with it
         sh("ip", "link", "del", self.va, check=False)
@@ -206,19 +194,12 @@ class NsWorker(Worker):
     """A worker started in host B's network namespace."""
 
     def __init__(self, prefix: List[str], ini: str, env: Dict[str, str], logdir: Path):
-        super().__init__(ini, env=env, logdir=logdir)
-        self.prefix = prefix
-
-    def start(self) -> "NsWorker":
-        self._log = open(self.logpath, "wb")
-        self.proc = subprocess.Popen([*self.prefix, WORKER_BIN, "-c", os.path.abspath(self.ini)],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True, cwd=self.logpath.parent)
-        return self
+        super().__init__(ini, env=env, logdir=logdir, wrap=prefix)
+        self.broot: Optional[Path] = None
 
     def hwm_kib(self) -> int:
         """Peak RSS (VmHWM) of the worker process so far."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1])
         raise AssertionError("no VmHWM")
@@ -253,12 +234,9 @@ class Remote:
              "reaper_interval": 1, "stats_interval": 1, "log_level": "debug", "upload_retry_backoff": 0.5,
              "upload_timeout": 60}
         w.update(worker)
-        return write_ini(self.tmp / f"worker-{uuid.uuid4().hex[:6]}.ini", {
-            "redis": {"url": self.h.redis_url},
-            "queue": {"namespace": self.ns, "max_payload": "8m"},
-            "worker": w,
-            "sandbox": dict(self.rt.ini, stop_grace=2),
-        })
+        return write_ini(self.tmp / f"worker-{uuid.uuid4().hex[:6]}.ini",
+                         ini_sections(self.h.redis_url, self.ns, broot, queue={"max_payload": "8m"}, worker=w,
+                                      sandbox=dict(self.rt.ini, stop_grace=2)))
 
     def start(self, broot: Optional[Path] = None, **worker) -> NsWorker:
         if broot is None:
@@ -278,16 +256,16 @@ class Remote:
         return submit(self.r, self.ns, **job)
 
     def result(self, job_id: str, timeout: float = 90) -> dict:
-        key = f"{{{self.ns}}}:result:{job_id}"
+        key = nskey(self.ns, "result", job_id)
         got = self.r.blmove(key, key, int(timeout * SLOW), "RIGHT", "LEFT")    # waits, leaves it there
         assert got is not None, f"no result for {job_id}; logs:\n" + "\n".join(w.log()[-3000:] for w in self.workers)
         return msgpack.unpackb(got)
 
     def events(self, job_id: str) -> List[dict]:
-        return [msgpack.unpackb(f[b"event"]) for _, f in self.r.xrange(f"{{{self.ns}}}:log:{job_id}")]
+        return stream_events(self.r, self.ns, job_id)
 
     def dead(self) -> List[dict]:
-        return [msgpack.unpackb(x) for x in self.r.lrange(f"{{{self.ns}}}:dead", 0, -1)]
+        return dead(self.r, self.ns)
 
     def close(self) -> None:
         for w in self.workers:
@@ -500,7 +478,7 @@ def test_hostile_archives_dead_lettered(remote, tmp_path, hosts):
         assert d is not None, f"{name} not dead-lettered:\n{w.log()[-3000:]}"
         assert d["reason"] == "bad_archive", d
         assert "entry \"" in d["error"] and want in d["error"], (name, d["error"])
-        assert remote.r.hget(f"{{{remote.ns}}}:job:{ids[name]}", "state") == b"dead"
+        assert remote.r.hget(nskey(remote.ns, "job", ids[name]), "state") == b"dead"
     assert "evil" in dead[ids["symlink-etc"]]["error"]
     assert w.alive()
 
@@ -583,9 +561,9 @@ def test_shutdown_abandons_a_long_upload(remote, tmp_path, hosts):
     w.signal(signal.SIGTERM)
     assert w.wait(timeout=20) == 0, w.log()[-3000:]
     assert "upload abandoned by the shutdown" in w.log()
-    assert remote.r.hget(f"{{{remote.ns}}}:job:{job_id}", "state") == b"queued", w.log()[-3000:]
-    assert remote.r.llen(f"{{{remote.ns}}}:queue") == 1
-    assert remote.r.llen(f"{{{remote.ns}}}:results") == 0
+    assert remote.r.hget(nskey(remote.ns, "job", job_id), "state") == b"queued", w.log()[-3000:]
+    assert remote.r.llen(nskey(remote.ns, "queue")) == 1
+    assert remote.r.llen(nskey(remote.ns, "results")) == 0
     assert any(e["type"] == "requeued" and e["reason"] == "drained" for e in remote.events(job_id))
 
 
@@ -606,7 +584,7 @@ def test_worker_lost_mid_build_requeues_archive_job(remote, tmp_path, hosts):
     kept = w2.broot / "jobs" / job_id / "2" / ISO_NAME     # keep_outputs = yes
     time.sleep(0.5)
     assert kept.is_file() and sha256_file(kept) == res["artifacts"][0]["sha256"]
-    assert remote.r.hget(f"{{{remote.ns}}}:job:{job_id}", "lost") == b"1"
+    assert remote.r.hget(nskey(remote.ns, "job", job_id), "lost") == b"1"
     assert any(e["type"] == "requeued" and e["reason"] == "worker_lost" for e in remote.events(job_id)), \
         w2.log()[-3000:]
 
@@ -651,11 +629,11 @@ def test_full_disk_job_goes_to_worker_with_room(remote, tmp_path, hosts):
     wid = None
     deadline = time.time() + 10 * SLOW
     while wid is None and time.time() < deadline:
-        ids = [x.decode() for x in remote.r.zrange(f"{{{remote.ns}}}:workers", 0, -1)]
+        ids = [x.decode() for x in remote.r.zrange(nskey(remote.ns, "workers"), 0, -1)]
         wid = ids[0] if ids else None
         time.sleep(0.1)
     assert wid, full.log()
-    hb = remote.r.hgetall(f"{{{remote.ns}}}:worker:{wid}")
+    hb = remote.r.hgetall(nskey(remote.ns, "worker", wid))
     assert hb[b"disk_low"] == b"1" and int(hb[b"disk_free"]) < 16 << 20, hb
     ini = write_ini(tmp_path / "enq.ini", {"redis": {"url": f"unix://{hosts.sock}"},
                                            "queue": {"namespace": remote.ns}})
@@ -665,7 +643,7 @@ def test_full_disk_job_goes_to_worker_with_room(remote, tmp_path, hosts):
     job_id = remote.submit("room-" + uuid.uuid4().hex[:6], profile_archive=profile_tar(tmp_path, seconds=0.1),
                            upload={"url": remote.url("room")})
     time.sleep(3 * SLOW)
-    assert remote.r.llen(f"{{{remote.ns}}}:queue") == 1, "the full worker took the job"
+    assert remote.r.llen(nskey(remote.ns, "queue")) == 1, "the full worker took the job"
     assert list(small.iterdir()) == [] or list(small.iterdir()) == [small / "jobs"]
     roomy = remote.start(min_free="16m")
     res = remote.result(job_id)

@@ -1,6 +1,6 @@
-"""Container names and ids (issue 10, items 5 and 12).
+"""Container names and ids.
 
-Item 5: when `run` fails because the container name is taken (an orphan of
+Names: when `run` fails because the container name is taken (an orphan of
 an earlier attempt), the worker removes that container and starts the
 build once more.  The conflict is read from the runtime (exit 125, then
 `inspect NAME` shows a container that is not ours), never from the
@@ -9,7 +9,7 @@ first start; a stop asked between the two runs ends the job.  A fake
 runtime (a shell script named like podman) plays the conflict, and real
 podman checks that a build printing the runtime's words is not retried.
 
-Item 12: the orphan sweep lists a dead worker's containers by id and
+Ids: the orphan sweep lists a dead worker's containers by id and
 removes each by id after reading its label again, so a container that
 took the same name meanwhile (a live worker re-running the requeued job)
 survives.  Real podman, with a wrapper that swaps the containers right
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from workers import *  # noqa: F401,F403
+from tests.harness import SLOW, TEST_IMAGE, Runtime, make_profile, nskey, stream_events, submit, wait_result
+
 
 OTHER_ID = "a" * 64     # the orphan that holds our name (fake runtime)
 OUR_ID = "b" * 64       # our own container (fake runtime)
@@ -126,7 +127,7 @@ def test_conflict_once_then_success(fleet, r, ns, broot, fake_rt):
                             f"{{{{index .Config.Labels \"debate.job\"}}}} {ns}-build-{jid}")
                for c in lines(fake_rt.state / "calls"))
     w.wait_log(rf"job {jid}: container name {ns}-build-{jid} is taken by an orphan", 1)
-    assert r.llen(f"{{{ns}}}:results") == 1
+    assert r.llen(nskey(ns, "results")) == 1
 
 
 def test_name_held_by_another_namespaces_build_is_left_alone(fleet, r, ns, broot, fake_rt):
@@ -178,14 +179,14 @@ def test_cancel_during_the_rm_ends_the_job(fleet, r, ns, broot, fake_rt):
     w = fleet.start(fake_rt)
     jid = submit(r, ns, profile="p", output="o/1")
     w.wait_log(rf"job {jid}: container name .* is taken by an orphan", 20)
-    r.hset(f"{{{ns}}}:cancel", jid, time.time())
+    r.hset(nskey(ns, "cancel"), jid, time.time())
     res = wait_result(r, ns, jid, 30)
     assert res["status"] == "cancelled" and res["exit_code"] == -1, res
     time.sleep(1)
     assert lines(fake_rt.state / "runs") == ["conflict"], "started again after the cancel"
     # Nothing of ours was removed by name: the name is the other container's.
     assert all(x == OTHER_ID for x in lines(fake_rt.state / "rms")), lines(fake_rt.state / "rms")
-    assert r.hget(f"{{{ns}}}:job:{jid}", "state") == b"cancelled"
+    assert r.hget(nskey(ns, "job", jid), "state") == b"cancelled"
 
 
 def test_no_conflict_without_a_container_of_that_name(fleet, r, ns, broot, fake_rt, tmp_path):
@@ -220,7 +221,7 @@ def test_build_printing_the_conflict_is_not_retried(fleet, r, ns, broot, podman)
     assert res["status"] == "error", res
     assert (broot / "o" / "1" / "runs").read_text().split() == ["run"], "the build ran twice"
     assert "taken by an orphan" not in w.log()
-    assert r.llen(f"{{{ns}}}:results") == 1
+    assert r.llen(nskey(ns, "results")) == 1
 
 
 WRAPPER = r'''#!/bin/sh
@@ -275,10 +276,10 @@ def test_orphan_sweep_removes_by_id_and_spares_a_new_owner(fleet, r, ns, broot, 
         w = fleet.start(rt)
         host = w.wait_log(r"notice: worker (\S+) ").group(1)
         poll_until = time.time() + 20 * SLOW
-        while r.hget(f"{{{ns}}}:hosts", host) is None and time.time() < poll_until:
+        while r.hget(nskey(ns, "hosts"), host) is None and time.time() < poll_until:
             time.sleep(0.05)
-        hostname = r.hget(f"{{{ns}}}:hosts", host).decode()
-        r.sadd(f"{{{ns}}}:orphans:{hostname}", dead_id)
+        hostname = r.hget(nskey(ns, "hosts"), host).decode()
+        r.sadd(nskey(ns, "orphans", hostname), dead_id)
         w.wait_log(rf"removing container {other} of dead worker {dead_id}", 30)
         deadline = time.time() + 30 * SLOW
         while worker_label(other) is not None and time.time() < deadline:

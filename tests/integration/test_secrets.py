@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from workers import *  # noqa: F401,F403
-from workers import (ENQUEUE_BIN, SLOW, WORKER_BIN, RedisServer, Runtime, free_port, make_profile,
-                     stream_events, submit, wait_result, write_ini)
+from tests.harness import (ENQUEUE_BIN, SLOW, WORKER_BIN, RedisServer, free_port, make_profile,
+                           stream_events, submit, wait_result, write_ini)
+
 
 PASSWORD = "hun@ter2/x"     # '@' and '/' in it, as the URL carries it unescaped
 PARTS = ("hun", "ter2")     # no part of it may show either
@@ -240,7 +240,7 @@ def test_env_allow_value_not_on_any_cmdline(fleet, r, ns, broot, podman):
     # The build shows a digest of what it got (and is alive for a while).
     script.write_text('echo "seen:$(printf %s "$DEBATE_T_TOKEN" | sha256sum | cut -c1-16)"\n'
                       'echo "running"\nsleep 6\n')
-    rt = Runtime(podman.name, podman.cmd, dict(podman.env, DEBATE_T_TOKEN=token), podman.ini)
+    rt = podman.with_env(DEBATE_T_TOKEN=token)
     w = fleet.start(rt, sandbox={"env_allow": "DEBATE_T_TOKEN"})
     w.wait_log(r"redis cmd: connected")
     jid = submit(r, ns, profile="envp", output="o")

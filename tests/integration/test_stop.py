@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from workers import *  # noqa: F401,F403
-from workers import SLOW, Runtime, make_profile, submit, wait_result
+from tests.harness import SLOW, Runtime, make_profile, nskey, submit, wait_result
+
 
 FAKE = r"""#!/bin/sh
 # Fake runtime for test_stop.py: logs every call, then misbehaves.
@@ -72,7 +72,7 @@ def fake_runtime(tmp_path):
 
 
 def cancel(r, ns, job_id):
-    r.hset(f"{{{ns}}}:cancel", job_id, str(time.time()))
+    r.hset(nskey(ns, "cancel"), job_id, str(time.time()))
 
 
 def test_unkillable_runtime_timeout_cancel_drain(fleet, r, ns, broot, fake_runtime):
@@ -102,8 +102,8 @@ def test_unkillable_runtime_timeout_cancel_drain(fleet, r, ns, broot, fake_runti
     assert elapsed < 50 * SLOW, f"took {elapsed:.0f} s"
     log = w.log()
     # c went back on the queue, with no result.
-    assert r.llen(f"{{{ns}}}:result:{c}") == 0
-    assert r.llen(f"{{{ns}}}:queue") == 1, log
+    assert r.llen(nskey(ns, "result", c)) == 0
+    assert r.llen(nskey(ns, "queue")) == 1, log
     for jid in (a, b, c):
         assert f"job {jid}: still running 11 s after the stop; killing the container" in log, log
         assert f"job {jid}: the runtime client (pid" in log, log

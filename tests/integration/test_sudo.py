@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from workers import *  # noqa: F401,F403
-from workers import (CONTAINERS_CONF, SLOW, TEST_IMAGE, WORKER_BIN, Worker, make_profile,
-                     stream_events, submit, wait_result, write_ini)
+from tests.harness import (CONTAINERS_CONF, QUICK_WORKER, SLOW, TEST_IMAGE, Worker, ini_sections,
+                           make_profile, merge, nskey, stream_events, submit, wait_result, write_ini)
+
 
 USER = "debate-sudo-test"
 SUDOERS = Path(f"/etc/sudoers.d/{USER}")
@@ -77,45 +77,24 @@ def home(sudo_user):
     shutil.rmtree(d, ignore_errors=True)
 
 
-class SudoWorker(Worker):
-    """A Worker started as USER (setpriv drops root before exec), in cwd."""
-
-    cwd = None
-
-    def start(self):
-        self._log = open(self.logpath, "wb")
-        self.proc = subprocess.Popen(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", "--",
-                                      WORKER_BIN, "-c", os.path.abspath(self.ini), *self.args],
-                                     stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
-                                     start_new_session=True, cwd=self.cwd)
-        return self
-
-
 @pytest.fixture
 def sudo_fleet(fleet, podman, home, sudo_user):
-    """start(**sections): a SudoWorker on fleet's Redis and namespace; stopped at teardown."""
+    """start(**sections): a Worker run as USER on fleet's Redis and namespace; stopped at teardown."""
     # Cleanup of containers goes through podman as root: the same storage.
     if podman not in fleet.runtimes:
         fleet.runtimes.append(podman)
 
     def start(env=None, **sections):
-        base = {
-            "redis": {"url": fleet.redis_url},
-            "queue": {"namespace": fleet.ns},
-            "worker": {"builds_root": str(home / "builds"), "concurrency": 2, "heartbeat_interval": 1,
-                       "heartbeat_ttl": 3, "reaper_interval": 1, "stats_interval": 1,
-                       "drain_timeout": 30, "log_level": "debug"},
-            "sandbox": {"runtime": "podman", "image": TEST_IMAGE, "sudo": "yes", "stop_grace": 2},
-        }
-        for sec, kv in sections.items():
-            base.setdefault(sec, {}).update(kv)
+        base = ini_sections(fleet.redis_url, fleet.ns, home / "builds", worker=dict(QUICK_WORKER, concurrency=2),
+                            sandbox={"runtime": "podman", "image": TEST_IMAGE, "sudo": "yes", "stop_grace": 2})
+        base = merge(base, sections)
         ini = write_ini(home / f"worker-{len(fleet.workers)}.ini", base)
         os.chmod(ini, 0o644)
         e = {"PATH": "/usr/local/bin:/usr/bin:/bin", "CONTAINERS_CONF": CONTAINERS_CONF, "LANG": "C.UTF-8"}
         e.update(env or {})
-        w = SudoWorker(ini, env=e, logdir=fleet.tmp)
-        w.cwd = str(home)
-        w.start()
+        # As USER (setpriv drops root before exec), in home.
+        w = Worker(ini, env=e, logdir=fleet.tmp, cwd=str(home),
+                   wrap=["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", "--"]).start()
         fleet.workers.append(w)
         started.append(w)
         return w
@@ -151,7 +130,7 @@ def test_sudo_podman_oom_timeout_cancel(sudo_fleet, r, ns, home):
     tmo = submit(r, ns, profile="hang", output="o-t", timeout=3)
     can = submit(r, ns, profile="hang", output="o-c", timeout=120)
     w.wait_log(r"job %s: started" % can, 60)
-    r.hset(f"{{{ns}}}:cancel", can, str(time.time()))
+    r.hset(nskey(ns, "cancel"), can, str(time.time()))
     rt, rc = wait_result(r, ns, tmo, 60), wait_result(r, ns, can, 60)
     assert rt["status"] == "timed_out", rt
     assert rc["status"] == "cancelled", rc
@@ -191,5 +170,5 @@ def test_sudo_podman_drain_and_env_allow(sudo_fleet, r, ns, home):
     w.signal(signal.SIGTERM)
     assert w.wait(60) == 0, w.log()
     assert time.time() - t0 < 40 * SLOW
-    assert r.llen(f"{{{ns}}}:queue") == 1
-    assert r.llen(f"{{{ns}}}:result:{jid}") == 0
+    assert r.llen(nskey(ns, "queue")) == 1
+    assert r.llen(nskey(ns, "result", jid)) == 0

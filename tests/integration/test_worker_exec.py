@@ -7,21 +7,15 @@ from pathlib import Path
 
 import msgpack
 
-from workers import *  # noqa: F401,F403
-
-
-def script(tmp_path, body):
-    p = tmp_path / "build.sh"
-    p.write_text("#!/bin/sh\n" + body)
-    p.chmod(0o755)
-    return str(p)
+from tests.harness import (WORKER_BIN, Fleet, dead, make_profile, nskey, push_raw, results, stream_events,
+                           submit, wait_result, write_ini, write_script)
 
 
 def test_job_runs_and_result_is_recorded_once(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p1")
-    cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
-                           'echo "epoch=$SOURCE_DATE_EPOCH tz=$TZ lc=$LC_ALL"\necho oops >&2\n'
-                           'echo iso > "$DEBATE_OUTPUT/a.iso"\n')
+    cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
+                                 'echo "epoch=$SOURCE_DATE_EPOCH tz=$TZ lc=$LC_ALL"\necho oops >&2\n'
+                                 'echo iso > "$DEBATE_OUTPUT/a.iso"\n')
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd})
     jid = submit(r, ns, profile="p1", output="out/1", meta={"user": 7, "tags": ["a"]})
     res = wait_result(r, ns, jid, 20)
@@ -31,10 +25,10 @@ def test_job_runs_and_result_is_recorded_once(fleet, r, ns, broot, tmp_path):
     assert res["artifacts"] == [{"name": "a.iso", "size": 4,
                                  "sha256": "53f73f17e88f82c4c360b1e28b99fcb3a6a126426079932ad91870251a8540d6"}]
     assert "epoch=1700000000 tz=UTC lc=C" in res["log_tail"] and "oops" in res["log_tail"]
-    h = r.hgetall(f"{{{ns}}}:job:{jid}")
+    h = r.hgetall(nskey(ns, "job", jid))
     assert h[b"state"] == b"succeeded" and h[b"attempt"] == b"1" and h[b"exit_code"] == b"0"
-    assert r.llen(f"{{{ns}}}:results") == 1
-    assert r.llen(f"{{{ns}}}:active:{res['worker']}") == 0
+    assert r.llen(nskey(ns, "results")) == 1
+    assert r.llen(nskey(ns, "active", res['worker'])) == 0
     evs = stream_events(r, ns, jid)
     assert [e["seq"] for e in evs] == list(range(1, len(evs) + 1))
     types = [e["type"] for e in evs]
@@ -44,7 +38,7 @@ def test_job_runs_and_result_is_recorded_once(fleet, r, ns, broot, tmp_path):
 
 def test_failed_build_has_exit_code_and_tail(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, 'echo step one\necho "[mkarchiso] ERROR: boom" >&2\nexit 3\n')
+    cmd = write_script(tmp_path, 'echo step one\necho "[mkarchiso] ERROR: boom" >&2\nexit 3\n')
     fleet.start(sandbox={"runtime": "exec", "command": cmd})
     res = wait_result(r, ns, submit(r, ns, profile="p", output="o"), 20)
     assert res["status"] == "failed" and res["exit_code"] == 3
@@ -54,7 +48,7 @@ def test_failed_build_has_exit_code_and_tail(fleet, r, ns, broot, tmp_path):
 
 def test_timeout_and_warning(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, "trap '' TERM\necho start\nwhile :; do sleep 0.1; done\n")
+    cmd = write_script(tmp_path, "trap '' TERM\necho start\nwhile :; do sleep 0.1; done\n")
     fleet.start(sandbox={"runtime": "exec", "command": cmd, "stop_grace": 1})
     t0 = time.time()
     jid = submit(r, ns, profile="p", output="o", warning=1, timeout=2)
@@ -69,7 +63,7 @@ def test_timeout_and_warning(fleet, r, ns, broot, tmp_path):
 
 def test_concurrency_each_result_once(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, "sleep 0.2\necho done\n")
+    cmd = write_script(tmp_path, "sleep 0.2\necho done\n")
     fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"concurrency": 2})
     ids = [submit(r, ns, profile="p", output=f"o/{i}") for i in range(10)]
     got = [wait_result(r, ns, i, 30) for i in ids]
@@ -89,13 +83,13 @@ def test_refused_payloads_go_dead_and_worker_goes_on(fleet, r, ns, broot, tmp_pa
     assert {x["reason"] for x in d} == {"malformed", "bad_path"}
     assert any(x.get("id") == "x1" and x["payload"] == msgpack.packb({"id": "x1", "profile": "../etc", "output": "o"})
                for x in d)
-    assert r.hget(f"{{{ns}}}:job:x1", "state") == b"dead"
+    assert r.hget(nskey(ns, "job", "x1"), "state") == b"dead"
     assert w.alive()
 
 
 def test_sigterm_drains_and_exits_zero(fleet, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, "sleep 1\necho ok\n")
+    cmd = write_script(tmp_path, "sleep 1\necho ok\n")
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd})
     jid = submit(r, ns, profile="p", output="o")
     w.wait_log(r"job \S+: started")
@@ -103,7 +97,7 @@ def test_sigterm_drains_and_exits_zero(fleet, r, ns, broot, tmp_path):
     assert w.wait(20) == 0
     assert wait_result(r, ns, jid, 5)["status"] == "succeeded"
     wid = w.wait_log(r"worker (\S+) ").group(1)
-    assert r.exists(f"{{{ns}}}:worker:{wid}") == 0
+    assert r.exists(nskey(ns, "worker", wid)) == 0
 
 
 def test_worker_over_unix_socket(tmp_path, redis_srv, r, ns, broot):

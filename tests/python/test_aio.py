@@ -11,8 +11,9 @@ import pytest
 from debate_queue import AsyncClient, Client, JobRejected, ResultTimeout, Status
 from debate_queue.pack import pack_profile_dir
 
-from .conftest import SLOW, Fleet, RedisServer, make_profile
-from .test_client import archive_members, local_profile, poll, script
+from .test_client import archive_members, local_profile
+
+from tests.harness import SLOW, Fleet, RedisServer, make_profile, nskey, poll, write_script
 
 
 def seqs(evs):
@@ -29,9 +30,9 @@ def test_follow_a_build_while_redis_restarts(tmp_path, ns, broot):
     client = Client(srv.url, namespace=ns)
     try:
         make_profile(broot, "p")
-        cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
-                               'i=0; while [ $i -lt 30 ]; do echo "line $i"; i=$((i+1)); sleep 0.2; done\n'
-                               'echo iso > "$DEBATE_OUTPUT/out.iso"\n')
+        cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
+                                     'i=0; while [ $i -lt 30 ]; do echo "line $i"; i=$((i+1)); sleep 0.2; done\n'
+                                     'echo iso > "$DEBATE_OUTPUT/out.iso"\n')
         w = fleet.start(sandbox={"runtime": "exec", "command": cmd},
                         worker={"log_batch_interval": 0.1, "log_batch_lines": 2})
         job = client.submit("p", "out/1")
@@ -92,8 +93,8 @@ def test_follow_a_build_while_redis_restarts(tmp_path, ns, broot):
 
 def test_a_cancelled_async_follower_leaves_the_client_usable(fleet, r, redis_srv, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
-                           'i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.1; done\n')
+    cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
+                                 'i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.1; done\n')
     fleet.start(sandbox={"runtime": "exec", "command": cmd},
                 worker={"log_batch_interval": 0.1, "stats_interval": 1})
 
@@ -159,16 +160,16 @@ def test_a_cancelled_async_follower_leaves_the_client_usable(fleet, r, redis_srv
 
             # A command cancelled on the shared pool leaves no reply behind
             # for the next command on that connection.
-            await c.redis.set(f"{{{ns}}}:probe", "v")
-            blocked = asyncio.create_task(c.redis.blpop(f"{{{ns}}}:nothing", 1))
+            await c.redis.set(nskey(ns, "probe"), "v")
+            blocked = asyncio.create_task(c.redis.blpop(nskey(ns, "nothing"), 1))
             await asyncio.sleep(0.2)
             blocked.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await blocked
             for _ in range(5):
-                assert await c.redis.get(f"{{{ns}}}:probe") == b"v"
+                assert await c.redis.get(nskey(ns, "probe")) == b"v"
             await asyncio.sleep(1.2)                        # when the BLPOP would have answered
-            assert await c.redis.get(f"{{{ns}}}:probe") == b"v"
+            assert await c.redis.get(nskey(ns, "probe")) == b"v"
 
             # A new follower replays from the start and follows to the end.
             assert await c.cancel(job.id) is True
@@ -209,7 +210,7 @@ def test_async_submit_a_profile_dir_with_upload(tmp_path, redis_srv, ns):
     job = asyncio.run(run())
     sync = Client(redis_srv.url, namespace=ns)
     try:
-        queued = sync.redis.lrange(f"{{{ns}}}:queue", 0, -1)
+        queued = sync.redis.lrange(nskey(ns, "queue"), 0, -1)
     finally:
         sync.close()
     assert queued == [job.payload]

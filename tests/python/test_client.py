@@ -20,24 +20,7 @@ from debate_queue import (Client, DeadLetterError, JobBusy, JobDead, JobExists, 
                           JobRejected, Limits, ResultTimeout, Status)
 from debate_queue.pack import pack_profile_dir
 
-from .conftest import SLOW, TEST_IMAGE, make_profile
-
-
-def script(tmp_path, body, name="build.sh"):
-    p = tmp_path / name
-    p.write_text("#!/bin/sh\n" + body)
-    p.chmod(0o755)
-    return str(p)
-
-
-def poll(cond, timeout, what):
-    deadline = time.time() + timeout * SLOW
-    while time.time() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.harness import SHARED_PYTHON, SLOW, TEST_IMAGE, make_profile, nskey, poll, write_script
 
 
 @pytest.fixture
@@ -49,8 +32,8 @@ def client(redis_srv, ns):
 
 def test_submit_wait_and_read_the_result(fleet, client, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\necho hello\n'
-                           'echo iso > "$DEBATE_OUTPUT/a.iso"\n')
+    cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\necho hello\n'
+                                 'echo iso > "$DEBATE_OUTPUT/a.iso"\n')
     fleet.start(sandbox={"runtime": "exec", "command": cmd})
     job = client.submit("p", "out/1", memory="512m", cpus=1, meta={"user": 7, "tags": ["a"]})
     # Several waiters at once all get the one result (it is read, not popped).
@@ -67,7 +50,7 @@ def test_submit_wait_and_read_the_result(fleet, client, r, ns, broot, tmp_path):
     assert [(a.name, a.size) for a in res.artifacts] == [("a.iso", 4)]
     assert res.artifacts[0].sha256 == hashlib.sha256(b"iso\n").hexdigest()
     assert "hello" in res.log_tail
-    assert r.llen(f"{{{ns}}}:result:{job.id}") == 1          # still there for others
+    assert r.llen(nskey(ns, "result", job.id)) == 1          # still there for others
 
     st = job.status()
     assert st.state is Status.SUCCEEDED and st.final and st.attempt == 1 and st.result == res
@@ -93,7 +76,7 @@ def test_the_payload_is_what_enqueue_builds(enqueue, ini, redis_server):
     try:
         c.submit("p", "o/1", id="from-py", memory="512m", cpus=2, timeout=600, warning=300,
                  source_date_epoch=1700000000, retries=2, meta={"user": "7"})
-        from_py, from_c = redis_server.client().lrange(f"{{{ini.ns}}}:queue", 0, 1)
+        from_py, from_c = redis_server.client().lrange(nskey(ini.ns, "queue"), 0, 1)
     finally:
         c.close()
 
@@ -142,13 +125,13 @@ def test_bad_fields_are_refused_before_anything_is_sent(client, r, ns):
     c2 = Client(namespace=ns, limits=Limits(builds_root="/srv/builds"), redis=client.redis)
     job = c2.submit("/srv/builds/p", "/srv/builds//o/1", id="abs")
     assert msgpack.unpackb(job.payload)["profile"] == "p" and msgpack.unpackb(job.payload)["output"] == "o/1"
-    r.delete(f"{{{ns}}}:queue", f"{{{ns}}}:job:abs")
-    assert r.keys(f"{{{ns}}}:*") == []
+    r.delete(nskey(ns, "queue"), nskey(ns, "job", "abs"))
+    assert r.keys(nskey(ns, "*")) == []
 
 
 def test_an_existing_id_is_refused_and_rerun_continues_the_stream(fleet, client, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, "echo run\n")
+    cmd = write_script(tmp_path, "echo run\n")
     job = client.submit("p", "o", id="same")
     with pytest.raises(JobExists) as e:
         client.submit("p", "o", id="same")
@@ -156,7 +139,7 @@ def test_an_existing_id_is_refused_and_rerun_continues_the_stream(fleet, client,
     with pytest.raises(JobBusy) as e:
         client.submit("p", "o", id="same", rerun=True)
     assert e.value.state == "queued"
-    assert r.llen(f"{{{ns}}}:queue") == 1            # nothing more was queued
+    assert r.llen(nskey(ns, "queue")) == 1            # nothing more was queued
 
     fleet.start(sandbox={"runtime": "exec", "command": cmd})
     first = job.result(timeout=20)
@@ -165,7 +148,7 @@ def test_an_existing_id_is_refused_and_rerun_continues_the_stream(fleet, client,
         client.submit("p", "o", id="same")
     assert e.value.state == "succeeded"
     # Only the result left (the hash gone): still taken.
-    r.delete(f"{{{ns}}}:job:same")
+    r.delete(nskey(ns, "job", "same"))
     with pytest.raises(JobExists) as e:
         client.submit("p", "o", id="same")
     assert e.value.state == "finished"
@@ -174,7 +157,7 @@ def test_an_existing_id_is_refused_and_rerun_continues_the_stream(fleet, client,
     again = client.submit("p", "o", id="same", rerun=True, meta={"run": 2})
     second = again.result(timeout=20)
     assert second.meta == {"run": 2} and second.status is Status.SUCCEEDED
-    assert r.llen(f"{{{ns}}}:result:same") == 1      # the old result went
+    assert r.llen(nskey(ns, "result", "same")) == 1      # the old result went
     evs = list(client.events("same", timeout=30))
     assert [e.seq for e in evs] == list(range(1, len(evs) + 1)) and len(evs) == 2 * n_first
     assert [e.type for e in evs].count("finished") == 2 and evs[-1].result == second
@@ -189,7 +172,7 @@ def test_result_times_out_cleanly(client, r, ns):
     took = time.monotonic() - t0
     assert 1.5 <= took < 3.5 and e.value.id == job.id and isinstance(e.value, TimeoutError)
     assert job.status().state is Status.QUEUED                   # the client goes on working
-    assert r.llen(f"{{{ns}}}:queue") == 1
+    assert r.llen(nskey(ns, "queue")) == 1
     with pytest.raises(ResultTimeout):             # a producer may write no job hash: it waits
         client.result("never-submitted", timeout=0.5)
     with pytest.raises(JobNotFound):
@@ -198,7 +181,7 @@ def test_result_times_out_cleanly(client, r, ns):
 
 def test_cancel_and_the_dashboard_readers(fleet, client, r, ns, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\nsleep 30\n')
+    cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\nsleep 30\n')
     w = fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"stats_interval": 1})
     long = client.submit("p", "o/long")
     waiting = [client.submit("p", f"o/{i}", id=f"wait-{i}") for i in range(3)]
@@ -233,10 +216,10 @@ def test_dead_jobs_and_retry_dead_ownership(fleet, client, r, ns, broot, tmp_pat
     dead event.  retry_dead() puts a payload back only when it owns its
     job record (digest) or there is no record."""
     make_profile(broot, "p")
-    fleet.start(sandbox={"runtime": "exec", "command": script(tmp_path, "echo ok\n")})
+    fleet.start(sandbox={"runtime": "exec", "command": write_script(tmp_path, "echo ok\n")})
     # A producer that skipped the checks: the worker refuses it.
     bad = msgpack.packb({"id": "d1", "profile": "p", "output": "o", "cpus": "four"})
-    r.lpush(f"{{{ns}}}:queue", bad)
+    r.lpush(nskey(ns, "queue"), bad)
     with pytest.raises(JobDead) as e:
         client.result("d1", timeout=20)
     assert "cpus" in e.value.error
@@ -252,26 +235,26 @@ def test_dead_jobs_and_retry_dead_ownership(fleet, client, r, ns, broot, tmp_pat
     dup = msgpack.packb({"id": "dup", "profile": "p", "output": "other"})
     entry = msgpack.packb({"reason": "duplicate_id", "error": "id: dup is taken", "payload": dup,
                            "id": "dup", "worker": "w", "ts": time.time()}, use_bin_type=True)
-    r.lpush(f"{{{ns}}}:dead", entry)
+    r.lpush(nskey(ns, "dead"), entry)
     with pytest.raises(DeadLetterError) as e:
         client.retry_dead(0)
     assert e.value.why == "not_owner"
     # The payload that owns a dead record goes back, and the record is reset.
-    r.hset(f"{{{ns}}}:job:dup", mapping={"state": "dead", "error": "lost"})
-    r.lrem(f"{{{ns}}}:queue", 1, real.payload)
+    r.hset(nskey(ns, "job", "dup"), mapping={"state": "dead", "error": "lost"})
+    r.lrem(nskey(ns, "queue"), 1, real.payload)
     own = msgpack.packb({"reason": "worker_lost", "error": "lost", "payload": real.payload,
                          "id": "dup", "worker": "w", "ts": time.time()}, use_bin_type=True)
-    r.lpush(f"{{{ns}}}:dead", own)
+    r.lpush(nskey(ns, "dead"), own)
     again = client.retry_dead(0)
     assert again.id == "dup" and again.digest == real.digest
     h = client.status("dup")
     assert h.state is Status.QUEUED and h.digest == real.digest and h.last_error == "lost" and not h.error
-    assert r.lrange(f"{{{ns}}}:queue", 0, -1) == [real.payload]
+    assert r.lrange(nskey(ns, "queue"), 0, -1) == [real.payload]
     with pytest.raises(DeadLetterError) as e:
         client.retry_dead(5)
     assert e.value.why == "gone"
     # The record gone: the refused payload goes back (fixed by hand, say).
-    r.delete(f"{{{ns}}}:job:d1")
+    r.delete(nskey(ns, "job", "d1"))
     idx = [d.index for d in client.dead() if d.id == "d1"][0]
     assert client.retry_dead(idx).id == "d1"
     assert client.status("d1").state is Status.QUEUED
@@ -293,7 +276,6 @@ def test_a_build_in_podman(podman, fleet, client, broot):
 def test_pip_install_copies_the_submit_script(tmp_path):
     """`pip install shared/python` gives a package that finds submit.lua
     (the symlink in the source tree becomes a copy) and runs."""
-    from .conftest import SHARED_PYTHON
     # A copy of shared/python and shared/lua (the symlink kept), since pip
     # builds in the tree it is given.
     src = tmp_path / "shared"
@@ -317,7 +299,7 @@ def test_pip_install_copies_the_submit_script(tmp_path):
     assert out.stdout.splitlines()[0].startswith(str(target))
 
 
-# ------------------------------------------------------------ remote builds (issue 13)
+# ------------------------------------------------------------ remote builds
 
 def local_profile(root):
     """A profile dir on the client's side: files, a subdirectory, a symlink,
@@ -385,11 +367,11 @@ def test_submit_a_profile_dir_and_upload_the_artifacts(fleet, client, tmp_path, 
     """submit(profile_dir=..., upload=...) with no output: the worker builds the
     unpacked profile (symlink kept, setuid gone) and PUTs each artifact here."""
     d = local_profile(tmp_path / "client")
-    cmd = script(tmp_path, 'set -e\np="$DEBATE_PROFILE"\n'
-                           'cat "$p/sub/hello.txt" > "$DEBATE_OUTPUT/a.iso"\n'
-                           'test "$(readlink "$p/link")" = sub/hello.txt\n'
-                           'test -x "$p/run.sh" && test ! -u "$p/run.sh"\n'
-                           'mkdir "$DEBATE_OUTPUT/sums" && cat "$p/hard.txt" > "$DEBATE_OUTPUT/sums/b.txt"\n')
+    cmd = write_script(tmp_path, 'set -e\np="$DEBATE_PROFILE"\n'
+                                 'cat "$p/sub/hello.txt" > "$DEBATE_OUTPUT/a.iso"\n'
+                                 'test "$(readlink "$p/link")" = sub/hello.txt\n'
+                                 'test -x "$p/run.sh" && test ! -u "$p/run.sh"\n'
+                                 'mkdir "$DEBATE_OUTPUT/sums" && cat "$p/hard.txt" > "$DEBATE_OUTPUT/sums/b.txt"\n')
     fleet.start(sandbox={"runtime": "exec", "command": cmd})
     secret = "Bearer s3cret-" + os.urandom(4).hex()
     job = client.submit(profile_dir=d, upload=put_server.url + "/up/{name}",
@@ -426,7 +408,7 @@ def test_the_remote_payload_is_what_enqueue_builds(enqueue, ini, redis_server, t
     try:
         c.submit(profile_dir=d, upload=url, upload_headers={"Authorization": "Bearer x", "X-Tag": "a b"},
                  id="from-py", source_date_epoch=1700000000)
-        from_py, from_c = redis_server.client().lrange(f"{{{ini.ns}}}:queue", 0, 1)
+        from_py, from_c = redis_server.client().lrange(nskey(ini.ns, "queue"), 0, 1)
     finally:
         c.close()
 
@@ -486,7 +468,7 @@ def test_remote_fields_are_refused_before_anything_is_sent(client, r, ns, tmp_pa
         client.submit(profile_dir=d, upload=url)
     assert (e.value.field, e.value.reason) == ("profile_dir", "bad_archive")
     assert str(d / "sub" / "fifo") in e.value.message and "not a file, directory or symlink" in e.value.message
-    assert r.keys(f"{{{ns}}}:*") == []
+    assert r.keys(nskey(ns, "*")) == []
 
 
 def test_the_packed_archive(tmp_path):

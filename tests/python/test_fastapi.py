@@ -13,8 +13,8 @@ import pytest
 from debate_queue import Client
 from debate_queue._common import FOLLOW_CLIENT_NAME
 
-from .conftest import SHARED_PYTHON, SLOW, free_port, make_profile
-from .test_client import script
+
+from tests.harness import SHARED_PYTHON, SLOW, free_port, make_profile, write_script
 
 
 @pytest.fixture
@@ -65,8 +65,8 @@ def read_sse(resp):
 
 def test_submit_and_stream_events_over_http(api, fleet, broot, tmp_path):
     make_profile(broot, "p")
-    cmd = script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
-                           'for i in 1 2 3 4 5; do echo "step $i"; sleep 0.2; done\n')
+    cmd = write_script(tmp_path, 'echo "[mkarchiso] INFO: Validating options..."\n'
+                                 'for i in 1 2 3 4 5; do echo "step $i"; sleep 0.2; done\n')
     fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"log_batch_interval": 0.1})
     with httpx.Client(base_url=api, timeout=30) as http:
         r = http.post("/builds", json={"profile": "p", "output": "out/1", "memory": "1g", "meta": {"u": 1}})
@@ -104,7 +104,7 @@ def test_a_client_that_goes_away_ends_its_stream(api, fleet, r, ns, broot, tmp_p
     """An HTTP client that disconnects mid-build: the app's follower is
     cancelled and its Redis connection closed; the build goes on."""
     make_profile(broot, "p")
-    cmd = script(tmp_path, 'i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.1; done\n')
+    cmd = write_script(tmp_path, 'i=0; while :; do echo "tick $i"; i=$((i+1)); sleep 0.1; done\n')
     fleet.start(sandbox={"runtime": "exec", "command": cmd}, worker={"log_batch_interval": 0.1})
     with httpx.Client(base_url=api, timeout=30) as http:
         jid = http.post("/builds", json={"profile": "p", "output": "o"}).json()["id"]

@@ -7,9 +7,10 @@ two tests fails.
 from debate_queue import CLIENT_REFUSALS, Limits, refusal
 from debate_queue.validate import payload_id
 
-from .conftest import REPO, write_ini
 
 from .vectors import load
+
+from tests.harness import REPO, write_ini
 
 
 def test_every_vector_gets_its_reason():

@@ -6,6 +6,7 @@ import time
 import msgpack
 
 from harness import REPO, TEST_IMAGE, BenchError, children_of, cmdline, med
+from tests.harness import nskey
 from workloads import register
 
 
@@ -64,7 +65,7 @@ def run_container(b, reps, n=30):
                                 argv = cl
                                 break
                         time.sleep(0.001)
-                got = b.r.blpop(f"{{{ns}}}:result:{jid}", timeout=100)
+                got = b.r.blpop(nskey(ns, "result", jid), timeout=100)
                 t1 = time.perf_counter()
                 if got is None:
                     raise BenchError(f"container: no result for {jid}")

@@ -5,6 +5,7 @@ import time
 import msgpack
 
 from harness import BenchError
+from tests.harness import nskey
 from workloads import register
 
 
@@ -14,7 +15,7 @@ def run_enqueue(b, reps, n_cli=200, n_pipe=10000, n_tx=2000):
         run = {}
         ns = b.ns("e")
         ini = b.ini(ns)
-        q = f"{{{ns}}}:queue"
+        q = nskey(ns, "queue")
         # enqueue submit, one process per job.
         t0 = time.perf_counter()
         for i in range(n_cli):
@@ -38,12 +39,12 @@ def run_enqueue(b, reps, n_cli=200, n_pipe=10000, n_tx=2000):
         p = b.r.pipeline(transaction=False)
         for i in range(n_pipe):
             jid = f"p{i:05d}"
-            p.hset(f"{{{ns2}}}:job:{jid}", mapping={"state": "queued", "enqueued_at": now})
-            p.lpush(f"{{{ns2}}}:queue", msgpack.packb({"id": jid, "profile": "p", "output": "o",
+            p.hset(nskey(ns2, "job", jid), mapping={"state": "queued", "enqueued_at": now})
+            p.lpush(nskey(ns2, "queue"), msgpack.packb({"id": jid, "profile": "p", "output": "o",
                                                         "source_date_epoch": 1700000000, "enqueued_at": now}))
         p.execute()
         run["pipeline_per_s"] = n_pipe / (time.perf_counter() - t0)
-        if b.r.llen(f"{{{ns2}}}:queue") != n_pipe:
+        if b.r.llen(nskey(ns2, "queue")) != n_pipe:
             raise BenchError("enqueue: pipelined jobs missing")
         # redis-py, one MULTI/EXEC per job (PROTOCOL.md's producer).
         ns3 = b.ns("e")
@@ -52,8 +53,8 @@ def run_enqueue(b, reps, n_cli=200, n_pipe=10000, n_tx=2000):
             jid = f"x{i:05d}"
             now = time.time()
             with b.r.pipeline() as p:
-                p.hset(f"{{{ns3}}}:job:{jid}", mapping={"state": "queued", "enqueued_at": now})
-                p.lpush(f"{{{ns3}}}:queue", msgpack.packb({"id": jid, "profile": "p", "output": "o",
+                p.hset(nskey(ns3, "job", jid), mapping={"state": "queued", "enqueued_at": now})
+                p.lpush(nskey(ns3, "queue"), msgpack.packb({"id": jid, "profile": "p", "output": "o",
                                                             "source_date_epoch": 1700000000, "enqueued_at": now}))
                 p.execute()
         run["tx_per_s"] = n_tx / (time.perf_counter() - t0)
@@ -61,7 +62,7 @@ def run_enqueue(b, reps, n_cli=200, n_pipe=10000, n_tx=2000):
         print(f"  enqueue rep {rep + 1}: cli {run['cli_per_s']:.0f}/s (process floor "
               f"{run['spawn_floor_per_s']:.0f}/s), pipeline {run['pipeline_per_s']:.0f}/s, "
               f"multi/exec {run['tx_per_s']:.0f}/s", flush=True)
-        b.r.delete(q, f"{{{ns2}}}:queue", f"{{{ns3}}}:queue")
+        b.r.delete(q, nskey(ns2, "queue"), nskey(ns3, "queue"))
     b.raw["enqueue"] = runs
     g = lambda k: [r[k] for r in runs]  # noqa: E731
     b.row("enqueue", f"`enqueue submit`, one process per job ({n_cli} seq.)", g("cli_per_s"), "jobs/s",

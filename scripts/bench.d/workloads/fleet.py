@@ -4,6 +4,7 @@ import signal
 import time
 
 from harness import med, proc_cpu
+from tests.harness import nskey
 from workloads import register
 
 
@@ -37,7 +38,7 @@ def fleet_once(b, nworkers, njobs):
     extra = len(set(count) - want)
     attempts = collections.Counter(r["attempt"] for r in res)
     statuses = collections.Counter(r["status"] for r in res)
-    left = b.llen(f"{{{ns}}}:queue") + sum(b.r.llen(k) for k in b.r.keys(f"{{{ns}}}:active:*"))
+    left = b.llen(nskey(ns, "queue")) + sum(b.r.llen(k) for k in b.r.keys(nskey(ns, "active", "*")))
     wself = sum(cpu1[p][0] - cpu0[p][0] for p in cpu0 if cpu0[p] and cpu1[p])
     wkids = sum(cpu1[p][1] - cpu0[p][1] for p in cpu0 if cpu0[p] and cpu1[p])
     secs = d["seconds"]

@@ -6,6 +6,7 @@ import msgpack
 import redis
 
 from harness import MIB, BenchError, med, proc_cpu, proc_status
+from tests.harness import nskey
 from workloads import register
 
 
@@ -16,7 +17,7 @@ class Subscriber(threading.Thread):
         super().__init__(daemon=True)
         self.client = redis.Redis(host="127.0.0.1", port=b.redis.port, socket_timeout=300)
         self.ps = self.client.pubsub()
-        self.ps.subscribe(f"{{{ns}}}:progress:{jid}")
+        self.ps.subscribe(nskey(ns, "progress", jid))
         # Wait for the confirmation: no event may be published before it.
         deadline = time.time() + 30
         while True:
@@ -92,7 +93,7 @@ def run_flood(b, reps, n=1_000_000):
             z = b.snapshot()
             if sub.error:
                 raise BenchError(f"flood: subscriber failed: {sub.error!r}")
-            got = b.r.blpop(f"{{{ns}}}:result:{jid}", timeout=60)
+            got = b.r.blpop(nskey(ns, "result", jid), timeout=60)
         finally:
             w.stop()
         res = msgpack.unpackb(got[1])

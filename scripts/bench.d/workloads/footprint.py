@@ -3,6 +3,7 @@ import signal
 import time
 
 from harness import MIB, LIB_GROUPS, BenchError, lib_group_rss, med, proc_maps_rss, proc_pss, proc_status
+from tests.harness import nskey
 from workloads import register
 
 
@@ -33,7 +34,7 @@ def run_footprint(b, reps, running=8, idle_s=30, hb=5):
             while True:
                 p = b.r.pipeline(transaction=False)
                 for jid in ids:
-                    p.hget(f"{{{ns}}}:job:{jid}", "state")
+                    p.hget(nskey(ns, "job", jid), "state")
                 if all(s == b"running" for s in p.execute()):
                     break
                 if time.time() > deadline:

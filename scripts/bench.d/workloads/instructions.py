@@ -10,7 +10,6 @@ just as deterministic.  The top functions by inclusive cost land in
 build/bench/callgrind.instructions.txt.
 """
 import re
-import shutil
 import subprocess
 import time
 
@@ -20,28 +19,14 @@ from workloads import register
 
 def callgrind_jobs(b, n, conc=2, name="instructions"):
     """(Ir per job, the annotate listing, Redis delta) for n jobs."""
-    if shutil.which("valgrind") is None:
-        raise BenchError("valgrind is not installed (scripts/install-deps)")
     ns = b.ns("i")
-    ini = b.ini(ns, worker={"concurrency": conc})
     out = BUILD / f"callgrind.out.{name}"
-    if out.exists():
-        out.unlink()
-    wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no",
-            "--instr-atstart=no"]
-    w = b.worker(ini, wrap=wrap)
     ids = [f"i{i:05d}" for i in range(n)]
-    try:
-        b.wait_blocked(1, [w], timeout=120)
-        subprocess.run(["callgrind_control", "-i", "on", str(w.pid)], check=True, capture_output=True,
-                       timeout=60)
+    with b.callgrind_worker(ns, out, conc) as w:
         a = b.snapshot()
         b.push_jobs(ns, ids)
         b.wait_results(ns, n, [w], timeout=900, poll=0.1)
         z = b.snapshot()
-        subprocess.run(["callgrind_control", "-i", "off", str(w.pid)], capture_output=True, timeout=60)
-    finally:
-        w.stop(timeout=120)
     if not out.exists():
         raise BenchError(f"callgrind wrote no profile:\n{w.log()[-2000:]}")
     text = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=99", str(out)],

@@ -12,6 +12,7 @@ import time
 import msgpack
 
 from harness import BenchError, med
+from tests.harness import nskey
 from workloads import register
 
 
@@ -30,15 +31,15 @@ def run_latency(b, reps, n=200):
         ps = sub.pubsub(ignore_subscribe_messages=True)
         started, first_log = [], []
         try:
-            ps.psubscribe(f"{{{ns}}}:progress:*")
+            ps.psubscribe(nskey(ns, "progress", "*"))
             b.wait_blocked(1, [w])
             for k in range(n):
                 jid = f"l{k:05d}"
                 job = msgpack.packb({"id": jid, "profile": "p", "output": f"o/{jid}", "source_date_epoch": 1700000000})
-                b.r.hset(f"{{{ns}}}:job:{jid}", "state", "queued")
+                b.r.hset(nskey(ns, "job", jid), "state", "queued")
                 b.wait_blocked(1, [w])
                 t0 = time.perf_counter()
-                b.r.lpush(f"{{{ns}}}:queue", job)
+                b.r.lpush(nskey(ns, "queue"), job)
                 got = {}
                 deadline = t0 + 10
                 while "finished" not in got:

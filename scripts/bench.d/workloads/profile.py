@@ -11,28 +11,14 @@ from workloads import register
 
 
 def run_profile(b, reps, n=500):
-    if shutil.which("valgrind") is None:
-        raise BenchError("valgrind is not installed")
     ns = b.ns("v")
-    ini = b.ini(ns, worker={"concurrency": 2})
     out = BUILD / "callgrind.out.dispatch"
-    if out.exists():
-        out.unlink()
-    wrap = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--trace-children=no",
-            "--instr-atstart=no"]
-    w = b.worker(ini, wrap=wrap)
     ids = [f"v{i:05d}" for i in range(n)]
-    try:
-        b.wait_blocked(1, [w], timeout=120)
-        subprocess.run(["callgrind_control", "-i", "on", str(w.pid)], check=True, capture_output=True,
-                       timeout=60)
+    with b.callgrind_worker(ns, out, 2) as w:
         t0 = time.time()
         b.push_jobs(ns, ids)
         b.wait_results(ns, n, [w], timeout=900, poll=0.1)
         took = time.time() - t0
-        subprocess.run(["callgrind_control", "-i", "off", str(w.pid)], capture_output=True, timeout=60)
-    finally:
-        w.stop(timeout=120)
     if not out.exists():
         raise BenchError(f"callgrind wrote no profile:\n{w.log()[-2000:]}")
     prof = {"file": str(out), "jobs": n, "seconds_under_valgrind": took}
@@ -82,29 +68,36 @@ def run_profile(b, reps, n=500):
     print(f"  full listings: {BUILD}/callgrind.inclusive.txt, callgrind.exclusive.txt; profile {out}")
 
 
+def attached_jobs(b, tag, n, tool, settle, stop_timeout):
+    """n exec jobs through one idle worker (concurrency 2) with the command
+    tool(pid) attached to it from settle seconds before the first job to
+    after the last result; SIGINT then ends the tool.  Returns the worker's pid."""
+    ns = b.ns(tag)
+    ini = b.ini(ns, worker={"concurrency": 2})
+    w = b.worker(ini)
+    pr = None
+    try:
+        b.wait_blocked(1, [w])
+        pr = subprocess.Popen(tool(w.pid), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(settle)
+        b.push_jobs(ns, [f"{tag}{i:05d}" for i in range(n)])
+        b.wait_results(ns, n, [w], timeout=600, poll=0.1)
+    finally:
+        if pr is not None:
+            pr.send_signal(signal.SIGINT)
+            pr.wait(timeout=stop_timeout)
+        w.stop()
+    return w.pid
+
+
 def perf_dispatch(b, n):
     """Where the worker's own CPU goes, natively (perf's software clock: this
     VM has no hardware counters, so `perf stat -e instructions` does not work)."""
     if shutil.which("perf") is None:
         return None
-    ns = b.ns("q")
-    ini = b.ini(ns, worker={"concurrency": 2})
-    w = b.worker(ini)
     data = BUILD / "perf.dispatch.data"
-    pr = None
-    try:
-        b.wait_blocked(1, [w])
-        pr = subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "4999", "--call-graph", "dwarf,16384",
-                               "-o", str(data), "-p", str(w.pid)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1)
-        b.push_jobs(ns, [f"q{i:05d}" for i in range(n)])
-        b.wait_results(ns, n, [w], timeout=600, poll=0.1)
-    finally:
-        if pr is not None:
-            pr.send_signal(signal.SIGINT)
-            pr.wait(timeout=120)
-        w.stop()
+    pid = attached_jobs(b, "q", n, lambda p: ["perf", "record", "-e", "cpu-clock", "-F", "4999", "--call-graph",
+                                              "dwarf,16384", "-o", str(data), "-p", str(p)], 1, 120)
     # Count from the raw samples of the worker's own pid (not its vfork
     # children before their exec): inclusive = samples whose stack holds the
     # function, self = samples whose first frame is it.
@@ -128,7 +121,7 @@ def perf_dispatch(b, n):
         if line and not line[0].isspace():
             flush(stack)
             f = line.split()
-            stack = [] if len(f) >= 2 and f[1] == str(w.pid) else None
+            stack = [] if len(f) >= 2 and f[1] == str(pid) else None
         elif stack is not None:
             f = line.split(None, 1)
             if len(f) == 2:
@@ -153,23 +146,8 @@ def strace_dispatch(b, n):
     """System calls the worker makes per job (its own thread; not the children's)."""
     if shutil.which("strace") is None:
         return None
-    ns = b.ns("s")
-    ini = b.ini(ns, worker={"concurrency": 2})
-    w = b.worker(ini)
     out = BUILD / "strace.dispatch.txt"
-    st = None
-    try:
-        b.wait_blocked(1, [w])
-        st = subprocess.Popen(["strace", "-c", "-o", str(out), "-p", str(w.pid)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        b.push_jobs(ns, [f"s{i:05d}" for i in range(n)])
-        b.wait_results(ns, n, [w], timeout=600, poll=0.1)
-    finally:
-        if st is not None:
-            st.send_signal(signal.SIGINT)
-            st.wait(timeout=60)
-        w.stop()
+    attached_jobs(b, "s", n, lambda pid: ["strace", "-c", "-o", str(out), "-p", str(pid)], 0.5, 60)
     calls = {}
     for line in out.read_text().splitlines():
         f = line.split()

@@ -1,0 +1,1 @@
+"""The tests: integration/ and python/ (pytest), unit/ (cmocka), harness/ (what they share)."""
