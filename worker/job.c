@@ -163,6 +163,8 @@ job_timers_stop(struct job *j, unsigned which)
 		ev_timer_stop(EV_DEFAULT, &j->kill_timer);
 	if (which & JOB_T_WATCH)
 		watch_stop(j);
+	if (which & JOB_T_POLL)
+		ev_timer_stop(EV_DEFAULT, &j->cancel_poll);
 }
 
 /* The job is over for this worker: forget it. */

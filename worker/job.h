@@ -56,6 +56,7 @@ struct job {
 	struct upload *upload;
 
 	ev_timer warn_timer, timeout_timer, stats_timer, cid_timer, kill_timer;
+	ev_timer cancel_poll;	/* while uploading: was the job cancelled? */
 	ev_io oom_io;
 	struct cgroup cg;
 	bool cg_found;
@@ -102,8 +103,11 @@ void job_end_early(struct job *j, enum status st, const char *fmt, ...)
 #define JOB_T_LIMITS 0x1	/* the warning and the timeout */
 #define JOB_T_KILL 0x2		/* the stop stages and the EOF deadline */
 #define JOB_T_WATCH 0x4		/* stats, cidfile and OOM (watch.c) */
-#define JOB_T_ALL (JOB_T_LIMITS | JOB_T_KILL | JOB_T_WATCH)
+#define JOB_T_POLL 0x8		/* the cancel poll of an upload */
+#define JOB_T_ALL (JOB_T_LIMITS | JOB_T_KILL | JOB_T_WATCH | JOB_T_POLL)
 void job_timers_stop(struct job *j, unsigned which);
+/* The upload's cancel poll (jobrun.c). */
+void job_cancel_poll_cb(EV_P_ ev_timer *w, int revents);
 void job_lease_lost(struct job *j);
 void job_cancel_seen(struct job *j);
 void job_emit_answered(struct job *j);

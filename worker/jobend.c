@@ -64,8 +64,9 @@ job_uploaded(struct job *j)
 {
 	const char *err;
 
+	job_timers_stop(j, JOB_T_POLL);
 	if (upload_result(j->upload, &err) != 0) {
-		j->status = ST_ERROR;
+		j->status = j->stop == STOP_CANCEL ? ST_CANCELLED : ST_ERROR;
 		snprintf(j->error, sizeof j->error, "%s; the files are kept on %s", err, wk->host);
 	} else if (j->output_owned && !wk->conf->keep_outputs)
 		outdir_remove(j->output_path);
@@ -82,6 +83,8 @@ job_collected(struct job *j)
 	if (j->status == ST_SUCCEEDED && j->spec.upload_url != NULL && j->retry_due == 0) {
 		job_set_state(j, JOB_UPLOADING);
 		j->upload = upload_start(j, job_uploaded);
+		ev_timer_set(&j->cancel_poll, wk->conf->stats_interval, wk->conf->stats_interval);
+		ev_timer_start(EV_DEFAULT, &j->cancel_poll);
 		return;
 	}
 	job_finish(j);

@@ -48,7 +48,8 @@ job_run_init(struct job *j)
 	ev_timer_init(&j->warn_timer, job_warn_cb, 0, 0);
 	ev_timer_init(&j->timeout_timer, job_timeout_cb, 0, 0);
 	ev_timer_init(&j->kill_timer, job_kill_cb, 0, 0);
-	j->warn_timer.data = j->timeout_timer.data = j->kill_timer.data = j;
+	ev_timer_init(&j->cancel_poll, job_cancel_poll_cb, 0, 0);
+	j->warn_timer.data = j->timeout_timer.data = j->kill_timer.data = j->cancel_poll.data = j;
 	output_init(&j->out, j, "stdout", -1, job_line, job_pipe_closed);
 	output_init(&j->err, j, "stderr", -1, job_line, job_pipe_closed);
 }
@@ -345,13 +346,50 @@ job_lease_lost(struct job *j)
 		job_stop_asked(j, STOP_LEASE);
 }
 
-/* Someone asked to cancel the running (or collecting) job. */
+/* HEXISTS's answer to the upload's cancel poll; the command held the job. */
+static void
+job_cancel_polled(redisReply *r, void *arg)
+{
+	struct job *j = arg;
+
+	if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 1)
+		job_cancel_seen(j);
+	job_emit_answered(j);
+}
+
+/*
+ * While the artifacts upload no event is due (a stalled transfer, a
+ * retry's backoff): ask Redis every stats_interval whether the job was
+ * cancelled, as the stats events do while it runs.  The command holds
+ * the job like an event does (j->emits).
+ */
+void
+job_cancel_poll_cb(EV_P_ ev_timer *w, int revents)
+{
+	struct job *j = w->data;
+	const char *argv[3] = { "HEXISTS", wk->keys.cancel, j->id };
+
+	(void)loop;
+	(void)revents;
+	j->emits++;
+	rconn_send(wk->cmd, RQ_ONCE, job_cancel_polled, j, 3, argv, NULL);
+}
+
+/* Someone asked to cancel the running, collecting or uploading job. */
 void
 job_cancel_seen(struct job *j)
 {
 	if (j->state == JOB_COLLECTING && j->collect != NULL) {
 		log_notice("job %s: cancelled; stopping the collection of its artifacts", j->id);
 		collect_cancel(j->collect);
+		return;
+	}
+	if (j->state == JOB_UPLOADING && j->upload != NULL) {
+		if (j->stop == STOP_NONE) {
+			log_notice("job %s: cancelled; stopping the upload of its artifacts", j->id);
+			j->stop = STOP_CANCEL;
+			upload_cancel(j->upload);	/* its done() comes from the loop */
+		}
 		return;
 	}
 	if (j->state != JOB_RUNNING && !(j->state == JOB_STARTING && j->conflict_retried))

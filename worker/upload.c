@@ -59,6 +59,7 @@ struct upload {
 	ev_timer retry_timer;
 	bool in_multi;
 	bool started;			/* the first step ran (never inside upload_start) */
+	bool cancelled;			/* upload_cancel(): over at the next loop turn */
 	int open_errno;
 	int rc;
 	char err[ERR_MAX];
@@ -304,6 +305,10 @@ upload_retry_cb(EV_P_ ev_timer *w, int revents)
 
 	(void)loop;
 	(void)revents;
+	if (u->cancelled) {
+		upload_over(u, -1);
+		return;
+	}
 	if (u->started) {
 		upload_try(u);
 		return;
@@ -531,6 +536,30 @@ upload_url(const struct upload *u, size_t i, bool *uploaded)
 	}
 	*uploaded = u->items[i].uploaded;
 	return u->items[i].shown;
+}
+
+/*
+ * A cancel: abandon the transfer in flight (or the retry's wait) now, and
+ * report from the loop, not from inside the caller.  What arrived stays
+ * marked uploaded; the rest is not.
+ */
+void
+upload_cancel(struct upload *u)
+{
+	const struct artifact *a;
+
+	if (u->cancelled || u->rc != 0 || u->done == NULL)
+		return;
+	u->cancelled = true;
+	if (u->in_multi) {
+		cu.multi_remove_handle(multi, u->easy);
+		u->in_multi = false;
+	}
+	a = u->cur < u->n ? collect_get(u->job->collect, u->cur) : NULL;
+	snprintf(u->err, sizeof u->err, "cancelled while uploading%s%s", a != NULL ? " " : "", a != NULL ? a->name : "");
+	ev_timer_stop(EV_DEFAULT, &u->retry_timer);
+	ev_timer_set(&u->retry_timer, 0, 0);
+	ev_timer_start(EV_DEFAULT, &u->retry_timer);
 }
 
 /* Free an upload (a transfer in flight is abandoned). */

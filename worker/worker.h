@@ -439,6 +439,8 @@ struct upload *upload_start(struct job *j, void (*done)(struct job *));
 int upload_result(const struct upload *u, const char **err);
 /* The i-th artifact's URL (without query or userinfo) and whether it arrived. */
 const char *upload_url(const struct upload *u, size_t i, bool *uploaded);
+/* Stop it (a cancel): done(j) follows from the loop, and upload_result() fails. */
+void upload_cancel(struct upload *u);
 void upload_free(struct upload *u);
 /* At exit: the multi handle and libcurl's globals. */
 void upload_shutdown(void);

@@ -567,6 +567,30 @@ def test_shutdown_abandons_a_long_upload(remote, tmp_path, hosts):
     assert any(e["type"] == "requeued" and e["reason"] == "drained" for e in remote.events(job_id))
 
 
+def test_cancel_stops_an_upload_in_flight(remote, tmp_path, hosts):
+    """A cancel asked while the artifacts upload (a slow link, 64 MiB) stops
+    the upload within a few seconds: the result is `cancelled`, naming the
+    upload, and the files stay on the build host."""
+    hosts.throttle("8mbit")      # 64 MiB would take over a minute
+    w = remote.start()
+    job_id = remote.submit("cancel-" + uuid.uuid4().hex[:6],
+                           profile_archive=profile_tar(tmp_path, 'truncate -s 64M "$OUT_DIR/mid.img"\n', seconds=0.1),
+                           upload={"url": remote.url("cancel")})
+    wait_upload_started(remote, job_id, "mid.img")
+    asked = time.time()
+    remote.r.hset(nskey(remote.ns, "cancel"), job_id, str(asked))
+    res = remote.result(job_id, timeout=30)
+    assert res["status"] == "cancelled", res
+    assert "cancelled while uploading" in res["error"] and "kept" in res["error"], res
+    assert time.time() - asked < 15, "the cancel took too long to stop the upload"
+    [mid] = [a for a in res["artifacts"] if a["name"] == "mid.img"]
+    assert not mid["uploaded"]
+    kept = w.broot / "jobs" / job_id / "1" / "mid.img"
+    assert kept.is_file() and kept.stat().st_size == 64 << 20
+    hosts.throttle(None)
+    assert w.alive()
+
+
 def test_worker_lost_mid_build_requeues_archive_job(remote, tmp_path, hosts):
     """A worker killed (SIGKILL) mid-build: the reaper puts the profile_archive job (a bin
     field, which Redis's cmsgpack cannot read) back as queued and counts the loss; another
