@@ -71,6 +71,7 @@ static struct {
 	size_t n, cap;
 	unsigned next;
 	bool dirty;			/* the file lags behind v */
+	size_t reserved;		/* bytes fallocate()d for our file */
 } reg = { .dirfd = -1, .ownfd = -1 };
 
 /* mkdirat (an existing one is fine), then open it without following a symlink. */
@@ -154,6 +155,7 @@ registry_open(char *err, size_t errlen)
 	}
 	snprintf(reg.root, sizeof reg.root, "%s", root);
 	reg.dirty = true;
+	reg.reserved = 0;
 	if (!atexit_set) {
 		atexit(registry_atexit);
 		atexit_set = true;
@@ -184,18 +186,27 @@ registry_lock(char *err, size_t errlen)
 	}
 }
 
-/* Rewrite our file from v; under the lock.  Failure leaves it dirty for the next write. */
-static void
+/*
+ * Rewrite our file from v, under the lock; 0, or -1 with errno.
+ *
+ * A build can fill the filesystem builds_root is on, and this file is on
+ * it: a write that fails must never leave others seeing less than we
+ * hold.  So the file's blocks are reserved ahead (fallocate with
+ * KEEP_SIZE, grown before a longer write, which fails instead), the new
+ * text is written over the old, and only then is the file cut to its
+ * length: a write that fails midway leaves old lines behind, which only
+ * ever show more directories held, never fewer.
+ */
+static int
 registry_write(void)
 {
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *f;
+	int rc = 0;
 
-	if ((f = open_memstream(&buf, &len)) == NULL) {
-		reg.dirty = true;
-		return;
-	}
+	if ((f = open_memstream(&buf, &len)) == NULL)
+		return -1;
 	fprintf(f, "worker %s\n", wk->id);
 	for (size_t i = 0; i < reg.n; i++) {
 		const struct registry_entry *e = &reg.v[i];
@@ -207,10 +218,23 @@ registry_write(void)
 		fputc('\n', f);
 	}
 	fclose(f);
-	reg.dirty = ftruncate(reg.ownfd, 0) != 0 || pwrite(reg.ownfd, buf, len, 0) != (ssize_t)len;
-	if (reg.dirty)
+	if (len > reg.reserved) {
+		off_t want = (off_t)(len * 2 > 65536 ? len * 2 : 65536);
+		if (fallocate(reg.ownfd, FALLOC_FL_KEEP_SIZE, 0, want) == 0)
+			reg.reserved = (size_t)want;
+		else if (errno != EOPNOTSUPP) {
+			rc = -1;
+			goto out;
+		}
+	}
+	if (pwrite(reg.ownfd, buf, len, 0) != (ssize_t)len || ftruncate(reg.ownfd, (off_t)len) != 0)
+		rc = -1;
+out:
+	reg.dirty = rc != 0;
+	if (rc != 0)
 		log_warn("cannot write the host's registry of held directories: %s", strerror(errno));
 	free(buf);
+	return rc;
 }
 
 /* Parse "dev:ino dev:ino ..." into pd's chain; false on anything else. */
@@ -337,6 +361,21 @@ registry_add(unsigned handle, const char *ns, const char *job_id, char kind, con
 	memcpy(e->dir.chain, pd->chain, pd->depth * sizeof *pd->chain);
 }
 
+/* Remove handle's entries from v. */
+static void
+registry_forget(unsigned handle)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < reg.n; i++) {
+		if (reg.v[i].handle == handle)
+			free(reg.v[i].dir.chain);
+		else
+			reg.v[k++] = reg.v[i];
+	}
+	reg.n = k;
+}
+
 /* Check against every other worker on this host, then record; see worker.h. */
 int
 registry_take(const char *job_id, const struct path_dir *prof, const char *prof_name,
@@ -377,7 +416,14 @@ registry_take(const char *job_id, const struct path_dir *prof, const char *prof_
 			registry_add(*handle, ns, job_id, 'p', prof);
 		if (out != NULL)
 			registry_add(*handle, ns, job_id, 'o', out);
-		registry_write();
+		if (registry_write() != 0) {
+			/* Not recorded, so not checked by the others: the job may not run. */
+			snprintf(err, errlen, "cannot record the job's directories in the host's registry "
+			    "(builds_root/%s/%s): %s", JOBS_DIR, REGISTRY_DIR, strerror(errno));
+			registry_forget(*handle);
+			*handle = 0;
+			clash = true;
+		}
 	}
 	flock(reg.dirfd, LOCK_UN);
 	return clash ? -1 : 0;
@@ -388,17 +434,10 @@ void
 registry_drop(unsigned handle)
 {
 	char err[ERR_MAX];
-	size_t k = 0;
 
 	if (handle == 0)
 		return;
-	for (size_t i = 0; i < reg.n; i++) {
-		if (reg.v[i].handle == handle)
-			free(reg.v[i].dir.chain);
-		else
-			reg.v[k++] = reg.v[i];
-	}
-	reg.n = k;
+	registry_forget(handle);
 	if (reg.dirfd < 0)
 		return;
 	/* Not written now (lock busy): the next take or drop writes it; until then others see more, not less. */

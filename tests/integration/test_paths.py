@@ -173,6 +173,38 @@ def test_overlap_check_covers_every_worker_on_the_host(fleet, r, ns, broot, tmp_
     assert w2.alive()
 
 
+def test_a_job_the_registry_cannot_record_is_refused(fleet, r, ns, broot, tmp_path):
+    """builds_root's filesystem is full (a build can fill it): a worker that
+    cannot record a job's directories in the host's registry refuses the
+    job (bad_path, saying why) rather than run it where the other workers
+    cannot see it.  With room again, the same paths run."""
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(broot)], check=True)
+    try:
+        cmd = overlap_build(tmp_path, broot, slow_seconds=0)
+        make_profile(broot, "p")
+        w = fleet.start(sandbox={"runtime": "exec", "command": cmd})
+        w.wait_log(r"redis cmd: connected", 20)
+        filler = broot / "filler"
+        with open(filler, "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 65536)
+            except OSError:
+                pass
+        j = submit(r, ns, profile="p", output="o/1")
+        poll(lambda: state(r, ns, j) == "dead", 20, "the job refused")
+        (d,) = dead_by_id(r, ns)[j]
+        assert d["reason"] == "bad_path", d
+        assert "cannot record the job's directories in the host's registry" in d["error"], d
+        assert "No space left on device" in d["error"], d
+        filler.unlink()
+        res = wait_result(r, ns, submit(r, ns, profile="p", output="o/1"), 20)
+        assert res["status"] == "succeeded", res
+        assert w.alive() and w.stop() == 0
+    finally:
+        subprocess.run(["umount", "-l", str(broot)], check=False)
+
+
 # ------------------------------------------------------------ 2. the toggler, real podman
 
 TOGGLER = r'''#!/bin/sh
