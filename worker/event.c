@@ -5,6 +5,16 @@
  * it to the job's stream only while this worker holds the job's lease,
  * and answers whether a cancel was asked.  seq is ours to count: the
  * claim told us the last seq in the stream, so a new attempt continues it.
+ *
+ * One emit of a job is in flight at a time; the job's next events wait
+ * here (event_wait), and its finish waits for the last (event_idle).
+ * Redis may refuse an emit before it runs (BUSY, MISCONF...: rconnqueue.c
+ * sends it again) and run the next, already sent, once the error has
+ * cleared: that one would take the stream past the refused one's seq,
+ * and the emit script would then take the refused one, sent again, for a
+ * replay and skip it (its lines lost).  Waiting for each answer keeps a
+ * job's events in order whatever Redis refuses.  The waiting events
+ * count toward outbox_max (event_backlog) as the outbox's do.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -74,11 +84,92 @@ event_started(struct job *j, msgpack_sbuffer *sb, size_t *seq_off, size_t *att_o
 
 static void (*event_answered)(struct job *, enum emit_answer);
 
+/* An event waiting for the job's emit in flight to be answered. */
+struct event_wait {
+	TAILQ_ENTRY(event_wait) entry;
+	struct script_emit e;	/* its strings point into data */
+	enum rq_kind kind;
+	size_t size;
+	char data[];		/* type, phase, the event */
+};
+
+static size_t event_waiting;	/* bytes in every job's event_wait */
+
+static void event_emitted(redisReply *r, void *arg);
+
 /* Where every emit's answer goes (job.c's). */
 void
 event_init(void (*answered)(struct job *j, enum emit_answer a))
 {
 	event_answered = answered;
+}
+
+/* The bytes of events not yet sent: the outbox's and those waiting here. */
+size_t
+event_backlog(void)
+{
+	return rconn_outbox_bytes(wk->cmd) + event_waiting;
+}
+
+/*
+ * Send one emit (the job has none in flight).  A droppable one (log
+ * batch, stats, upload progress) is dropped, and answered failed, when
+ * the backlog is over outbox_max, as the outbox itself would: so a NULL
+ * answer from the outbox means only that the connection is going away.
+ */
+static void
+event_write(struct job *j, const struct script_emit *e, enum rq_kind kind)
+{
+	if (kind == RQ_DROP && event_backlog() > wk->conf->outbox_max) {
+		if (event_answered != NULL)
+			event_answered(j, EMIT_FAILED);
+		return;
+	}
+	j->ev_busy = true;
+	script_emit(e, kind, event_emitted, j);
+}
+
+/* The job's emit in flight was answered: send its next event, or it is idle. */
+static void
+event_next(struct job *j, bool closing)
+{
+	struct event_wait *w;
+	void (*idle)(struct job *);
+
+	j->ev_busy = false;
+	while (!j->ev_busy && (w = TAILQ_FIRST(&j->ev_wait)) != NULL) {
+		TAILQ_REMOVE(&j->ev_wait, w, entry);
+		event_waiting -= w->size;
+		if (closing) {
+			/* The connection is going away (at exit): nothing more is sent. */
+			if (event_answered != NULL)
+				event_answered(j, EMIT_FAILED);
+		} else
+			event_write(j, &w->e, w->kind);
+		free(w);
+	}
+	if (!j->ev_busy && !closing && (idle = j->ev_idle) != NULL) {
+		j->ev_idle = NULL;
+		idle(j);
+	}
+}
+
+/* Whether an event of j is in flight or waiting. */
+bool
+event_busy(const struct job *j)
+{
+	return j->ev_busy || !TAILQ_EMPTY(&j->ev_wait);
+}
+
+/* Run idle(j) once no event of j is in flight or waiting: now, or after the last answer. */
+void
+event_idle(struct job *j, void (*idle)(struct job *))
+{
+	if (!event_busy(j)) {
+		idle(j);
+		return;
+	}
+	j->ev_idle = idle;
 }
 
 /* The emit script's answer: lease lost, sent, or sent with a cancel asked. */
@@ -97,19 +188,51 @@ event_emitted(redisReply *r, void *arg)
 		a = EMIT_LEASE_LOST;
 	else if (r->type == REDIS_REPLY_INTEGER && r->integer == 2)
 		a = EMIT_CANCEL;
+	/*
+	 * The job may be freed once its last hold is answered (defer_free:
+	 * not before this callback returns), and it holds one for each event
+	 * still waiting, so it is here for event_next.
+	 */
 	if (event_answered != NULL)
 		event_answered(j, a);
+	event_next(j, r == NULL);
 }
 
-/* Send the event in ep (and free its buffer). */
+/* Send the event in ep (and free its buffer), or queue it behind the job's emit in flight. */
 void
 event_send(struct job *j, struct event_msg *ep, const char *type, enum rq_kind kind, const char *phase)
 {
-	j->emits++;
-	script_emit(&(struct script_emit) {
+	struct script_emit e = {
 	    .id = j->id, .attempt = j->attempt, .seq = j->seq, .type = type, .event = ep->sb.data,
 	    .event_len = ep->sb.size, .to_events = strcmp(type, "log") != 0, .phase = phase,
-	}, kind, event_emitted, j);
+	};
+	struct event_wait *w;
+	size_t tl = strlen(type) + 1, pl = phase != NULL ? strlen(phase) + 1 : 0;
+	char *p;
+
+	j->emits++;
+	if (!j->ev_busy && TAILQ_EMPTY(&j->ev_wait)) {
+		event_write(j, &e, kind);
+		msgpack_sbuffer_destroy(&ep->sb);
+		return;
+	}
+	w = xmalloc(sizeof *w + tl + pl + ep->sb.size);
+	w->kind = kind;
+	w->size = tl + pl + ep->sb.size;
+	p = w->data;
+	memcpy(p, type, tl);
+	e.type = p;
+	p += tl;
+	if (phase != NULL) {
+		memcpy(p, phase, pl);
+		e.phase = p;
+		p += pl;
+	}
+	memcpy(p, ep->sb.data, ep->sb.size);
+	e.event = p;
+	w->e = e;
+	TAILQ_INSERT_TAIL(&j->ev_wait, w, entry);
+	event_waiting += w->size;
 	msgpack_sbuffer_destroy(&ep->sb);
 }
 

@@ -418,6 +418,7 @@ job_fetched(const char *payload, size_t len, const char *sha1, const char *sha25
 		}
 	}
 	j->payload_len = len;
+	TAILQ_INIT(&j->ev_wait);
 	j->phase = -1;
 	j->exit_code = -1;
 	j->has_slot = true;

@@ -84,6 +84,9 @@ struct job {
 	bool no_container;	/* stopped between a conflict's runs: nothing of ours to rm */
 	bool container_dirty;	/* the container may outlive the client: rm -f */
 	unsigned emits;		/* emit scripts (and collect.c cancel polls) not answered yet */
+	TAILQ_HEAD(, event_wait) ev_wait;	/* events behind the one in flight (event.c) */
+	bool ev_busy;		/* an emit of this job is in flight */
+	void (*ev_idle)(struct job *);	/* called once none is (the finish waits) */
 };
 
 /* job.c: the state machine */

@@ -130,6 +130,11 @@ job_finish(struct job *j)
 	msgpack_sbuffer res;
 	struct event_msg fe, rq;
 
+	/* After the job's last event: its finished event comes after every other. */
+	if (event_busy(j)) {
+		event_idle(j, job_finish);
+		return;
+	}
 	job_set_state(j, JOB_FINISHING);
 	/*
 	 * The build is gone and its artifacts are hashed (and uploaded): let go

@@ -23,13 +23,34 @@
 
 #include "job.h"
 
+/*
+ * A batch is due (its timer, or log_batch_lines reached).  While an event
+ * of the job is still in flight (event.c sends them one at a time) the
+ * batch keeps growing instead, up to OUTPUT_COALESCE batches' worth: a
+ * slow or refusing Redis then gets fewer, bigger events, not a queue of
+ * small ones.  The end of a stream and a phase change flush at once.
+ */
+#define OUTPUT_COALESCE 16
+static void
+output_due(struct outstream *os)
+{
+	if (event_busy(os->job) && os->batch_n < (uint32_t)wk->conf->log_batch_lines * OUTPUT_COALESCE) {
+		if (!ev_is_active(&os->flush_timer)) {
+			ev_timer_set(&os->flush_timer, wk->conf->log_batch_interval, 0);
+			ev_timer_start(EV_DEFAULT, &os->flush_timer);
+		}
+		return;
+	}
+	output_flush(os);
+}
+
 /* The batch timer: the oldest line waited long enough. */
 static void
 output_timer_cb(EV_P_ ev_timer *w, int revents)
 {
 	(void)loop;
 	(void)revents;
-	output_flush(w->data);
+	output_due(w->data);
 }
 
 /* Send the batch as one log event (or count it dropped). */
@@ -42,7 +63,7 @@ output_flush(struct outstream *os)
 	ev_timer_stop(EV_DEFAULT, &os->flush_timer);
 	if (os->batch_n == 0)
 		return;
-	if (rconn_outbox_bytes(wk->cmd) > wk->conf->outbox_max) {
+	if (event_backlog() > wk->conf->outbox_max) {
 		j->lines_sent -= os->batch_n;
 		j->lines_dropped += os->batch_n;
 		j->dropped_unreported += os->batch_n;
@@ -85,7 +106,7 @@ output_line(struct outstream *os, const char *line, size_t len)
 		ev_timer_start(EV_DEFAULT, &os->flush_timer);
 	}
 	if (os->batch_n >= (uint32_t)wk->conf->log_batch_lines)
-		output_flush(os);
+		output_due(os);
 }
 
 /*

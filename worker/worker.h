@@ -283,6 +283,11 @@ struct event_msg {
 /* Start an event map with nfields type-specific fields to follow. */
 void event_begin(struct job *j, struct event_msg *ep, const char *type, int nfields);
 /* Send it: PUBLISH progress (and events), XADD log, in one script. */
+/* Bytes of events not yet sent (the outbox's and those waiting behind a job's emit in flight). */
+size_t event_backlog(void);
+/* Whether j has an event in flight or waiting; idle(j) once it has none (at once if none). */
+bool event_busy(const struct job *j);
+void event_idle(struct job *j, void (*idle)(struct job *));
 void event_send(struct job *j, struct event_msg *ep, const char *type, enum rq_kind kind,
     const char *phase);
 /* The started event, with placeholders the claim script fills. */

@@ -209,7 +209,8 @@ def test_a_job_the_registry_cannot_record_is_refused(fleet, r, ns, broot, tmp_pa
 
 TOGGLER = r'''#!/bin/sh
 # Swap sub and prof between a directory and a symlink out of builds_root
-# every 20 ms, until "stop" appears or {secs} s have passed.
+# every 20 ms, until "stop" appears or {secs} s have passed; hold still
+# while "pause" exists.
 cd "$OUT_DIR" || exit 1
 mkdir -p hide
 end=$(( $(date +%s) + {secs} ))
@@ -224,6 +225,8 @@ while [ "$(date +%s)" -lt "$end" ] && [ ! -e stop ]; do
     mv "hide/s$i" sub 2>/dev/null || mkdir sub 2>/dev/null
     mv "hide/p$i" prof 2>/dev/null
     sleep 0.02
+    # "pause": hold still with both directories in place (the test says when)
+    while [ -e pause ] && [ ! -e stop ]; do : > paused; sleep 0.02; done
 done
 echo "toggler: done after $i swaps"
 '''
@@ -262,7 +265,10 @@ def test_toggling_build_cannot_redirect_later_jobs(fleet, r, ns, broot, tmp_path
                      for _, f in r.xrange(nskey(ns, "log", tog))), 60, "the toggler toggling")
 
     # While the hostile build runs, no job of another worker on this host
-    # may use anything inside its output at all.
+    # may use anything inside its output at all (the toggler holds still
+    # meanwhile, so each is found and refused as inside the running output).
+    (broot / "x" / "pause").write_text("")
+    poll(lambda: (broot / "x" / "paused").exists(), 30, "the toggler to hold still")
     victims = fleet.start(podman, worker={"concurrency": 2})
     early = {submit(r, ns, profile="v", output="x/sub"): "output: \"x/sub\"" for _ in range(3)}
     early.update({submit(r, ns, profile="x/prof", output=f"pe/{i}"): "profile: \"x/prof\"" for i in range(3)})
@@ -275,7 +281,8 @@ def test_toggling_build_cannot_redirect_later_jobs(fleet, r, ns, broot, tmp_path
     (broot / "x" / "stop").write_text("")
     res_tog = wait_result(r, ns, tog, 60)
     assert res_tog["status"] == "succeeded", res_tog
-    (broot / "x" / "stop").unlink()
+    for name in ("stop", "pause", "paused"):
+        (broot / "x" / name).unlink()
 
     # The same race against what no worker knows of (a build of another
     # host on a shared builds_root, an operator's script): the toggler runs

@@ -257,3 +257,58 @@ def test_lasting_claim_error_dead_letters_the_job(efleet, esrv, ns, broot, tmp_p
     jid = submit(r, ns, profile="p", output="o/1")
     wait_result(r, ns, jid, 20)
     assert w.alive()
+
+
+def test_events_refused_busy_are_not_overtaken(efleet, esrv, ns, broot, tmp_path):
+    """Short scripts of another client keep Redis busy on and off while a
+    build prints 1,500 numbered lines: an event answered BUSY is sent
+    again, and the events behind it (already sent, answered once the
+    script ended) must not have overtaken it, or it would be refused as
+    a replay and its lines lost.  Every line reaches the stream, once, in
+    order."""
+    r = esrv.client()
+    r.config_set("busy-reply-threshold", "10")
+    make_profile(broot, "p")
+    n = 1500
+    cmd = build_script(tmp_path, f'/usr/bin/python3 -c \'import sys, time\nfor i in range({n}):\n'
+                                 f'    print("line", i, flush=True); time.sleep(0.002)\'\n'
+                                 'echo iso > "$DEBATE_OUTPUT/a.iso"\n')
+    w = efleet.start(sandbox={"runtime": "exec", "command": cmd},
+                     worker={"log_batch_interval": 0.002})
+    w_id = wid(w)
+    jid = submit(r, ns, profile="p", output="o/1")
+    w.wait_log(rf"job {jid}: started", 20)
+    stop = threading.Event()
+    spins = []
+
+    def spin():
+        # Busy for about 50 ms, then free for 3, until the result is in.
+        c = esrv.client()
+        while not stop.is_set():
+            try:
+                c.eval("local i = 0 while i < 2e6 do i = i + 1 end return i", 0)
+                spins.append(1)
+            except redis_py.exceptions.ResponseError:
+                pass
+            time.sleep(0.003)
+
+    t = threading.Thread(target=spin, daemon=True)
+    t.start()
+
+    def recorded():
+        try:
+            return r.llen(nskey(ns, "result", jid)) > 0
+        except redis_py.exceptions.ResponseError:      # BUSY: our own client too
+            return False
+    try:
+        poll(recorded, 120, "the result")
+    finally:
+        stop.set()
+        t.join(20)
+    wait_result(r, ns, jid, 20)
+    assert len(spins) > 20, "the busy scripts did not run"
+    res = assert_recorded_once(r, ns, jid, w_id)
+    assert res["dropped_lines"] == 0, res
+    lines = [ln for e in stream_events(r, ns, jid) if e["type"] == "log" for ln in e["lines"]]
+    assert lines == [f"line {i}" for i in range(n)], (len(lines), [x for x in range(n) if f"line {x}" not in lines][:10])
+    assert w.log().count("BUSY") >= 1, "no event was answered BUSY: the test did not test anything"
