@@ -42,6 +42,7 @@ struct upload_item {
 
 struct upload {
 	struct job *job;
+	void (*progress)(struct job *, const char *, uint64_t, uint64_t, const char *, enum rq_kind);
 	void (*done)(struct job *);
 	int dirfd;
 	struct upload_item *items;
@@ -74,20 +75,13 @@ upload_over(struct upload *u, int rc)
 	u->done(u->job);
 }
 
-/* Send an upload event: name, bytes so far, total. */
+/* Report the current file's progress (an upload event): name, bytes so far, total. */
 static void
 upload_event(struct upload *u, uint64_t bytes, enum rq_kind kind)
 {
 	const struct artifact *a = collect_get(u->job->collect, u->cur);
-	struct event_msg ep;
 
-	event_begin(u->job, &ep, "upload", 4);
-	mp_str(&ep.pk, "name");
-	utf8_pack(&ep.pk, a->name, strlen(a->name));
-	mp_kv_uint(&ep.pk, "bytes", bytes);
-	mp_kv_uint(&ep.pk, "total", u->size);
-	mp_kv_str(&ep.pk, "url", u->items[u->cur].shown);
-	event_send(u->job, &ep, "upload", kind, NULL);
+	u->progress(u->job, a->name, bytes, u->size, u->items[u->cur].shown, kind);
 }
 
 /* A transfer is over (transfer.c): the next file, a retry, or the upload's end. */
@@ -320,11 +314,13 @@ upload_next(struct upload *u)
 
 /* Upload j's artifacts from its output directory. */
 struct upload *
-upload_start(struct job *j, void (*done)(struct job *))
+upload_start(struct job *j, void (*progress)(struct job *j, const char *name, uint64_t bytes,
+    uint64_t total, const char *url, enum rq_kind kind), void (*done)(struct job *))
 {
 	struct upload *u = xcalloc(1, sizeof *u);
 
 	u->job = j;
+	u->progress = progress;
 	u->done = done;
 	u->fd = -1;
 	u->deadline = now_mono() + wk->conf->upload_timeout;
