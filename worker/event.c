@@ -303,3 +303,19 @@ event_result(struct job *j, msgpack_sbuffer *sb)
 	else
 		msgpack_pack_nil(&pk);
 }
+
+/* An upload event: the artifact's name, bytes sent so far, its size, its URL as shown. */
+void
+event_upload(struct job *j, const char *name, uint64_t bytes, uint64_t total, const char *url,
+    enum rq_kind kind)
+{
+	struct event_msg ep;
+
+	event_begin(j, &ep, "upload", 4);
+	mp_str(&ep.pk, "name");
+	utf8_pack(&ep.pk, name, strlen(name));
+	mp_kv_uint(&ep.pk, "bytes", bytes);
+	mp_kv_uint(&ep.pk, "total", total);
+	mp_kv_str(&ep.pk, "url", url);
+	event_send(j, &ep, "upload", kind, NULL);
+}

@@ -167,7 +167,7 @@ fetch_kick(void)
 	if (wk->held >= wk->slots || (wk->once && (wk->done > 0 || !TAILQ_EMPTY(&wk->jobs))))
 		return;
 	if (!outdir_disk_ok(NULL)) {
-		outdir_disk_wait();	/* fetches again once there is room */
+		outdir_disk_wait(fetch_kick);	/* fetches again once there is room */
 		return;
 	}
 	argv[0] = "BLMOVE";

@@ -82,7 +82,7 @@ job_collected(struct job *j)
 		j->retry_due = 0;	/* a cancel is never retried */
 	if (j->status == ST_SUCCEEDED && j->spec.upload_url != NULL && j->retry_due == 0) {
 		job_set_state(j, JOB_UPLOADING);
-		j->upload = upload_start(j, job_uploaded);
+		j->upload = upload_start(j, event_upload, job_uploaded);
 		ev_timer_set(&j->cancel_poll, wk->conf->stats_interval, wk->conf->stats_interval);
 		ev_timer_start(EV_DEFAULT, &j->cancel_poll);
 		return;

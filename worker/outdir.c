@@ -26,6 +26,7 @@
 
 static ev_timer disk_timer;
 static bool disk_timer_init;
+static void (*disk_room)(void);
 
 /* mkdirat (an existing directory is fine), then open it without following a symlink. */
 static int
@@ -167,7 +168,7 @@ outdir_disk_ok(uint64_t *free_bytes)
 	return wk->conf->min_free == 0 || f >= wk->conf->min_free;
 }
 
-/* The disk timer: once there is room again, fetch. */
+/* The disk timer: once there is room again, tell outdir_disk_wait()'s caller. */
 static void
 outdir_disk_cb(EV_P_ ev_timer *w, int revents)
 {
@@ -179,15 +180,16 @@ outdir_disk_cb(EV_P_ ev_timer *w, int revents)
 	ev_timer_stop(loop, w);
 	log_notice("builds_root has %llu bytes free again (min_free %llu): taking jobs",
 	    (unsigned long long)f, (unsigned long long)wk->conf->min_free);
-	fetch_kick();
+	disk_room();
 }
 
 /* Start the disk timer (once) while builds_root is below min_free. */
 void
-outdir_disk_wait(void)
+outdir_disk_wait(void (*room)(void))
 {
 	uint64_t f = 0;
 
+	disk_room = room;
 	if (!disk_timer_init) {
 		ev_timer_init(&disk_timer, outdir_disk_cb, wk->conf->heartbeat_interval,
 		    wk->conf->heartbeat_interval);

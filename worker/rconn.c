@@ -12,9 +12,9 @@
  * through rconn_drop) is no proof of a good server: its reconnect backoff
  * is reset only once a command on it succeeds, not when the handshake
  * does, so an error that lasts cannot make it reconnect ten times a
- * second.  The log lines of such errors are rate-limited (rconn_log).
+ * second.  The log lines of such errors are rate-limited (rconn_log, in
+ * rconnqueue.c).
  */
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,49 +24,6 @@
 
 static void rconn_connect(struct rconn *rc);
 static void rconn_schedule(struct rconn *rc, const char *why);
-
-#define RCONN_LOG_EVERY 10.0	/* seconds between two lines about the same error */
-
-/*
- * Log a line about key (an error) at most once per RCONN_LOG_EVERY
- * seconds; the next line that gets out says how many were held back.
- * A few distinct keys are tracked per connection, the oldest replaced.
- */
-void
-rconn_log(struct rconn *rc, enum log_level level, const char *key, const char *fmt, ...)
-{
-	struct ratelog *slot = NULL, *oldest = &rc->ratelog[0];
-	double now = now_mono();
-	char line[512];
-	va_list ap;
-
-	for (size_t i = 0; i < sizeof rc->ratelog / sizeof rc->ratelog[0]; i++) {
-		struct ratelog *l = &rc->ratelog[i];
-		if (strncmp(l->key, key, sizeof l->key - 1) == 0 && l->key[0] != '\0')
-			slot = l;
-		if (l->last < oldest->last)
-			oldest = l;
-	}
-	if (slot != NULL && now - slot->last < RCONN_LOG_EVERY) {
-		slot->suppressed++;
-		return;
-	}
-	if (slot == NULL) {
-		slot = oldest;
-		snprintf(slot->key, sizeof slot->key, "%s", key);
-		slot->suppressed = 0;
-	}
-	va_start(ap, fmt);
-	vsnprintf(line, sizeof line, fmt, ap);
-	va_end(ap);
-	if (slot->suppressed > 0)
-		log_msg(level, "%s (%lu more like it in the last %.0f s)", line, slot->suppressed,
-		    now - slot->last);
-	else
-		log_msg(level, "%s", line);
-	slot->last = now;
-	slot->suppressed = 0;
-}
 
 /* The address to connect to, from the URL or the sentinels' answer. */
 static struct redis_url *

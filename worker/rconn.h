@@ -2,7 +2,8 @@
  * rconn.h: what the two halves of a Redis connection share, and nothing
  * else includes: rconn.c (connect, handshake, sentinels, reconnect
  * backoff) and rconnqueue.c (the outbox, the one retry policy for
- * refused commands, script calls).  The interface is in worker.h.
+ * refused commands, script calls, the rate-limited error log).  The
+ * interface is in worker.h; rconn.c calls rconnqueue.c, never back.
  */
 #ifndef RCONN_H
 #define RCONN_H
@@ -58,13 +59,11 @@ struct rconn {
 	int master_port;
 };
 
-/* --- rconn.c --- */
+/* --- rconnqueue.c --- */
 
 /* Log a line about an error at most once per 10 s per key (rate-limited). */
 void rconn_log(struct rconn *rc, enum log_level level, const char *key, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-
-/* --- rconnqueue.c --- */
 
 /* Free a command (and take its bytes off the outbox). */
 void rcmd_free(struct rcmd *c);

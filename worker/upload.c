@@ -1,12 +1,10 @@
 /*
  * upload.c: PUT a finished job's artifacts to its upload.url with libcurl.
  *
- * One curl multi handle for the process, driven by the libev loop: curl
- * tells us (socket callback) which sockets to watch for what, and (timer
- * callback) when to call it back; we call cu.multi_socket_action() from
- * ev_io and ev_timer watchers.  So uploads never block other jobs, their
- * pipes or the heartbeat.  A job sends its artifacts one after another;
- * several jobs upload at once.
+ * transfer.c drives libcurl from the loop, so uploads never block other
+ * jobs, their pipes or the heartbeat; here is each job's upload: its
+ * files, one after another, their retries and its end.  Several jobs
+ * upload at once.
  *
  * Each file is opened with openat() below the output directory's fd,
  * component by component with O_NOFOLLOW, and must be a regular file of
@@ -21,8 +19,6 @@
  * events and results show upload_display()'s form of a URL, and the
  * worker never runs a program with them in argv.
  */
-#include <curl/curl.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -33,6 +29,7 @@
 #include <unistd.h>
 
 #include "job.h"
+#include "transfer.h"
 
 #define UPLOAD_BACKOFF_MAX 30.0
 #define UPLOAD_EVENT_EVERY 1.0		/* seconds between upload events of a file */
@@ -45,6 +42,7 @@ struct upload_item {
 
 struct upload {
 	struct job *job;
+	void (*progress)(struct job *, const char *, uint64_t, uint64_t, const char *, enum rq_kind);
 	void (*done)(struct job *);
 	int dirfd;
 	struct upload_item *items;
@@ -66,41 +64,6 @@ struct upload {
 	char curl_err[CURL_ERROR_SIZE];
 };
 
-struct upload_sock {
-	ev_io io;
-	curl_socket_t fd;
-};
-
-/*
- * libcurl brings a TLS stack, GSSAPI, LDAP, nghttp2 and more with it: an
- * idle worker is 2.6 MB resident without it and 8.4 MB with it (measured,
- * Debian 12).  It is loaded with dlopen() at the first upload, so a worker
- * that never uploads does not carry it.
- */
-static struct {
-	__typeof__(&curl_easy_cleanup) easy_cleanup;
-	__typeof__(&curl_easy_getinfo) easy_getinfo;
-	__typeof__(&curl_easy_init) easy_init;
-	__typeof__(&curl_easy_reset) easy_reset;
-	__typeof__(&curl_easy_setopt) easy_setopt;
-	__typeof__(&curl_easy_strerror) easy_strerror;
-	__typeof__(&curl_global_cleanup) global_cleanup;
-	__typeof__(&curl_global_init) global_init;
-	__typeof__(&curl_multi_add_handle) multi_add_handle;
-	__typeof__(&curl_multi_assign) multi_assign;
-	__typeof__(&curl_multi_cleanup) multi_cleanup;
-	__typeof__(&curl_multi_info_read) multi_info_read;
-	__typeof__(&curl_multi_init) multi_init;
-	__typeof__(&curl_multi_remove_handle) multi_remove_handle;
-	__typeof__(&curl_multi_setopt) multi_setopt;
-	__typeof__(&curl_multi_socket_action) multi_socket_action;
-	__typeof__(&curl_slist_append) slist_append;
-	__typeof__(&curl_slist_free_all) slist_free_all;
-} cu;
-static bool cu_loaded;
-static CURLM *multi;
-static ev_timer multi_timer;
-
 static void upload_next(struct upload *u);
 static void upload_try(struct upload *u);
 
@@ -113,149 +76,61 @@ upload_over(struct upload *u, int rc)
 	u->done(u->job);
 }
 
-/* Send an upload event: name, bytes so far, total. */
+/* Report the current file's progress (an upload event): name, bytes so far, total. */
 static void
 upload_event(struct upload *u, uint64_t bytes, enum rq_kind kind)
 {
 	const struct artifact *a = collect_get(u->job->collect, u->cur);
-	struct event_msg ep;
 
-	event_begin(u->job, &ep, "upload", 4);
-	mp_str(&ep.pk, "name");
-	utf8_pack(&ep.pk, a->name, strlen(a->name));
-	mp_kv_uint(&ep.pk, "bytes", bytes);
-	mp_kv_uint(&ep.pk, "total", u->size);
-	mp_kv_str(&ep.pk, "url", u->items[u->cur].shown);
-	event_send(u->job, &ep, "upload", kind, NULL);
+	u->progress(u->job, a->name, bytes, u->size, u->items[u->cur].shown, kind);
 }
 
-/* Process what curl says is finished. */
+/* A transfer is over (transfer.c): the next file, a retry, or the upload's end. */
 static void
-upload_check_done(void)
+upload_ended(void *priv, CURLcode code, long http)
 {
-	CURLMsg *m;
-	int left;
+	struct upload *u = priv;
+	char why[ERR_MAX];
+	bool retry;
 
-	while ((m = cu.multi_info_read(multi, &left)) != NULL) {
-		struct upload *u;
-		CURLcode code = m->data.result;
-		long http = 0;
-		char why[ERR_MAX];
-		bool retry;
-
-		if (m->msg != CURLMSG_DONE)
-			continue;
-		cu.easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&u);
-		cu.easy_getinfo(m->easy_handle, CURLINFO_RESPONSE_CODE, &http);
-		cu.multi_remove_handle(multi, m->easy_handle);
-		u->in_multi = false;
-		if (code == CURLE_OK && http >= 200 && http < 300) {
-			const struct artifact *a = collect_get(u->job->collect, u->cur);
-			u->items[u->cur].uploaded = true;
-			upload_event(u, u->size, RQ_KEEP);
-			log_info("job %s: uploaded %s (%llu bytes) to %s", u->job->id, a->name,
-			    (unsigned long long)u->size, u->items[u->cur].shown);
-			close(u->fd);
-			u->fd = -1;
-			u->cur++;
-			upload_next(u);
-			continue;
-		}
-		if (code == CURLE_OK) {
-			snprintf(why, sizeof why, "the server answered HTTP %ld", http);
-			retry = http >= 500 || http == 408 || http == 429;
-		} else {
-			snprintf(why, sizeof why, "%s", u->curl_err[0] ? u->curl_err : cu.easy_strerror(code));
-			retry = code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST ||
-			    code == CURLE_SEND_ERROR || code == CURLE_RECV_ERROR || code == CURLE_GOT_NOTHING ||
-			    code == CURLE_PARTIAL_FILE || code == CURLE_SSL_CONNECT_ERROR ||
-			    code == CURLE_HTTP2 || code == CURLE_HTTP2_STREAM || code == CURLE_OPERATION_TIMEDOUT;
-		}
-		double wait = wk->conf->upload_retry_backoff * pow(2, u->tries - 1);
-		if (wait > UPLOAD_BACKOFF_MAX)
-			wait = UPLOAD_BACKOFF_MAX;
+	u->in_multi = false;
+	if (code == CURLE_OK && http >= 200 && http < 300) {
 		const struct artifact *a = collect_get(u->job->collect, u->cur);
-		if (retry && now_mono() + wait < u->deadline) {
-			log_notice("job %s: upload of %s to %s failed (%s); try %d in %.1f s", u->job->id, a->name,
-			    u->items[u->cur].shown, why, u->tries + 1, wait);
-			ev_timer_set(&u->retry_timer, wait, 0);
-			ev_timer_start(EV_DEFAULT, &u->retry_timer);
-			continue;
-		}
-		snprintf(u->err, sizeof u->err, "upload of %.80s failed after %d %s%s: %s", a->name, u->tries,
-		    u->tries == 1 ? "try" : "tries", retry ? " within upload_timeout" : "", why);
-		log_err("job %s: %s (%s); the files are kept", u->job->id, u->err, u->items[u->cur].shown);
-		upload_over(u, -1);
+		u->items[u->cur].uploaded = true;
+		upload_event(u, u->size, RQ_KEEP);
+		log_info("job %s: uploaded %s (%llu bytes) to %s", u->job->id, a->name,
+		    (unsigned long long)u->size, u->items[u->cur].shown);
+		close(u->fd);
+		u->fd = -1;
+		u->cur++;
+		upload_next(u);
+		return;
 	}
-}
-
-/* A socket curl watches is ready. */
-static void
-upload_io_cb(EV_P_ ev_io *w, int revents)
-{
-	struct upload_sock *s = w->data;
-	int running, action = (revents & EV_READ ? CURL_CSELECT_IN : 0) | (revents & EV_WRITE ? CURL_CSELECT_OUT : 0);
-
-	(void)loop;
-	cu.multi_socket_action(multi, s->fd, action, &running);
-	upload_check_done();
-}
-
-/* curl's timeout is due. */
-static void
-upload_timer_cb(EV_P_ ev_timer *w, int revents)
-{
-	int running;
-
-	(void)loop;
-	(void)w;
-	(void)revents;
-	cu.multi_socket_action(multi, CURL_SOCKET_TIMEOUT, 0, &running);
-	upload_check_done();
-}
-
-/* CURLMOPT_SOCKETFUNCTION: watch s for what curl wants, or stop. */
-static int
-upload_sock_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *sockp)
-{
-	struct upload_sock *s = sockp;
-	int events = (what & CURL_POLL_IN ? EV_READ : 0) | (what & CURL_POLL_OUT ? EV_WRITE : 0);
-
-	(void)e;
-	(void)userp;
-	if (what == CURL_POLL_REMOVE) {
-		if (s != NULL) {
-			ev_io_stop(EV_DEFAULT, &s->io);
-			cu.multi_assign(multi, fd, NULL);
-			defer_free(free, s);	/* we may be inside its own callback */
-		}
-		return 0;
+	if (code == CURLE_OK) {
+		snprintf(why, sizeof why, "the server answered HTTP %ld", http);
+		retry = http >= 500 || http == 408 || http == 429;
+	} else {
+		snprintf(why, sizeof why, "%s", u->curl_err[0] ? u->curl_err : transfer_cu.easy_strerror(code));
+		retry = code == CURLE_COULDNT_CONNECT || code == CURLE_COULDNT_RESOLVE_HOST ||
+		    code == CURLE_SEND_ERROR || code == CURLE_RECV_ERROR || code == CURLE_GOT_NOTHING ||
+		    code == CURLE_PARTIAL_FILE || code == CURLE_SSL_CONNECT_ERROR ||
+		    code == CURLE_HTTP2 || code == CURLE_HTTP2_STREAM || code == CURLE_OPERATION_TIMEDOUT;
 	}
-	if (s == NULL) {
-		s = xcalloc(1, sizeof *s);
-		s->fd = fd;
-		ev_init(&s->io, upload_io_cb);
-		s->io.data = s;
-		cu.multi_assign(multi, fd, s);
+	double wait = wk->conf->upload_retry_backoff * pow(2, u->tries - 1);
+	if (wait > UPLOAD_BACKOFF_MAX)
+		wait = UPLOAD_BACKOFF_MAX;
+	const struct artifact *a = collect_get(u->job->collect, u->cur);
+	if (retry && now_mono() + wait < u->deadline) {
+		log_notice("job %s: upload of %s to %s failed (%s); try %d in %.1f s", u->job->id, a->name,
+		    u->items[u->cur].shown, why, u->tries + 1, wait);
+		ev_timer_set(&u->retry_timer, wait, 0);
+		ev_timer_start(EV_DEFAULT, &u->retry_timer);
+		return;
 	}
-	ev_io_stop(EV_DEFAULT, &s->io);
-	ev_io_set(&s->io, fd, events);
-	ev_io_start(EV_DEFAULT, &s->io);
-	return 0;
-}
-
-/* CURLMOPT_TIMERFUNCTION: call us back in ms (-1: no timer). */
-static int
-upload_multi_timer(CURLM *m, long ms, void *userp)
-{
-	(void)m;
-	(void)userp;
-	ev_timer_stop(EV_DEFAULT, &multi_timer);
-	if (ms >= 0) {
-		ev_timer_set(&multi_timer, (double)ms / 1000.0, 0);
-		ev_timer_start(EV_DEFAULT, &multi_timer);
-	}
-	return 0;
+	snprintf(u->err, sizeof u->err, "upload of %.80s failed after %d %s%s: %s", a->name, u->tries,
+	    u->tries == 1 ? "try" : "tries", retry ? " within upload_timeout" : "", why);
+	log_err("job %s: %s (%s); the files are kept", u->job->id, u->err, u->items[u->cur].shown);
+	upload_over(u, -1);
 }
 
 /* CURLOPT_READFUNCTION: the next bytes of the file. */
@@ -340,8 +215,8 @@ upload_try(struct upload *u)
 	u->tries++;
 	u->curl_err[0] = '\0';
 	u->next_event = now_mono() + UPLOAD_EVENT_EVERY;
-	cu.easy_setopt(u->easy, CURLOPT_TIMEOUT_MS, (long)(left > 1 ? left * 1000 : 1000));
-	cu.multi_add_handle(multi, u->easy);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_TIMEOUT_MS, (long)(left > 1 ? left * 1000 : 1000));
+	transfer_add(u->easy);
 	u->in_multi = true;
 }
 
@@ -408,95 +283,49 @@ upload_next(struct upload *u)
 	u->size = a->size;
 	u->tries = 0;
 	if (u->hdrs != NULL)
-		cu.slist_free_all(u->hdrs);
+		transfer_cu.slist_free_all(u->hdrs);
 	u->hdrs = NULL;
 	for (size_t i = 0; i < u->job->spec.upload_headers.n; i++)
-		u->hdrs = cu.slist_append(u->hdrs, u->job->spec.upload_headers.v[i]);
+		u->hdrs = transfer_cu.slist_append(u->hdrs, u->job->spec.upload_headers.v[i]);
 	h = xasprintf("Content-Digest: sha-256=:%s:", digest);
-	u->hdrs = cu.slist_append(u->hdrs, h);
+	u->hdrs = transfer_cu.slist_append(u->hdrs, h);
 	free(h);
-	u->hdrs = cu.slist_append(u->hdrs, "Content-Type: application/octet-stream");
-	cu.easy_reset(u->easy);
-	cu.easy_setopt(u->easy, CURLOPT_URL, u->items[u->cur].url);
-	cu.easy_setopt(u->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-	cu.easy_setopt(u->easy, CURLOPT_UPLOAD, 1L);
-	cu.easy_setopt(u->easy, CURLOPT_INFILESIZE_LARGE, (curl_off_t)a->size);
-	cu.easy_setopt(u->easy, CURLOPT_READFUNCTION, upload_read_cb);
-	cu.easy_setopt(u->easy, CURLOPT_READDATA, u);
-	cu.easy_setopt(u->easy, CURLOPT_SEEKFUNCTION, upload_seek_cb);
-	cu.easy_setopt(u->easy, CURLOPT_SEEKDATA, u);
-	cu.easy_setopt(u->easy, CURLOPT_XFERINFOFUNCTION, upload_progress_cb);
-	cu.easy_setopt(u->easy, CURLOPT_XFERINFODATA, u);
-	cu.easy_setopt(u->easy, CURLOPT_NOPROGRESS, 0L);
-	cu.easy_setopt(u->easy, CURLOPT_HTTPHEADER, u->hdrs);
-	cu.easy_setopt(u->easy, CURLOPT_ERRORBUFFER, u->curl_err);
-	cu.easy_setopt(u->easy, CURLOPT_PRIVATE, (char *)u);
-	cu.easy_setopt(u->easy, CURLOPT_NOSIGNAL, 1L);
-	cu.easy_setopt(u->easy, CURLOPT_CONNECTTIMEOUT, 30L);
+	u->hdrs = transfer_cu.slist_append(u->hdrs, "Content-Type: application/octet-stream");
+	transfer_cu.easy_reset(u->easy);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_URL, u->items[u->cur].url);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_PROTOCOLS_STR, "http,https");
+	transfer_cu.easy_setopt(u->easy, CURLOPT_UPLOAD, 1L);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_INFILESIZE_LARGE, (curl_off_t)a->size);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_READFUNCTION, upload_read_cb);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_READDATA, u);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_SEEKFUNCTION, upload_seek_cb);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_SEEKDATA, u);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_XFERINFOFUNCTION, upload_progress_cb);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_XFERINFODATA, u);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_NOPROGRESS, 0L);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_HTTPHEADER, u->hdrs);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_ERRORBUFFER, u->curl_err);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_PRIVATE, (char *)u);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_NOSIGNAL, 1L);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_CONNECTTIMEOUT, 30L);
 	/* A connection that moves nothing for 60 s is dead: retry it. */
-	cu.easy_setopt(u->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	cu.easy_setopt(u->easy, CURLOPT_LOW_SPEED_TIME, 60L);
-	cu.easy_setopt(u->easy, CURLOPT_FOLLOWLOCATION, 0L);
-	cu.easy_setopt(u->easy, CURLOPT_USERAGENT, "debate-worker/" DEBATE_VERSION);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_LOW_SPEED_TIME, 60L);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_FOLLOWLOCATION, 0L);
+	transfer_cu.easy_setopt(u->easy, CURLOPT_USERAGENT, "debate-worker/" DEBATE_VERSION);
 	upload_event(u, 0, RQ_KEEP);
 	upload_try(u);
 }
 
-/* Load libcurl and set up the multi handle, once; -1 with err when it cannot be. */
-static int
-upload_load(char *err, size_t errlen)
-{
-	void *h;
-
-	if (cu_loaded)
-		return 0;
-	if ((h = dlopen("libcurl.so.4", RTLD_NOW | RTLD_LOCAL)) == NULL) {
-		snprintf(err, errlen, "upload: libcurl cannot be loaded: %s", dlerror());
-		return -1;
-	}
-#define SYM(f)                                                                 \
-	if ((*(void **)&cu.f = dlsym(h, "curl_" #f)) == NULL) {                \
-		snprintf(err, errlen, "upload: libcurl lacks curl_%s", #f);    \
-		dlclose(h);                                                    \
-		return -1;                                                     \
-	}
-	SYM(easy_cleanup)
-	SYM(easy_getinfo)
-	SYM(easy_init)
-	SYM(easy_reset)
-	SYM(easy_setopt)
-	SYM(easy_strerror)
-	SYM(global_cleanup)
-	SYM(global_init)
-	SYM(multi_add_handle)
-	SYM(multi_assign)
-	SYM(multi_cleanup)
-	SYM(multi_info_read)
-	SYM(multi_init)
-	SYM(multi_remove_handle)
-	SYM(multi_setopt)
-	SYM(multi_socket_action)
-	SYM(slist_append)
-	SYM(slist_free_all)
-#undef SYM
-	if (cu.global_init(CURL_GLOBAL_DEFAULT) != 0 || (multi = cu.multi_init()) == NULL) {
-		snprintf(err, errlen, "upload: libcurl cannot be initialised");
-		return -1;
-	}
-	cu.multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, upload_sock_cb);
-	cu.multi_setopt(multi, CURLMOPT_TIMERFUNCTION, upload_multi_timer);
-	ev_timer_init(&multi_timer, upload_timer_cb, 0, 0);
-	cu_loaded = true;
-	return 0;
-}
-
 /* Upload j's artifacts from its output directory. */
 struct upload *
-upload_start(struct job *j, void (*done)(struct job *))
+upload_start(struct job *j, void (*progress)(struct job *j, const char *name, uint64_t bytes,
+    uint64_t total, const char *url, enum rq_kind kind), void (*done)(struct job *))
 {
 	struct upload *u = xcalloc(1, sizeof *u);
 
 	u->job = j;
+	u->progress = progress;
 	u->done = done;
 	u->fd = -1;
 	u->deadline = now_mono() + wk->conf->upload_timeout;
@@ -510,7 +339,7 @@ upload_start(struct job *j, void (*done)(struct job *))
 	}
 	u->dirfd = open(j->output_path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 	u->open_errno = errno;
-	if (upload_load(u->err, sizeof u->err) == 0 && (u->easy = cu.easy_init()) == NULL)
+	if (transfer_load(upload_ended, u->err, sizeof u->err) == 0 && (u->easy = transfer_cu.easy_init()) == NULL)
 		snprintf(u->err, sizeof u->err, "upload: libcurl: out of memory");
 	/* The first step runs from the loop: done() never comes before we return. */
 	ev_timer_set(&u->retry_timer, 0, 0);
@@ -552,7 +381,7 @@ upload_cancel(struct upload *u)
 		return;
 	u->cancelled = true;
 	if (u->in_multi) {
-		cu.multi_remove_handle(multi, u->easy);
+		transfer_remove(u->easy);
 		u->in_multi = false;
 	}
 	a = u->cur < u->n ? collect_get(u->job->collect, u->cur) : NULL;
@@ -570,11 +399,11 @@ upload_free(struct upload *u)
 		return;
 	ev_timer_stop(EV_DEFAULT, &u->retry_timer);
 	if (u->in_multi)
-		cu.multi_remove_handle(multi, u->easy);
+		transfer_remove(u->easy);
 	if (u->easy != NULL)
-		cu.easy_cleanup(u->easy);
+		transfer_cu.easy_cleanup(u->easy);
 	if (u->hdrs != NULL)
-		cu.slist_free_all(u->hdrs);
+		transfer_cu.slist_free_all(u->hdrs);
 	if (u->fd >= 0)
 		close(u->fd);
 	if (u->dirfd >= 0)
@@ -591,10 +420,5 @@ upload_free(struct upload *u)
 void
 upload_shutdown(void)
 {
-	if (multi == NULL)
-		return;
-	ev_timer_stop(EV_DEFAULT, &multi_timer);
-	cu.multi_cleanup(multi);
-	multi = NULL;
-	cu.global_cleanup();
+	transfer_shutdown();
 }

@@ -294,6 +294,9 @@ void event_send(struct job *j, struct event_msg *ep, const char *type, enum rq_k
 void event_started(struct job *j, msgpack_sbuffer *sb, size_t *seq_off, size_t *att_off);
 /* The result map of a finished job (into ep, not sent). */
 void event_result(struct job *j, msgpack_sbuffer *sb);
+/* An upload event: the artifact's name, bytes sent so far, its size, its URL as shown. */
+void event_upload(struct job *j, const char *name, uint64_t bytes, uint64_t total, const char *url,
+    enum rq_kind kind);
 
 /* --- output.c: the build's stdout/stderr ----------------------------- */
 
@@ -432,14 +435,18 @@ void outdir_remove(const char *path);
 bool outdir_is_owned(const char *real);
 /* Free bytes in builds_root; true when at least min_free (0: no check). */
 bool outdir_disk_ok(uint64_t *free_bytes);
-/* Re-check the disk every heartbeat while it is low; fetch when it has room. */
-void outdir_disk_wait(void);
+/* Re-check the disk every heartbeat while it is low; room() when it has room again. */
+void outdir_disk_wait(void (*room)(void));
 
 /* --- upload.c: PUT artifacts with libcurl, driven by the loop -------- */
 
 struct upload;
-/* Upload every artifact of j's collect from the output dir; done(j) when over. */
-struct upload *upload_start(struct job *j, void (*done)(struct job *));
+/*
+ * Upload every artifact of j's collect from the output dir; progress()
+ * as each file goes (event_upload's arguments), done(j) when over.
+ */
+struct upload *upload_start(struct job *j, void (*progress)(struct job *j, const char *name, uint64_t bytes,
+    uint64_t total, const char *url, enum rq_kind kind), void (*done)(struct job *));
 /* 0 when every artifact is uploaded; -1 with *err. */
 int upload_result(const struct upload *u, const char **err);
 /* The i-th artifact's URL (without query or userinfo) and whether it arrived. */

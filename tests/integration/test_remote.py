@@ -674,3 +674,25 @@ def test_full_disk_job_goes_to_worker_with_room(remote, tmp_path, hosts):
     assert res["status"] == "succeeded", res
     assert res["worker"] != wid
     assert full.alive() and roomy.alive()
+
+
+def test_disk_room_again_takes_the_job(remote, tmp_path, hosts):
+    """A worker whose builds_root is below min_free takes the waiting job by itself once room is made
+    there (its disk check runs every heartbeat and then asks for a job), without a restart."""
+    small = hosts.bdir / f"small-{uuid.uuid4().hex[:6]}"
+    small.mkdir()
+    sh("mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(small))
+    remote.mounts.append(small)
+    filler = small / "filler"
+    filler.write_bytes(b"\0" * (6 << 20))
+    w = remote.start(small, min_free="4m")
+    w.wait_log(r"below min_free")
+    job_id = remote.submit("again-" + uuid.uuid4().hex[:6], profile_archive=profile_tar(tmp_path, seconds=0.1),
+                           upload={"url": remote.url("again")})
+    time.sleep(2 * SLOW)
+    assert remote.r.llen(nskey(remote.ns, "queue")) == 1, "a worker without room took the job"
+    filler.unlink()
+    w.wait_log(r"bytes free again")
+    res = remote.result(job_id, timeout=30)
+    assert res["status"] == "succeeded", res
+    assert w.alive()
