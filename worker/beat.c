@@ -11,7 +11,26 @@
 
 #include "job.h"
 
-static ev_timer beat_timer;
+static ev_periodic beat_timer;
+
+/*
+ * The beat grid.  Redis's CPU for an idle fleet goes almost all to
+ * waking up for a request (epoll, the scheduler, the loopback send of the
+ * reply), not to the commands: 200 beats a second spread over time cost
+ * it 3% of a core, the same 200 beats arriving in groups of 20 cost 0.85%
+ * (README, Performance).  So a worker beats on the wall clock's grid of
+ * BEAT_GRID seconds, in a slot picked by its id: every worker with the
+ * same heartbeat_interval and slot beats in the same instant, and Redis
+ * takes their beats in one wakeup.  A fleet then wakes Redis for its
+ * beats at most 1 / BEAT_GRID times a second, however large it is; a
+ * group is fleet / (heartbeat_interval / BEAT_GRID) workers (20 of 1,000
+ * at 5 s), a few hundred microseconds of Redis's time.  The beats still
+ * come every heartbeat_interval (an ev_periodic on that interval; libev
+ * reschedules it when the clock jumps), so liveness by heartbeat_ttl is
+ * unchanged; only the first timed beat may come sooner than an interval
+ * after the one sent when the connection came up.
+ */
+#define BEAT_GRID 0.1
 
 /*
  * What Redis knows of us, so that a beat sends only what changed (beat.lua
@@ -225,7 +244,7 @@ beat_now(void)
 
 /* The heartbeat timer. */
 static void
-beat_cb(EV_P_ ev_timer *w, int revents)
+beat_cb(EV_P_ ev_periodic *w, int revents)
 {
 	(void)loop;
 	(void)w;
@@ -233,19 +252,35 @@ beat_cb(EV_P_ ev_timer *w, int revents)
 	beat_now();
 }
 
-/* Start beating every heartbeat_interval. */
+/* Our slot on the beat grid: its offset in seconds, from a hash (FNV-1a) of our id. */
+static double
+beat_offset(double interval)
+{
+	unsigned long slots = (unsigned long)(interval / BEAT_GRID);
+	uint32_t h = 2166136261u;
+
+	if (slots <= 1)
+		return 0;
+	for (const char *p = wk->id; *p != '\0'; p++)
+		h = (h ^ (unsigned char)*p) * 16777619u;
+	return (double)(h % slots) * BEAT_GRID;
+}
+
+/* Start beating every heartbeat_interval, in our slot of the grid. */
 void
 beat_init(void)
 {
-	ev_timer_init(&beat_timer, beat_cb, wk->conf->heartbeat_interval, wk->conf->heartbeat_interval);
-	ev_timer_start(EV_DEFAULT, &beat_timer);
+	double interval = wk->conf->heartbeat_interval;
+
+	ev_periodic_init(&beat_timer, beat_cb, beat_offset(interval), interval, NULL);
+	ev_periodic_start(EV_DEFAULT, &beat_timer);
 }
 
 /* Stop beating (at exit: the release removes our heartbeat). */
 void
 beat_stop(void)
 {
-	ev_timer_stop(EV_DEFAULT, &beat_timer);
+	ev_periodic_stop(EV_DEFAULT, &beat_timer);
 }
 
 struct release {

@@ -28,6 +28,28 @@ static ev_timer disk_timer;
 static bool disk_timer_init;
 static void (*disk_room)(void);
 
+/*
+ * realpath(builds_root), computed at most once per turn of the event
+ * loop (a job's checks ask for it two or three times in one callback,
+ * each realpath a readlink per component).  Within one turn the answer
+ * is the one a fresh call would give a few microseconds later; the
+ * next turn resolves it again, so a builds_root whose symlink the
+ * operator moved is seen as before.  NULL with errno when it fails.
+ */
+static const char *
+outdir_root_real(void)
+{
+	static char real[PATH_MAX];
+	static ev_tstamp at = -1;
+	static bool ok;
+
+	if (at == ev_now(EV_DEFAULT) && ok)
+		return real;
+	at = ev_now(EV_DEFAULT);
+	ok = realpath(wk->conf->builds_root, real) != NULL;
+	return ok ? real : NULL;
+}
+
 /* mkdirat (an existing directory is fine), then open it without following a symlink. */
 static int
 outdir_step(int dfd, const char *name, char *err, size_t errlen)
@@ -52,9 +74,12 @@ outdir_make(const char *id, const char *leaf, char *path, size_t pathlen, int *f
 	char real[PATH_MAX], name[NAME_MAX + 1], aside[NAME_MAX + 1], e[ERR_MAX];
 	int rootfd, jfd, idfd, lfd = -1;
 	unsigned char rnd[6];
+	const char *rr;
 
 	*fd = -1;
-	if (realpath(wk->conf->builds_root, real) == NULL ||
+	if ((rr = outdir_root_real()) != NULL)
+		snprintf(real, sizeof real, "%s", rr);
+	if (rr == NULL ||
 	    (rootfd = open(real, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0) {
 		snprintf(err, errlen, "builds_root %s: %s", wk->conf->builds_root, strerror(errno));
 		return -1;
@@ -137,10 +162,10 @@ outdir_remove(const char *path)
 bool
 outdir_is_owned(const char *real)
 {
-	char root[PATH_MAX];
+	const char *root = outdir_root_real();
 	size_t n;
 
-	if (realpath(wk->conf->builds_root, root) == NULL)
+	if (root == NULL)
 		return false;
 	n = strlen(root);
 	if (strncmp(real, root, n) != 0 || real[n] != '/')

@@ -4,7 +4,10 @@
 host, concurrency 1, exec runtime, the default heartbeat (5 s, ttl 15 s,
 reaper 5 s), started in batches of 50; once every one of them blocks in
 its BLMOVE, --idle-fleet-seconds (60) of INFO commandstats and Redis CPU
-are measured.  Runs once whatever --reps says (it is the slow row).
+are measured, with Redis's wakeups (its voluntary context switches: what an
+idle fleet costs it is mostly the wakeups, not the commands or the
+connections; see the README).  Runs once whatever --reps says (it is the
+slow row).
 Every worker is stopped by its pid in a finally, SIGKILLed if SIGTERM does
 not end it.  Their output goes to one log file (the fds of a thousand
 would be a thousand).
@@ -15,6 +18,15 @@ import time
 
 from harness import BenchError
 from workloads import register
+
+
+def redis_wakeups(b):
+    """redis-server's voluntary context switches so far (one per wait in epoll that ended)."""
+    with open(f"/proc/{b.redis.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    return 0
 
 
 class Fleet:
@@ -74,8 +86,10 @@ def run_idle_fleet(b, n, seconds, hb=5.0):
         started_s = time.time() - t0
         time.sleep(hb)    # past every worker's first (registering) beat
         a = b.snapshot()
+        wa = redis_wakeups(b)
         time.sleep(seconds)
         fleet.check()
+        wz = redis_wakeups(b)
         z = b.snapshot()
         clients = b.info("clients")["connected_clients"]
     finally:
@@ -87,7 +101,8 @@ def run_idle_fleet(b, n, seconds, hb=5.0):
            "redis_cpu_share": d["redis_cpu_s"] / d["seconds"], "calls": d["calls"],
            "commands_per_beat": (d["total"] - blmove) / beats,
            "commands_per_s_per_worker": d["total"] / d["seconds"] / n,
-           "blmove_per_s": blmove / d["seconds"], "machine_busy": d["machine_busy"]}
+           "blmove_per_s": blmove / d["seconds"], "machine_busy": d["machine_busy"],
+           "redis_wakeups_per_s": (wz - wa) / d["seconds"]}
     print(f"  idle fleet: {n} workers (started in {started_s:.0f} s), Redis {run['redis_cpu_share'] * 100:.2f}% "
           f"of a core, {run['commands_per_beat']:.2f} commands per beat per worker", flush=True)
     return run
@@ -107,4 +122,6 @@ def main(b, args):
     b.row("idle_fleet", "  Redis commands per heartbeat per worker, incl. inside scripts (not BLMOVE)",
           [cpb], "", "<= 3", cpb <= 3)
     b.row("idle_fleet", "  Redis commands/s per worker, BLMOVE included", [run["commands_per_s_per_worker"]], "cmd/s")
+    b.row("idle_fleet", "  Redis wakeups/s (its voluntary context switches; 10/s of them its hz timer)",
+          [run["redis_wakeups_per_s"]], "/s")
     b.row("idle_fleet", "  machine CPU busy (both cores)", [run["machine_busy"] * 100], "%")
