@@ -1,4 +1,4 @@
-"""Heartbeats on the wall clock's grid (issue 14, the idle fleet).
+"""Heartbeats on the wall clock's grid (the idle fleet's cost to Redis).
 
 An idle fleet costs Redis a wakeup per request it sends, far more than
 the commands; so every worker beats on a grid of 0.1 s slots (its slot
@@ -10,8 +10,7 @@ come every heartbeat_interval (liveness by heartbeat_ttl unchanged).
 """
 import time
 
-from workers import *  # noqa: F401,F403
-from workers import poll
+from tests.harness import nskey, poll
 
 GRID = 0.1
 
@@ -21,7 +20,7 @@ def test_idle_beats_fall_on_the_grid_and_keep_the_interval(fleet, r):
     for _ in range(n):
         fleet.start(worker={"heartbeat_interval": interval, "heartbeat_ttl": 3 * interval,
                             "reaper_interval": interval})
-    key = f"{{{fleet.ns}}}:workers"
+    key = nskey(fleet.ns, "workers")
     poll(lambda: r.zcard(key) == n, 20, f"{n} workers registered")
     time.sleep(interval + 0.5)    # past every worker's first timed beat
 

@@ -1,4 +1,4 @@
-"""A job resolves builds_root once (issue 14, the worker's system time).
+"""A job resolves builds_root once (the worker's system time per job).
 
 The checks a fetched job goes through ask whether its profile and its
 output lie in the worker's own builds_root/jobs/ (outdir_is_owned), two
@@ -12,18 +12,14 @@ import signal
 import subprocess
 import time
 
-import pytest
-
-from workers import *  # noqa: F401,F403
-from workers import make_profile, poll, submit, wait_result
+from tests.harness import make_profile, nskey, poll, submit, wait_result
 
 
 def test_builds_root_is_resolved_once_per_job(fleet, r, broot, tmp_path):
-    if shutil.which("strace") is None:
-        pytest.skip("strace is not installed (scripts/install-deps installs it)")
+    assert shutil.which("strace"), "strace is not installed (scripts/install-deps installs it)"
     make_profile(broot, "p")
     w = fleet.start()
-    poll(lambda: r.zcard(f"{{{fleet.ns}}}:workers") == 1, 20, "the worker registered")
+    poll(lambda: r.zcard(nskey(fleet.ns, "workers")) == 1, 20, "the worker registered")
     out = tmp_path / "strace.txt"
     st = subprocess.Popen(["strace", "-qq", "-e", "trace=readlink", "-s", "4096", "-o", str(out), "-p",
                            str(w.pid)], stderr=subprocess.DEVNULL)
