@@ -24,17 +24,16 @@
 #include "job.h"
 
 /*
- * A batch is due (its timer, or log_batch_lines reached).  While an event
- * of the job is still in flight (event.c sends them one at a time) the
- * batch keeps growing instead, up to OUTPUT_COALESCE batches' worth: a
- * slow or refusing Redis then gets fewer, bigger events, not a queue of
- * small ones.  The end of a stream and a phase change flush at once.
+ * A batch's timer is due.  While an event of the job is still in flight
+ * (event.c sends them one at a time) the batch keeps growing instead, up
+ * to log_batch_lines (a batch never holds more): a slow or refusing Redis
+ * then gets fewer, fuller events, not a queue of small ones.  A full
+ * batch, the end of a stream and a phase change flush at once.
  */
-#define OUTPUT_COALESCE 16
 static void
 output_due(struct outstream *os)
 {
-	if (event_busy(os->job) && os->batch_n < (uint32_t)wk->conf->log_batch_lines * OUTPUT_COALESCE) {
+	if (event_busy(os->job) && os->batch_n < (uint32_t)wk->conf->log_batch_lines) {
 		if (!ev_is_active(&os->flush_timer)) {
 			ev_timer_set(&os->flush_timer, wk->conf->log_batch_interval, 0);
 			ev_timer_start(EV_DEFAULT, &os->flush_timer);
@@ -106,7 +105,7 @@ output_line(struct outstream *os, const char *line, size_t len)
 		ev_timer_start(EV_DEFAULT, &os->flush_timer);
 	}
 	if (os->batch_n >= (uint32_t)wk->conf->log_batch_lines)
-		output_due(os);
+		output_flush(os);
 }
 
 /*
