@@ -56,10 +56,8 @@
 
 struct registry_entry {
 	unsigned handle;
-	char ns[ID_MAX + 1];
-	char job_id[ID_MAX + 1];
-	char kind;			/* 'o' output, 'p' profile */
-	struct path_dir dir;		/* fd -1: the chain alone */
+	char *line;			/* "<ns> <job id> <o|p> <dev>:<ino> ...\n", formatted once */
+	size_t len;
 };
 
 static struct {
@@ -200,24 +198,20 @@ registry_lock(char *err, size_t errlen)
 static int
 registry_write(void)
 {
-	char *buf = NULL;
-	size_t len = 0;
-	FILE *f;
+	char *buf, *p;
+	size_t len;
 	int rc = 0;
 
-	if ((f = open_memstream(&buf, &len)) == NULL)
-		return -1;
-	fprintf(f, "worker %s\n", wk->id);
+	/* Every line was formatted when it was added: a write only joins them. */
+	len = strlen("worker ") + strlen(wk->id) + 1;
+	for (size_t i = 0; i < reg.n; i++)
+		len += reg.v[i].len;
+	buf = xmalloc(len + 1);
+	p = buf + sprintf(buf, "worker %s\n", wk->id);
 	for (size_t i = 0; i < reg.n; i++) {
-		const struct registry_entry *e = &reg.v[i];
-
-		fprintf(f, "%s %s %c", e->ns, e->job_id, e->kind);
-		for (size_t k = 0; k < e->dir.depth; k++)
-			fprintf(f, " %" PRIu64 ":%" PRIu64, (uint64_t)e->dir.chain[k].dev,
-			    (uint64_t)e->dir.chain[k].ino);
-		fputc('\n', f);
+		memcpy(p, reg.v[i].line, reg.v[i].len);
+		p += reg.v[i].len;
 	}
-	fclose(f);
 	if (len > reg.reserved) {
 		off_t want = (off_t)(len * 2 > 65536 ? len * 2 : 65536);
 		if (fallocate(reg.ownfd, FALLOC_FL_KEEP_SIZE, 0, want) == 0)
@@ -231,8 +225,11 @@ registry_write(void)
 		rc = -1;
 out:
 	reg.dirty = rc != 0;
-	if (rc != 0)
-		log_warn("cannot write the host's registry of held directories: %s", strerror(errno));
+	if (rc != 0) {
+		int saved = errno;	/* the caller names it */
+		log_warn("cannot write the host's registry of held directories: %s", strerror(saved));
+		errno = saved;
+	}
 	free(buf);
 	return rc;
 }
@@ -339,26 +336,46 @@ registry_clash_file(const char *name, const char *ns, const char *job_id, const 
 	return clash;
 }
 
-/* Add one of our entries (chain copied). */
+/* n in decimal at p; returns the end. */
+static char *
+registry_utoa(char *p, uint64_t n)
+{
+	char tmp[21];
+	int i = 0;
+
+	do
+		tmp[i++] = (char)('0' + n % 10);
+	while ((n /= 10) != 0);
+	while (i > 0)
+		*p++ = tmp[--i];
+	return p;
+}
+
+/* Add one of our entries (its line formatted now). */
 static void
 registry_add(unsigned handle, const char *ns, const char *job_id, char kind, const struct path_dir *pd)
 {
 	struct registry_entry *e;
+	char *p;
 
 	if (reg.n == reg.cap) {
 		reg.cap = reg.cap ? reg.cap * 2 : 8;
 		reg.v = xrealloc(reg.v, reg.cap * sizeof *reg.v);
 	}
 	e = &reg.v[reg.n++];
-	memset(e, 0, sizeof *e);
 	e->handle = handle;
-	snprintf(e->ns, sizeof e->ns, "%s", ns);
-	snprintf(e->job_id, sizeof e->job_id, "%s", job_id);
-	e->kind = kind;
-	e->dir.fd = -1;
-	e->dir.depth = pd->depth;
-	e->dir.chain = xmalloc(pd->depth * sizeof *pd->chain);
-	memcpy(e->dir.chain, pd->chain, pd->depth * sizeof *pd->chain);
+	/* ns and id are [A-Za-z0-9_.-]; each dev:ino is at most 41 bytes */
+	e->line = p = xmalloc(strlen(ns) + strlen(job_id) + 5 + pd->depth * 42 + 2);
+	p += sprintf(p, "%s %s %c", ns, job_id, kind);
+	for (size_t k = 0; k < pd->depth; k++) {
+		*p++ = ' ';
+		p = registry_utoa(p, (uint64_t)pd->chain[k].dev);
+		*p++ = ':';
+		p = registry_utoa(p, (uint64_t)pd->chain[k].ino);
+	}
+	*p++ = '\n';
+	*p = '\0';
+	e->len = (size_t)(p - e->line);
 }
 
 /* Remove handle's entries from v. */
@@ -369,7 +386,7 @@ registry_forget(unsigned handle)
 
 	for (size_t i = 0; i < reg.n; i++) {
 		if (reg.v[i].handle == handle)
-			free(reg.v[i].dir.chain);
+			free(reg.v[i].line);
 		else
 			reg.v[k++] = reg.v[i];
 	}
