@@ -77,6 +77,8 @@ bool id_valid(const char *s, size_t len);
 void str_printable(char *buf, size_t len, const char *msg);
 /* Human sizes for messages: "512.0 MiB". */
 const char *fmt_bytes(uint64_t n, char *buf, size_t len);
+/* n in decimal at p (no NUL, at most 20 bytes); returns the end.  No printf: hot paths use it. */
+char *fmt_uint(char *p, uint64_t n);
 
 /* --- utf8.c: valid UTF-8 for every str we write ---------------------- */
 

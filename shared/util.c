@@ -313,3 +313,18 @@ fmt_bytes(uint64_t n, char *buf, size_t len)
 		snprintf(buf, len, "%.1f %s", v, units[u]);
 	return buf;
 }
+
+/* n in decimal at p; see debate.h. */
+char *
+fmt_uint(char *p, uint64_t n)
+{
+	char tmp[20];
+	int k = 0;
+
+	do
+		tmp[k++] = (char)('0' + n % 10);
+	while ((n /= 10) != 0);
+	while (k > 0)
+		*p++ = tmp[--k];
+	return p;
+}

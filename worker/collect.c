@@ -43,6 +43,18 @@ collect_close_file(struct collect *co)
 	co->name = NULL;
 }
 
+/* Stop the watchers, close the file being read and every directory of the walk. */
+static void
+collect_stop(struct collect *co)
+{
+	ev_idle_stop(EV_DEFAULT, &co->idle);
+	ev_timer_stop(EV_DEFAULT, &co->deadline);
+	ev_timer_stop(EV_DEFAULT, &co->poll);
+	collect_close_file(co);
+	while (co->ndirs > 0)
+		walk_pop(co);
+}
+
 /* Stop everything and tell the job; the list survives only a clean walk. */
 static void
 collect_finish(struct collect *co)
@@ -52,12 +64,7 @@ collect_finish(struct collect *co)
 	if (co->finished)
 		return;
 	co->finished = true;
-	ev_idle_stop(EV_DEFAULT, &co->idle);
-	ev_timer_stop(EV_DEFAULT, &co->deadline);
-	ev_timer_stop(EV_DEFAULT, &co->poll);
-	collect_close_file(co);
-	while (co->ndirs > 0)
-		walk_pop(co);
+	collect_stop(co);
 	if (co->cancelled || co->error[0] != '\0') {
 		for (size_t i = 0; i < co->n; i++)
 			free(co->arts[i].name);
@@ -293,12 +300,7 @@ collect_free(struct collect *co)
 {
 	if (co == NULL)
 		return;
-	ev_idle_stop(EV_DEFAULT, &co->idle);
-	ev_timer_stop(EV_DEFAULT, &co->deadline);
-	ev_timer_stop(EV_DEFAULT, &co->poll);
-	collect_close_file(co);
-	while (co->ndirs > 0)
-		walk_pop(co);
+	collect_stop(co);
 	free(co->dirs);
 	for (size_t i = 0; i < co->n; i++)
 		free(co->arts[i].name);

@@ -337,21 +337,6 @@ rconn_load_scripts(struct rconn *rc, redisCallbackFn *fn)
 	return SCRIPT_COUNT;
 }
 
-/* n in decimal at p; returns the end. */
-static char *
-rconn_utoa(char *p, size_t n)
-{
-	char tmp[24];
-	size_t k = 0;
-
-	do
-		tmp[k++] = (char)('0' + n % 10);
-	while ((n /= 10) > 0);
-	while (k > 0)
-		*p++ = tmp[--k];
-	return p;
-}
-
 /*
  * argv as a RESP array of bulk strings, in one allocation: what
  * redisFormatCommandArgv makes, without its sprintf per argument (a
@@ -369,13 +354,13 @@ rconn_format(char **out, int argc, const char **argv, const size_t *argvlen)
 		return -1;
 	p = buf;
 	*p++ = '*';
-	p = rconn_utoa(p, (size_t)argc);
+	p = fmt_uint(p, (uint64_t)argc);
 	*p++ = '\r';
 	*p++ = '\n';
 	for (int i = 0; i < argc; i++) {
 		size_t n = argvlen ? argvlen[i] : strlen(argv[i]);
 		*p++ = '$';
-		p = rconn_utoa(p, n);
+		p = fmt_uint(p, n);
 		*p++ = '\r';
 		*p++ = '\n';
 		memcpy(p, argv[i], n);

@@ -276,7 +276,7 @@ registry_clash_line(char *line, const char *wid, const char *ns, const char *job
 
 	if ((lns = strtok_r(line, " ", &save)) == NULL || (ljob = strtok_r(NULL, " ", &save)) == NULL ||
 	    (lkind = strtok_r(NULL, " ", &save)) == NULL || (strcmp(lkind, "o") != 0 && strcmp(lkind, "p") != 0) ||
-	    save == NULL || !registry_parse_chain(save, &held))
+	    !registry_parse_chain(save, &held))
 		return false;
 	/* The same job elsewhere is its stale attempt, not another job. */
 	if (strcmp(lns, ns) == 0 && strcmp(ljob, job_id) == 0) {
@@ -336,21 +336,6 @@ registry_clash_file(const char *name, const char *ns, const char *job_id, const 
 	return clash;
 }
 
-/* n in decimal at p; returns the end. */
-static char *
-registry_utoa(char *p, uint64_t n)
-{
-	char tmp[21];
-	int i = 0;
-
-	do
-		tmp[i++] = (char)('0' + n % 10);
-	while ((n /= 10) != 0);
-	while (i > 0)
-		*p++ = tmp[--i];
-	return p;
-}
-
 /* Add one of our entries (its line formatted now). */
 static void
 registry_add(unsigned handle, const char *ns, const char *job_id, char kind, const struct path_dir *pd)
@@ -369,9 +354,9 @@ registry_add(unsigned handle, const char *ns, const char *job_id, char kind, con
 	p += sprintf(p, "%s %s %c", ns, job_id, kind);
 	for (size_t k = 0; k < pd->depth; k++) {
 		*p++ = ' ';
-		p = registry_utoa(p, (uint64_t)pd->chain[k].dev);
+		p = fmt_uint(p, (uint64_t)pd->chain[k].dev);
 		*p++ = ':';
-		p = registry_utoa(p, (uint64_t)pd->chain[k].ino);
+		p = fmt_uint(p, (uint64_t)pd->chain[k].ino);
 	}
 	*p++ = '\n';
 	*p = '\0';
