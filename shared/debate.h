@@ -344,8 +344,10 @@ struct path_id {
 /* A directory held open: what a job mounts and writes is this, not a name. */
 struct path_dir {
 	int fd;			/* O_PATH descriptor of the directory */
-	struct path_id *chain;	/* it, its parent, ... "/" (NULL: not open) */
+	struct path_id *chain;	/* it, its parent, ... up to top or "/" (NULL: not open) */
 	size_t depth;		/* entries in chain */
+	struct path_id top;	/* with has_top, the chain ends here (builds_root) */
+	bool has_top;
 	char real[4096];	/* its path when opened: messages, exec mode */
 };
 
@@ -360,8 +362,12 @@ struct path_dir {
  */
 int path_open(const char *root, const char *rel, bool create, struct path_dir *pd, char *err,
     size_t errlen);
-/* Hold the directory fd names (fd itself stays the caller's). */
-int path_from_fd(int fd, struct path_dir *pd, char *err, size_t errlen);
+/*
+ * Hold the directory fd names (fd itself stays the caller's).  With top,
+ * its chain stops at that directory when it is met (path_open() passes
+ * builds_root); NULL: up to "/".
+ */
+int path_from_fd(int fd, const struct path_id *top, struct path_dir *pd, char *err, size_t errlen);
 void path_close(struct path_dir *pd);
 /* Find pd's parents again: the chain is as of path_open() until then. */
 void path_refresh(struct path_dir *pd);

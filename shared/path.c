@@ -181,19 +181,31 @@ path_lexical(const char *rel, char *err, size_t errlen)
 
 /*
  * The identities of fd's directory and of every directory above it, up
- * to "/", found by opening ".." from each in turn (the kernel's parent,
- * not a name anyone can change under us).  Stored in pd.
+ * to pd->top when pd->has_top (builds_root) or else to "/", found by
+ * opening ".." from each in turn (the kernel's parent, not a name anyone
+ * can change under us).  Stored in pd.
+ *
+ * Why stopping at builds_root loses nothing: the chains are compared
+ * only by path_nested(), which asks whether one directory's own identity
+ * (chain[0]) is in the other's chain.  Every directory so compared lies
+ * strictly below builds_root, so no chain[0] is builds_root or above it,
+ * and the entries above builds_root could never match; they are the same
+ * for every job anyway.  A directory that is no longer below builds_root
+ * (an operator moved it) never meets top and gets its whole chain, as
+ * before.  The walk from a job's directory is then as long as its path
+ * below builds_root, not its whole depth (each level is an openat, an
+ * fstat and a close).
  */
 static int
 path_chain(int fd, struct path_dir *pd, char *err, size_t errlen)
 {
-	int cur = fcntl(fd, F_DUPFD_CLOEXEC, 0), up;
+	int cur = fd, up;	/* fd itself is the caller's: closed only once it is not cur */
 	struct stat st, pst;
-	size_t cap = 16;
+	size_t cap = 8;
 
 	pd->chain = xcalloc(cap, sizeof *pd->chain);
 	pd->depth = 0;
-	if (cur < 0 || fstat(cur, &st) != 0)
+	if (fstat(cur, &st) != 0)
 		goto fail;
 	for (;;) {
 		if (pd->depth == cap) {
@@ -203,12 +215,15 @@ path_chain(int fd, struct path_dir *pd, char *err, size_t errlen)
 		pd->chain[pd->depth].dev = st.st_dev;
 		pd->chain[pd->depth].ino = st.st_ino;
 		pd->depth++;
+		if (pd->has_top && pd->top.dev == st.st_dev && pd->top.ino == st.st_ino)
+			break;	/* builds_root: what is above it is every job's */
 		if ((up = openat(cur, "..", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0 || fstat(up, &pst) != 0) {
 			if (up >= 0)
 				close(up);
 			goto fail;
 		}
-		close(cur);
+		if (cur != fd)
+			close(cur);
 		cur = up;
 		if (pst.st_dev == st.st_dev && pst.st_ino == st.st_ino)
 			break;	/* "/": its own parent */
@@ -218,11 +233,12 @@ path_chain(int fd, struct path_dir *pd, char *err, size_t errlen)
 		}
 		st = pst;
 	}
-	close(cur);
+	if (cur != fd)
+		close(cur);
 	return 0;
 fail:
 	snprintf(err, errlen, "cannot find the directories above it: %s", strerror(errno));
-	if (cur >= 0)
+	if (cur != fd)
 		close(cur);
 	free(pd->chain);
 	pd->chain = NULL;
@@ -238,6 +254,36 @@ path_chain_has(const struct path_dir *pd, size_t from, const struct path_id *id)
 		if (pd->chain[i].dev == id->dev && pd->chain[i].ino == id->ino)
 			return true;
 	return false;
+}
+
+/* Hold the directory of fd, which becomes pd's (closed on failure): its chain and its path. */
+static int
+path_hold(int fd, const struct path_id *top, struct path_dir *pd, char *err, size_t errlen)
+{
+	char link[64];
+	ssize_t n;
+
+	memset(pd, 0, sizeof *pd);
+	pd->fd = fd;
+	if (top != NULL) {
+		pd->top = *top;
+		pd->has_top = true;
+	}
+	if (path_chain(pd->fd, pd, err, errlen) != 0)
+		goto fail;
+	snprintf(link, sizeof link, "/proc/self/fd/%d", pd->fd);
+	if ((n = readlink(link, pd->real, sizeof pd->real - 1)) < 0) {
+		snprintf(err, errlen, "cannot read %s (is /proc mounted?): %s", link, strerror(errno));
+		free(pd->chain);
+		pd->chain = NULL;
+		goto fail;
+	}
+	pd->real[n] = '\0';
+	return 0;
+fail:
+	close(pd->fd);
+	pd->fd = -1;
+	return -1;
 }
 
 /* Open rel below root as a directory; see debate.h. */
@@ -268,12 +314,10 @@ path_open(const char *root, const char *rel, bool create, struct path_dir *pd, c
 	close(rootfd);
 	if (fd < 0)
 		return -1;
-	if (path_from_fd(fd, pd, e, sizeof e) != 0) {
+	if (path_hold(fd, &rid, pd, e, sizeof e) != 0) {
 		snprintf(err, errlen, "\"%s\": %s", rel, e);
-		close(fd);
 		return -1;
 	}
-	close(fd);
 	/* It was below the root when opened; it must still be (nothing moved it out). */
 	if (!path_chain_has(pd, 1, &rid)) {
 		snprintf(err, errlen, "\"%s\" is no longer below builds_root", rel);
@@ -283,33 +327,19 @@ path_open(const char *root, const char *rel, bool create, struct path_dir *pd, c
 	return 0;
 }
 
-/* Hold the directory of fd (a copy of it): its chain and its path; see debate.h. */
+/* Hold the directory of fd (a copy of it); see debate.h. */
 int
-path_from_fd(int fd, struct path_dir *pd, char *err, size_t errlen)
+path_from_fd(int fd, const struct path_id *top, struct path_dir *pd, char *err, size_t errlen)
 {
-	char link[64];
-	ssize_t n;
+	int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 
-	memset(pd, 0, sizeof *pd);
-	if ((pd->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+	if (copy < 0) {
+		memset(pd, 0, sizeof *pd);
+		pd->fd = -1;
 		snprintf(err, errlen, "%s", strerror(errno));
 		return -1;
 	}
-	if (path_chain(pd->fd, pd, err, errlen) != 0)
-		goto fail;
-	snprintf(link, sizeof link, "/proc/self/fd/%d", pd->fd);
-	if ((n = readlink(link, pd->real, sizeof pd->real - 1)) < 0) {
-		snprintf(err, errlen, "cannot read %s (is /proc mounted?): %s", link, strerror(errno));
-		free(pd->chain);
-		pd->chain = NULL;
-		goto fail;
-	}
-	pd->real[n] = '\0';
-	return 0;
-fail:
-	close(pd->fd);
-	pd->fd = -1;
-	return -1;
+	return path_hold(copy, top, pd, err, errlen);
 }
 
 /* Close what path_open() opened (a zeroed pd is fine too). */

@@ -136,6 +136,8 @@ collect_idle_cb(EV_P_ ev_idle *w, int revents)
 	co->slices++;
 	while (!co->cancelled && co->error[0] == '\0' && entries > 0 && budget > 0) {
 		if (co->fd >= 0) {
+			if (co->buf == NULL)	/* at the first file: an empty output maps no 1 MiB */
+				co->buf = xmalloc(COLLECT_CHUNK);
 			n = read(co->fd, co->buf, budget);
 			n = collect_read_result(co, n, errno);
 			if (n == 0 && co->fd >= 0)
@@ -241,7 +243,6 @@ collect_start(const char *dir, void (*done)(struct job *), struct job *j)
 	ev_timer_init(&co->poll, collect_poll_cb, c->stats_interval, c->stats_interval);
 	co->poll.data = co;
 	if (dir[0] != '\0' && walk_root(co, dir) == 0) {
-		co->buf = xmalloc(COLLECT_CHUNK);
 		ev_timer_start(EV_DEFAULT, &co->deadline);
 		if (wk->cmd != NULL)
 			ev_timer_start(EV_DEFAULT, &co->poll);

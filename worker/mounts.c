@@ -345,7 +345,7 @@ mounts_private_ok(const struct job *j, char *err, size_t errlen)
 		/* Kept open and locked for our life: mounts_sweep() of another worker reads the lock. */
 		snprintf(e, sizeof e, "%s", "cannot open or lock it");
 		if ((fd = open(wk->cid_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)) < 0 ||
-		    flock(fd, LOCK_EX | LOCK_NB) != 0 || path_from_fd(fd, &cid, e, sizeof e) != 0) {
+		    flock(fd, LOCK_EX | LOCK_NB) != 0 || path_from_fd(fd, NULL, &cid, e, sizeof e) != 0) {
 			snprintf(err, errlen, "the worker's directory %s: %s", wk->cid_dir, e);
 			if (fd >= 0)
 				close(fd);

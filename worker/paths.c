@@ -31,6 +31,8 @@
  * however the build moves it around.  registry.c makes the same check
  * against the other workers on this host that share builds_root.
  */
+#include <sys/stat.h>
+
 #include <string.h>
 #include <unistd.h>
 
@@ -118,13 +120,22 @@ paths_adopt(struct job *j, bool output, int fd, char *err, size_t errlen)
 {
 	struct job_paths *p = &j->paths;
 	struct path_dir *pd = output ? &p->output : &p->profile;
+	struct path_id rid = { 0, 0 };
+	struct stat st;
+	bool root = false;
 
 	if (!p->held) {
 		snprintf(err, errlen, "internal error: the job holds no directories");
 		return -1;
 	}
 	path_close(pd);
-	if (path_from_fd(fd, pd, err, errlen) != 0)
+	/* Its chain up to builds_root, as path_open() finds it (see path_chain()). */
+	if (stat(wk->conf->builds_root, &st) == 0) {
+		rid.dev = st.st_dev;
+		rid.ino = st.st_ino;
+		root = true;
+	}
+	if (path_from_fd(fd, root ? &rid : NULL, pd, err, errlen) != 0)
 		return -1;
 	if (output) {
 		snprintf(j->output_path, sizeof j->output_path, "%s", pd->real);

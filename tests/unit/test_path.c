@@ -567,6 +567,55 @@ test_nested(void **state)
 	path_close(&a2);	/* twice is fine */
 }
 
+/* Whether id is among pd's chain. */
+static bool
+chain_has(const struct path_dir *pd, const struct stat *st)
+{
+	for (size_t i = 0; i < pd->depth; i++)
+		if (pd->chain[i].dev == st->st_dev && pd->chain[i].ino == st->st_ino)
+			return true;
+	return false;
+}
+
+/*
+ * The chain of a directory below builds_root ends at builds_root (its
+ * walk costs the depth below the root, not the depth of the root), and
+ * nesting is still found; a directory an operator moved out of the root
+ * gets its whole chain again on refresh, and so is still compared right.
+ */
+static void
+test_chain_stops_at_builds_root(void **state)
+{
+	struct path_dir abc, a, x;
+	struct stat root, outside;
+	char err[ERR_MAX];
+
+	(void)state;
+	assert_int_equal(stat(T.root, &root), 0);
+	assert_int_equal(stat(T.outside, &outside), 0);
+	assert_int_equal(path_open(T.root, "a/b/c", true, &abc, err, sizeof err), 0);
+	assert_int_equal(path_open(T.root, "a", false, &a, err, sizeof err), 0);
+	assert_int_equal(path_open(T.root, "x", true, &x, err, sizeof err), 0);
+	/* c, b, a, builds_root: nothing above it */
+	assert_int_equal(abc.depth, 4);
+	assert_true(abc.chain[3].dev == root.st_dev && abc.chain[3].ino == root.st_ino);
+	assert_int_equal(a.depth, 2);
+	assert_true(path_nested(&abc, &a) && path_nested(&a, &abc));
+	assert_false(path_nested(&abc, &x) || path_nested(&a, &x));
+	/* Moved out of builds_root: the walk no longer meets it and goes on to "/". */
+	rename_at("root/a", "outside/a");
+	path_refresh(&abc);
+	path_refresh(&a);
+	assert_false(chain_has(&abc, &root));
+	assert_true(chain_has(&abc, &outside));
+	assert_true(abc.depth > 4);
+	assert_true(path_nested(&abc, &a));
+	assert_false(path_nested(&abc, &x));
+	path_close(&abc);
+	path_close(&a);
+	path_close(&x);
+}
+
 /* Each test runs with openat2 (when the kernel has it), then with the fallback walk. */
 static int
 setup_openat2(void **state)
@@ -606,6 +655,7 @@ main(void)
 		BOTH(test_created_dir_swapped_for_symlink),
 		BOTH(test_held_dir_survives_a_swap),
 		BOTH(test_nested),
+		BOTH(test_chain_stops_at_builds_root),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
