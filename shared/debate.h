@@ -344,10 +344,8 @@ struct path_id {
 /* A directory held open: what a job mounts and writes is this, not a name. */
 struct path_dir {
 	int fd;			/* O_PATH descriptor of the directory */
-	struct path_id *chain;	/* it, its parent, ... up to top or "/" (NULL: not open) */
+	struct path_id *chain;	/* it, its parent, ... "/" (NULL: not open) */
 	size_t depth;		/* entries in chain */
-	struct path_id top;	/* with has_top, the chain ends here (builds_root) */
-	bool has_top;
 	char real[4096];	/* its path when opened: messages, exec mode */
 };
 
@@ -363,14 +361,19 @@ struct path_dir {
 int path_open(const char *root, const char *rel, bool create, struct path_dir *pd, char *err,
     size_t errlen);
 /*
- * Hold the directory fd names (fd itself stays the caller's).  With top,
- * its chain stops at that directory when it is met (path_open() passes
- * builds_root); NULL: up to "/".
+ * The same in two steps, for a caller opening several: path_root() holds
+ * builds_root (a symlink to it followed) with its chain, and
+ * path_open_at() opens rel below it.  A chain found with the root held
+ * walks only down to builds_root and copies the root's chain for the rest.
  */
-int path_from_fd(int fd, const struct path_id *top, struct path_dir *pd, char *err, size_t errlen);
+int path_root(const char *root, struct path_dir *rd, char *err, size_t errlen);
+int path_open_at(const struct path_dir *rd, const char *rel, bool create, struct path_dir *pd,
+    char *err, size_t errlen);
+/* Hold the directory fd names (fd itself stays the caller's); root as for path_open_at(), or NULL. */
+int path_from_fd(int fd, const struct path_dir *root, struct path_dir *pd, char *err, size_t errlen);
 void path_close(struct path_dir *pd);
-/* Find pd's parents again: the chain is as of path_open() until then. */
-void path_refresh(struct path_dir *pd);
+/* Find pd's parents again (root held by path_root(), or NULL): the chain is as of its opening until then. */
+void path_refresh(struct path_dir *pd, const struct path_dir *root);
 /* Whether a and b are the same directory or one is below the other. */
 bool path_nested(const struct path_dir *a, const struct path_dir *b);
 /* path_open(), then the real path of the directory into out. */

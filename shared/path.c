@@ -181,23 +181,24 @@ path_lexical(const char *rel, char *err, size_t errlen)
 
 /*
  * The identities of fd's directory and of every directory above it, up
- * to pd->top when pd->has_top (builds_root) or else to "/", found by
- * opening ".." from each in turn (the kernel's parent, not a name anyone
- * can change under us).  Stored in pd.
+ * to "/", found by opening ".." from each in turn (the kernel's parent,
+ * not a name anyone can change under us).  Stored in pd.
  *
- * Why stopping at builds_root loses nothing: the chains are compared
- * only by path_nested(), which asks whether one directory's own identity
- * (chain[0]) is in the other's chain.  Every directory so compared lies
- * strictly below builds_root, so no chain[0] is builds_root or above it,
- * and the entries above builds_root could never match; they are the same
- * for every job anyway.  A directory that is no longer below builds_root
- * (an operator moved it) never meets top and gets its whole chain, as
- * before.  The walk from a job's directory is then as long as its path
- * below builds_root, not its whole depth (each level is an openat, an
- * fstat and a close).
+ * With root (builds_root held by path_root(), its own chain found in
+ * this same callback), a walk that meets root stops there and copies
+ * root's chain for the rest: the chain is the one a walk to "/" would
+ * find, at the cost of the levels below builds_root only (each level is
+ * an openat, an fstat and a close).  The copy is as fresh as the walk:
+ * a build cannot move builds_root or anything above it (it sees its
+ * output only), and what an operator moves in the microseconds between
+ * root's walk and this one it could as well move during a single walk.
+ * The chains stay whole, not cut at builds_root, because a held chain
+ * may be compared after builds_root's symlink was pointed elsewhere:
+ * a directory between the old and the new builds_root must still be
+ * found in both.
  */
 static int
-path_chain(int fd, struct path_dir *pd, char *err, size_t errlen)
+path_chain(int fd, const struct path_dir *root, struct path_dir *pd, char *err, size_t errlen)
 {
 	int cur = fd, up;	/* fd itself is the caller's: closed only once it is not cur */
 	struct stat st, pst;
@@ -208,6 +209,14 @@ path_chain(int fd, struct path_dir *pd, char *err, size_t errlen)
 	if (fstat(cur, &st) != 0)
 		goto fail;
 	for (;;) {
+		if (root != NULL && root->chain != NULL && root->chain[0].dev == st.st_dev &&
+		    root->chain[0].ino == st.st_ino) {
+			/* builds_root: the rest is its chain */
+			pd->chain = xrealloc(pd->chain, (pd->depth + root->depth) * sizeof *pd->chain);
+			memcpy(pd->chain + pd->depth, root->chain, root->depth * sizeof *pd->chain);
+			pd->depth += root->depth;
+			break;
+		}
 		if (pd->depth == cap) {
 			cap *= 2;
 			pd->chain = xrealloc(pd->chain, cap * sizeof *pd->chain);
@@ -215,8 +224,6 @@ path_chain(int fd, struct path_dir *pd, char *err, size_t errlen)
 		pd->chain[pd->depth].dev = st.st_dev;
 		pd->chain[pd->depth].ino = st.st_ino;
 		pd->depth++;
-		if (pd->has_top && pd->top.dev == st.st_dev && pd->top.ino == st.st_ino)
-			break;	/* builds_root: what is above it is every job's */
 		if ((up = openat(cur, "..", O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0 || fstat(up, &pst) != 0) {
 			if (up >= 0)
 				close(up);
@@ -258,18 +265,14 @@ path_chain_has(const struct path_dir *pd, size_t from, const struct path_id *id)
 
 /* Hold the directory of fd, which becomes pd's (closed on failure): its chain and its path. */
 static int
-path_hold(int fd, const struct path_id *top, struct path_dir *pd, char *err, size_t errlen)
+path_hold(int fd, const struct path_dir *root, struct path_dir *pd, char *err, size_t errlen)
 {
 	char link[64];
 	ssize_t n;
 
 	memset(pd, 0, sizeof *pd);
 	pd->fd = fd;
-	if (top != NULL) {
-		pd->top = *top;
-		pd->has_top = true;
-	}
-	if (path_chain(pd->fd, pd, err, errlen) != 0)
+	if (path_chain(pd->fd, root, pd, err, errlen) != 0)
 		goto fail;
 	snprintf(link, sizeof link, "/proc/self/fd/%d", pd->fd);
 	if ((n = readlink(link, pd->real, sizeof pd->real - 1)) < 0) {
@@ -286,40 +289,49 @@ fail:
 	return -1;
 }
 
-/* Open rel below root as a directory; see debate.h. */
+/* Hold builds_root itself (a symlink to it is followed: it is the operator's); see debate.h. */
 int
-path_open(const char *root, const char *rel, bool create, struct path_dir *pd, char *err, size_t errlen)
+path_root(const char *root, struct path_dir *rd, char *err, size_t errlen)
 {
-	struct path_id rid;
-	struct stat st;
+	char e[ERR_MAX];
+	int fd;
+
+	memset(rd, 0, sizeof *rd);
+	rd->fd = -1;
+	if ((fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0) {
+		snprintf(err, errlen, "builds_root %s: %s", root, strerror(errno));
+		return -1;
+	}
+	if (path_hold(fd, NULL, rd, e, sizeof e) != 0) {
+		snprintf(err, errlen, "builds_root %s: %s", root, e);
+		return -1;
+	}
+	return 0;
+}
+
+/* Open rel below the held builds_root rd as a directory; see debate.h. */
+int
+path_open_at(const struct path_dir *rd, const char *rel, bool create, struct path_dir *pd, char *err,
+    size_t errlen)
+{
 	const char *p;
 	char e[ERR_MAX];
-	int rootfd, fd;
+	int fd;
 
 	memset(pd, 0, sizeof *pd);
 	pd->fd = -1;
 	if ((p = path_lexical(rel, err, errlen)) == NULL)
 		return -1;
-	/* builds_root is the operator's: a symlink in its own path is followed. */
-	if ((rootfd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC)) < 0 || fstat(rootfd, &st) != 0) {
-		snprintf(err, errlen, "builds_root %s: %s", root, strerror(errno));
-		if (rootfd >= 0)
-			close(rootfd);
-		return -1;
-	}
-	rid.dev = st.st_dev;
-	rid.ino = st.st_ino;
-	if ((fd = path_openat2(rootfd, p)) < 0)
-		fd = path_walk(rootfd, p, create, err, errlen);	/* also for the exact message */
-	close(rootfd);
+	if ((fd = path_openat2(rd->fd, p)) < 0)
+		fd = path_walk(rd->fd, p, create, err, errlen);	/* also for the exact message */
 	if (fd < 0)
 		return -1;
-	if (path_hold(fd, &rid, pd, e, sizeof e) != 0) {
+	if (path_hold(fd, rd, pd, e, sizeof e) != 0) {
 		snprintf(err, errlen, "\"%s\": %s", rel, e);
 		return -1;
 	}
 	/* It was below the root when opened; it must still be (nothing moved it out). */
-	if (!path_chain_has(pd, 1, &rid)) {
+	if (!path_chain_has(pd, 1, &rd->chain[0])) {
 		snprintf(err, errlen, "\"%s\" is no longer below builds_root", rel);
 		path_close(pd);
 		return -1;
@@ -327,9 +339,25 @@ path_open(const char *root, const char *rel, bool create, struct path_dir *pd, c
 	return 0;
 }
 
+/* Open rel below root as a directory; see debate.h. */
+int
+path_open(const char *root, const char *rel, bool create, struct path_dir *pd, char *err, size_t errlen)
+{
+	struct path_dir rd;
+	int rc;
+
+	memset(pd, 0, sizeof *pd);
+	pd->fd = -1;
+	if (path_lexical(rel, err, errlen) == NULL || path_root(root, &rd, err, errlen) != 0)
+		return -1;
+	rc = path_open_at(&rd, rel, create, pd, err, errlen);
+	path_close(&rd);
+	return rc;
+}
+
 /* Hold the directory of fd (a copy of it); see debate.h. */
 int
-path_from_fd(int fd, const struct path_id *top, struct path_dir *pd, char *err, size_t errlen)
+path_from_fd(int fd, const struct path_dir *root, struct path_dir *pd, char *err, size_t errlen)
 {
 	int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
 
@@ -339,7 +367,7 @@ path_from_fd(int fd, const struct path_id *top, struct path_dir *pd, char *err, 
 		snprintf(err, errlen, "%s", strerror(errno));
 		return -1;
 	}
-	return path_hold(copy, top, pd, err, errlen);
+	return path_hold(copy, root, pd, err, errlen);
 }
 
 /* Close what path_open() opened (a zeroed pd is fine too). */
@@ -357,12 +385,12 @@ path_close(struct path_dir *pd)
 
 /* Recompute pd's chain of parents (a directory may have moved); the old one stays on failure. */
 void
-path_refresh(struct path_dir *pd)
+path_refresh(struct path_dir *pd, const struct path_dir *root)
 {
 	struct path_dir fresh = *pd;
 	char e[ERR_MAX];
 
-	if (pd->chain == NULL || path_chain(pd->fd, &fresh, e, sizeof e) != 0)
+	if (pd->chain == NULL || path_chain(pd->fd, root, &fresh, e, sizeof e) != 0)
 		return;
 	free(pd->chain);
 	pd->chain = fresh.chain;

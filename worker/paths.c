@@ -31,8 +31,6 @@
  * however the build moves it around.  registry.c makes the same check
  * against the other workers on this host that share builds_root.
  */
-#include <sys/stat.h>
-
 #include <string.h>
 #include <unistd.h>
 
@@ -65,16 +63,22 @@ int
 paths_take(struct job *j, char *err, size_t errlen)
 {
 	struct job_paths *p = &j->paths, *h;
-	const char *root = wk->conf->builds_root;
+	struct path_dir rd;	/* builds_root, held for this call: each chain below walks down to it only */
 	char e[ERR_MAX];
 
 	p->job_id = j->id;
-	/* No profile (profile_archive) or no output (the worker's own): paths_adopt() holds them later. */
-	if (j->spec.profile != NULL && path_open(root, j->spec.profile, false, &p->profile, e, sizeof e) != 0) {
-		snprintf(err, errlen, "profile: %s", e);
+	memset(&rd, 0, sizeof rd);
+	if ((j->spec.profile != NULL || j->spec.output != NULL) &&
+	    path_root(wk->conf->builds_root, &rd, e, sizeof e) != 0) {
+		snprintf(err, errlen, "%s: %s", j->spec.profile != NULL ? "profile" : "output", e);
 		return -1;
 	}
-	if (j->spec.output != NULL && path_open(root, j->spec.output, true, &p->output, e, sizeof e) != 0) {
+	/* No profile (profile_archive) or no output (the worker's own): paths_adopt() holds them later. */
+	if (j->spec.profile != NULL && path_open_at(&rd, j->spec.profile, false, &p->profile, e, sizeof e) != 0) {
+		snprintf(err, errlen, "profile: %s", e);
+		goto fail;
+	}
+	if (j->spec.output != NULL && path_open_at(&rd, j->spec.output, true, &p->output, e, sizeof e) != 0) {
 		snprintf(err, errlen, "output: %s", e);
 		goto fail;
 	}
@@ -85,8 +89,8 @@ paths_take(struct job *j, char *err, size_t errlen)
 	}
 	TAILQ_FOREACH(h, &held, entry) {
 		/* Chains as of now: an operator may have moved a held directory since. */
-		path_refresh(&h->profile);
-		path_refresh(&h->output);
+		path_refresh(&h->profile, &rd);
+		path_refresh(&h->output, &rd);
 		if (paths_clash(p, &j->spec, h, err, errlen))
 			goto fail;
 	}
@@ -102,8 +106,10 @@ paths_take(struct job *j, char *err, size_t errlen)
 	}
 	TAILQ_INSERT_TAIL(&held, p, entry);
 	p->held = true;
+	path_close(&rd);
 	return 0;
 fail:
+	path_close(&rd);
 	path_close(&p->profile);
 	path_close(&p->output);
 	return -1;
@@ -120,22 +126,13 @@ paths_adopt(struct job *j, bool output, int fd, char *err, size_t errlen)
 {
 	struct job_paths *p = &j->paths;
 	struct path_dir *pd = output ? &p->output : &p->profile;
-	struct path_id rid = { 0, 0 };
-	struct stat st;
-	bool root = false;
 
 	if (!p->held) {
 		snprintf(err, errlen, "internal error: the job holds no directories");
 		return -1;
 	}
 	path_close(pd);
-	/* Its chain up to builds_root, as path_open() finds it (see path_chain()). */
-	if (stat(wk->conf->builds_root, &st) == 0) {
-		rid.dev = st.st_dev;
-		rid.ino = st.st_ino;
-		root = true;
-	}
-	if (path_from_fd(fd, root ? &rid : NULL, pd, err, errlen) != 0)
+	if (path_from_fd(fd, NULL, pd, err, errlen) != 0)
 		return -1;
 	if (output) {
 		snprintf(j->output_path, sizeof j->output_path, "%s", pd->real);

@@ -552,11 +552,11 @@ test_nested(void **state)
 	/* Moving a directory moves what is nested in it, once the chain is found again. */
 	rename_at("root/a/b", "root/b/b");
 	assert_true(path_nested(&abc, &a));	/* as of path_open() */
-	path_refresh(&abc);
+	path_refresh(&abc, NULL);
 	assert_true(path_nested(&abc, &b));
 	assert_false(path_nested(&abc, &a));
 	assert_true(path_nested(&ab, &a));	/* not refreshed yet: its old chain */
-	path_refresh(&ab);
+	path_refresh(&ab, NULL);
 	assert_true(path_nested(&ab, &b) && !path_nested(&ab, &a));
 	path_close(&a);
 	path_close(&ab);
@@ -567,53 +567,64 @@ test_nested(void **state)
 	path_close(&a2);	/* twice is fine */
 }
 
-/* Whether id is among pd's chain. */
-static bool
-chain_has(const struct path_dir *pd, const struct stat *st)
+/* Whether pd's chain is the one a walk from its directory to "/" finds. */
+static void
+assert_whole_chain(const struct path_dir *pd)
 {
-	for (size_t i = 0; i < pd->depth; i++)
-		if (pd->chain[i].dev == st->st_dev && pd->chain[i].ino == st->st_ino)
-			return true;
-	return false;
+	struct path_dir full;
+	char err[ERR_MAX];
+
+	assert_int_equal(path_from_fd(pd->fd, NULL, &full, err, sizeof err), 0);
+	assert_int_equal(pd->depth, full.depth);
+	assert_memory_equal(pd->chain, full.chain, full.depth * sizeof *full.chain);
+	path_close(&full);
 }
 
 /*
- * The chain of a directory below builds_root ends at builds_root (its
- * walk costs the depth below the root, not the depth of the root), and
- * nesting is still found; a directory an operator moved out of the root
- * gets its whole chain again on refresh, and so is still compared right.
+ * A chain found with builds_root held (path_root(), path_open_at(), the
+ * refresh) walks down to the root and copies the root's chain for the
+ * rest: it must be the whole chain to "/", the same as a walk all the
+ * way up, so that a held chain still meets a directory above builds_root
+ * after the operator points builds_root's symlink elsewhere (the
+ * registry's lines, from other workers, are never found again).  Here the
+ * job holding data/y2026/cur/x/out is still running when builds_root
+ * (a symlink) is pointed from data/y2026/cur to data: a new job's output
+ * "y2026", which holds the running output, must be found to overlap it.
+ * (A chain cut at builds_root missed that.)
  */
 static void
-test_chain_stops_at_builds_root(void **state)
+test_chain_whole_across_a_root_repoint(void **state)
 {
-	struct path_dir abc, a, x;
-	struct stat root, outside;
-	char err[ERR_MAX];
+	struct path_dir r1, r2, out, cand;
+	char err[ERR_MAX], link[PATH_MAX];
 
 	(void)state;
-	assert_int_equal(stat(T.root, &root), 0);
-	assert_int_equal(stat(T.outside, &outside), 0);
-	assert_int_equal(path_open(T.root, "a/b/c", true, &abc, err, sizeof err), 0);
-	assert_int_equal(path_open(T.root, "a", false, &a, err, sizeof err), 0);
-	assert_int_equal(path_open(T.root, "x", true, &x, err, sizeof err), 0);
-	/* c, b, a, builds_root: nothing above it */
-	assert_int_equal(abc.depth, 4);
-	assert_true(abc.chain[3].dev == root.st_dev && abc.chain[3].ino == root.st_ino);
-	assert_int_equal(a.depth, 2);
-	assert_true(path_nested(&abc, &a) && path_nested(&a, &abc));
-	assert_false(path_nested(&abc, &x) || path_nested(&a, &x));
-	/* Moved out of builds_root: the walk no longer meets it and goes on to "/". */
-	rename_at("root/a", "outside/a");
-	path_refresh(&abc);
-	path_refresh(&a);
-	assert_false(chain_has(&abc, &root));
-	assert_true(chain_has(&abc, &outside));
-	assert_true(abc.depth > 4);
-	assert_true(path_nested(&abc, &a));
-	assert_false(path_nested(&abc, &x));
-	path_close(&abc);
-	path_close(&a);
-	path_close(&x);
+	mkdir_at("data");
+	mkdir_at("data/y2026");
+	mkdir_at("data/y2026/cur");
+	snprintf(link, sizeof link, "%s", at("builds"));
+	symlink_at(at("data/y2026/cur"), "builds");
+	assert_int_equal(path_root(link, &r1, err, sizeof err), 0);
+	assert_int_equal(path_open_at(&r1, "x/out", true, &out, err, sizeof err), 0);
+	assert_int_equal(unlink(link), 0);
+	symlink_at(at("data"), "builds");
+	assert_int_equal(path_root(link, &r2, err, sizeof err), 0);
+	assert_int_equal(path_open_at(&r2, "y2026", false, &cand, err, sizeof err), 0);
+	/* As another worker's registry line holds it: found once, never refreshed. */
+	assert_true(path_nested(&cand, &out));
+	assert_true(path_nested(&out, &cand));
+	/* As this worker holds it: refreshed at each take, below the root of the day. */
+	path_refresh(&out, &r2);
+	assert_true(path_nested(&cand, &out));
+	assert_true(path_nested(&out, &cand));
+	assert_whole_chain(&r1);
+	assert_whole_chain(&r2);
+	assert_whole_chain(&cand);
+	assert_whole_chain(&out);
+	path_close(&cand);
+	path_close(&out);
+	path_close(&r1);
+	path_close(&r2);
 }
 
 /* Each test runs with openat2 (when the kernel has it), then with the fallback walk. */
@@ -655,7 +666,7 @@ main(void)
 		BOTH(test_created_dir_swapped_for_symlink),
 		BOTH(test_held_dir_survives_a_swap),
 		BOTH(test_nested),
-		BOTH(test_chain_stops_at_builds_root),
+		BOTH(test_chain_whole_across_a_root_repoint),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
