@@ -400,6 +400,23 @@ int registry_take(const char *job_id, const struct path_dir *prof, const char *p
 /* Forget what registry_take() recorded under handle (0: nothing). */
 void registry_drop(unsigned handle);
 
+/* --- regline.c: a line of the registry, and the check against it ---- */
+
+/* What a job asks to hold, as registry_take() was given it. */
+struct regline_want {
+	const char *ns, *job_id;
+	const struct path_dir *prof, *out;	/* NULL: none */
+	const char *prof_name, *out_name;	/* as the job named them, for messages */
+	char *err;				/* names the clash */
+	size_t errlen;
+};
+
+/* The line recording pd as the job's output ('o') or profile ('p'); malloc'd, its length in len. */
+char *regline_format(const char *ns, const char *job_id, char kind, const struct path_dir *pd,
+    size_t *len);
+/* Whether w's directories overlap the one a line of worker wid's file holds (line is cut up). */
+bool regline_clash(char *line, const char *wid, const struct regline_want *w);
+
 /* --- archive.c: unpacking profile_archive safely --------------------- */
 
 struct unpack_caps {

@@ -173,6 +173,32 @@ def test_overlap_check_covers_every_worker_on_the_host(fleet, r, ns, broot, tmp_
     assert w2.alive()
 
 
+def test_an_idle_workers_registry_file_is_empty_and_a_dead_ones_is_swept(fleet, r, ns, broot):
+    """A worker holding nothing keeps its file in builds_root/jobs/.held/
+    empty (one newline), so every other worker's check passes it by with one stat (in a
+    fleet most workers are idle at any moment).  One SIGKILLed while idle
+    leaves that empty file behind, which no reader would delete (it is
+    skipped unread); the next worker to open the registry (at its first
+    job) deletes it."""
+    make_profile(broot, "p")
+    held = broot / "jobs" / ".held"
+    w1 = fleet.start()
+    res = wait_result(r, ns, submit(r, ns, profile="p", output="o/1"), 20)
+    assert res["status"] == "succeeded", res
+    poll(lambda: [f.read_bytes() for f in held.iterdir()] == [b"\n"], 10,
+         "worker 1's registry file empty (one newline) once its job is over")
+    (left,) = list(held.iterdir())
+    w1.signal(signal.SIGKILL)
+    w1.wait(10)
+    assert left.exists(), "the killed worker's file is there until a worker sweeps"
+    w2 = fleet.start()
+    res = wait_result(r, ns, submit(r, ns, profile="p", output="o/2"), 20)
+    assert res["status"] == "succeeded" and res["worker"] == wid(w2), res
+    assert not left.exists(), "the idle worker killed before is still in the registry"
+    poll(lambda: [f.read_bytes() for f in held.iterdir()] == [b"\n"], 10, "worker 2's file alone, empty")
+    assert w2.alive()
+
+
 def test_a_job_the_registry_cannot_record_is_refused(fleet, r, ns, broot, tmp_path):
     """builds_root's filesystem is full (a build can fill it): a worker that
     cannot record a job's directories in the host's registry refuses the
