@@ -9,6 +9,8 @@
  * job took them.  Whole chains, so that a directory above builds_root
  * (after builds_root's symlink was pointed elsewhere) is still found.
  */
+#include <ctype.h>
+#include <errno.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,25 +39,47 @@ regline_format(const char *ns, const char *job_id, char kind, const struct path_
 	return line;
 }
 
+/* One "<dev>:<ino>", decimal digits only (strtoull: sscanf took 6% of a 32-worker fleet's CPU). */
+static bool
+regline_id(const char *tok, struct path_id *id)
+{
+	unsigned long long dev, ino;
+	char *end;
+
+	if (!isdigit((unsigned char)tok[0]))
+		return false;
+	errno = 0;
+	dev = strtoull(tok, &end, 10);
+	if (*end != ':' || !isdigit((unsigned char)end[1]))
+		return false;
+	ino = strtoull(end + 1, &end, 10);
+	if (*end != '\0' || errno == ERANGE)
+		return false;
+	id->dev = (dev_t)dev;
+	id->ino = (ino_t)ino;
+	return true;
+}
+
 /* Parse "dev:ino dev:ino ..." into pd's chain; false on anything else. */
 static bool
 regline_chain(char *s, struct path_dir *pd)
 {
 	char *tok, *save = NULL;
+	size_t cap = 16;
 
 	pd->fd = -1;
 	pd->depth = 0;
-	pd->chain = NULL;
+	pd->chain = xcalloc(cap, sizeof *pd->chain);
 	pd->real[0] = '\0';
 	for (tok = strtok_r(s, " ", &save); tok != NULL; tok = strtok_r(NULL, " ", &save)) {
-		unsigned long long dev, ino;
-		char end;
-
-		if (sscanf(tok, "%llu:%llu%c", &dev, &ino, &end) != 2 || pd->depth >= PATH_MAX / 2)
+		if (pd->depth >= PATH_MAX / 2)
 			break;
-		pd->chain = xrealloc(pd->chain, (pd->depth + 1) * sizeof *pd->chain);
-		pd->chain[pd->depth].dev = (dev_t)dev;
-		pd->chain[pd->depth].ino = (ino_t)ino;
+		if (pd->depth == cap) {
+			cap *= 2;
+			pd->chain = xrealloc(pd->chain, cap * sizeof *pd->chain);
+		}
+		if (!regline_id(tok, &pd->chain[pd->depth]))
+			break;
 		pd->depth++;
 	}
 	if (tok != NULL || pd->depth == 0) {
