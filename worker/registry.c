@@ -121,29 +121,29 @@ registry_gone(int fd, const char *name)
 }
 
 /*
- * Call fn on each other worker's file until one returns true (then
- * *stopped); -1 with errno when the directory cannot be read.  Dot names
- * are files still being made.
+ * Call fn on each other worker's file until one returns true: 1 then, 0
+ * when none did, -1 with errno when the directory cannot be read.  Dot
+ * names are files still being made.
  */
 static int
-registry_each(bool (*fn)(const char *, void *), void *arg, bool *stopped)
+registry_each(bool (*fn)(const char *, void *), void *arg)
 {
 	struct dirent *de;
+	bool stopped = false;
 	DIR *d;
 	int dfd;
 
-	*stopped = false;
 	if ((dfd = dup(reg.dirfd)) < 0 || (d = fdopendir(dfd)) == NULL) {
 		if (dfd >= 0)
 			close(dfd);
 		return -1;
 	}
 	rewinddir(d);
-	while (!*stopped && (de = readdir(d)) != NULL)
+	while (!stopped && (de = readdir(d)) != NULL)
 		if (de->d_name[0] != '.' && strcmp(de->d_name, reg.own) != 0)
-			*stopped = fn(de->d_name, arg);
+			stopped = fn(de->d_name, arg);
 	closedir(d);
-	return 0;
+	return stopped ? 1 : 0;
 }
 
 /* registry_each(): delete a gone worker's file, empty or not (a live one's is locked before it is named). */
@@ -160,13 +160,11 @@ registry_sweep_one(const char *name, void *arg)
 	return false;
 }
 
-
 /* Open builds_root/jobs/.held and make our locked file in it, once per builds_root. */
 static int
 registry_open(char *err, size_t errlen)
 {
 	static bool atexit_set;
-	bool swept;
 	const char *root = wk->conf->builds_root;
 	int rootfd, jfd;
 	unsigned char rnd[6];
@@ -213,7 +211,7 @@ registry_open(char *err, size_t errlen)
 	snprintf(reg.root, sizeof reg.root, "%s", root);
 	reg.dirty = true;
 	reg.reserved = 0;
-	registry_each(registry_sweep_one, NULL, &swept);
+	registry_each(registry_sweep_one, NULL);
 	if (!atexit_set) {
 		atexit(registry_atexit);
 		atexit_set = true;
@@ -316,11 +314,11 @@ registry_clash_file(const char *name, void *arg)
 	char wid[ID_MAX + 64] = "?", *buf, *line, *save = NULL;
 	struct stat st;
 	bool clash = false;
-	size_t want;
+	size_t size;
 	ssize_t n;
 	int fd;
 
-	/* Empty (one newline): a worker that holds nothing, or one gone while idle (registry_sweep()'s). */
+	/* Empty (one newline): a worker that holds nothing, or one gone while idle (registry_sweep_one()'s). */
 	if (fstatat(reg.dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) || st.st_size <= 1)
 		return false;
 	if ((fd = openat(reg.dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)) < 0)
@@ -334,9 +332,9 @@ registry_clash_file(const char *name, void *arg)
 		return false;
 	}
 	/* Its size is exact: every write is made under the directory's lock, which we hold. */
-	want = st.st_size < REGISTRY_FILE_MAX ? (size_t)st.st_size : REGISTRY_FILE_MAX;
-	buf = xmalloc(want + 1);
-	n = pread(fd, buf, want, 0);
+	size = st.st_size < REGISTRY_FILE_MAX ? (size_t)st.st_size : REGISTRY_FILE_MAX;
+	buf = xmalloc(size + 1);
+	n = pread(fd, buf, size, 0);
 	close(fd);
 	buf[n > 0 ? n : 0] = '\0';
 	for (line = strtok_r(buf, "\n", &save); line != NULL && !clash; line = strtok_r(NULL, "\n", &save)) {
@@ -386,7 +384,8 @@ registry_take(const char *job_id, const struct path_dir *prof, const char *prof_
 {
 	const char *ns = wk->conf->namespace;
 	struct regline_want want = { ns, job_id, prof, out, prof_name, out_name, err, errlen };
-	bool clash = false;
+	bool clash;
+	int rc;
 
 	*handle = 0;
 	if (prof != NULL && prof->chain == NULL)
@@ -397,11 +396,12 @@ registry_take(const char *job_id, const struct path_dir *prof, const char *prof_
 		return 0;
 	if (registry_open(err, errlen) != 0 || registry_lock(err, errlen) != 0)
 		return -1;
-	if (registry_each(registry_clash_file, &want, &clash) != 0) {
+	if ((rc = registry_each(registry_clash_file, &want)) < 0) {
 		snprintf(err, errlen, "cannot read the host's registry of held directories: %s", strerror(errno));
 		flock(reg.dirfd, LOCK_UN);
 		return -1;
 	}
+	clash = rc == 1;
 	if (!clash) {
 		*handle = ++reg.next ? reg.next : ++reg.next;
 		if (prof != NULL)
